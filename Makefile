@@ -1,0 +1,35 @@
+# `make demo` and `make test` do all set-up on a fresh machine: the venv in .venv, the package in it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# The demo's budget: a few minutes on 2 CPU cores.
+DEMO_ARGS ?= --dataset fashion-mnist --epochs 4 --subset 12000
+
+.PHONY: install demo test fashion-mnist clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist package, where the machine allows it; otherwise `recipe` falls back
+# to torchvision's download.
+fashion-mnist:
+	@test -d $(FASHION_MNIST) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; } || \
+	  echo "Debian's dataset-fashion-mnist is not installed here; recipe will try torchvision's download"
+
+demo: install fashion-mnist
+	$(BIN)/recipe run baseline $(DEMO_ARGS)
+	@echo "CIFAR-10 next: $(BIN)/recipe run baseline --data PATH  (a cifar-10-batches-py folder, train/ and test/ image folders, or a .tar.gz of either)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info

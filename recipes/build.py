@@ -1,0 +1,108 @@
+"""`Recipe` + data -> a fastai `Learner`: device loaders, model, SGD param groups, lr schedule."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from fastai.callback.core import Callback, TrainEvalCallback
+from fastai.learner import Learner
+from fastai.optimizer import OptimWrapper
+from fastai.torch_core import norm_bias_params
+from fastai.data.core import DataLoaders
+
+from recipes.recipe import Recipe
+from tricks.data import DATASETS, ImageData
+from tricks.data.augment import BatchAugment
+from tricks.data.loaders import DeviceLoader, device_dataloaders
+from tricks.data.subset import class_balanced_subset
+from tricks.errors import ConfigError
+from tricks.models import create_model
+from tricks.schedules import LRSchedule, warmup_cosine
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a device that is not there is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but torch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
+def normalization(recipe: Recipe, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) in [0, 1] units for the recipe's `normalize` setting."""
+    c = data.channels
+    if recipe.normalize == "cifar":
+        if c != 3:
+            raise ConfigError(f"normalize=cifar needs 3-channel images, {data.name} has {c}; use dataset or half")
+        mean, std = CIFAR_MEAN, CIFAR_STD
+    elif recipe.normalize == "half":
+        mean, std = (0.5,) * c, (0.5,) * c
+    elif recipe.normalize == "none":
+        mean, std = (0.0,) * c, (1.0,) * c
+    elif DATASETS[data.name].mean is not None:
+        mean, std = DATASETS[data.name].mean, DATASETS[data.name].std
+    else:  # a folder dataset: measure the training images
+        x = data.train.images.double().div_(255).transpose(0, 1).reshape(c, -1)
+        return x.mean(1).float(), x.std(1).float()
+    return torch.tensor(mean), torch.tensor(std)
+
+
+def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> DataLoaders:
+    """Train loader (subset, shuffle, augmentation) and test loader (normalisation only)."""
+    train = data.train
+    images, labels = train.images, train.labels
+    if recipe.subset is not None:
+        idx = class_balanced_subset(labels, recipe.subset, recipe.seed)
+        images, labels = images[idx], labels[idx]
+    mean, std = normalization(recipe, data)
+    augment = BatchAugment(crop_pad=recipe.crop_pad, pad_mode=recipe.pad_mode, flip=recipe.flip,
+                           resize_crop=recipe.resize_crop)
+    common = dict(bs=recipe.bs, mean=mean, std=std, seed=recipe.seed, device=device)
+    train_dl = DeviceLoader(images, labels, shuffle=True, drop_last=True, augment=augment, **common)
+    test_dl = DeviceLoader(data.test.images, data.test.labels, **common)
+    return device_dataloaders(train_dl, test_dl)
+
+
+def build_model(recipe: Recipe, data: ImageData) -> torch.nn.Module:
+    return create_model(recipe.model, num_classes=data.num_classes, in_chans=data.channels,
+                        shortcut=recipe.shortcut, bn_momentum=recipe.bn_momentum,
+                        zero_init_last=recipe.zero_init_last, stem=recipe.stem, drop_rate=recipe.drop_rate)
+
+
+def sgd_param_groups(model: torch.nn.Module, wd: float, wd_bn_bias: bool) -> list[dict]:
+    """Two groups: decayed weights, and BatchNorm weights and biases (fastai's `norm_bias_params`)."""
+    if wd_bn_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": wd}]
+    no_decay = {id(p) for p in norm_bias_params(model, with_bias=True)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": wd},
+            {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+
+
+def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
+                  cbs: Iterable[Callback] = ()) -> Learner:
+    """A fastai Learner: torch SGD (momentum, optional Nesterov, L2 decay) in fastai's OptimWrapper,
+    warmup + cosine stepped per iteration or epoch, one-hot cross entropy.
+
+    fastai's default Recorder is left out: it moves the loss to the host after every batch;
+    `recipes.stats.EpochStats` keeps the sums on the device and syncs once per epoch.
+    """
+    groups = sgd_param_groups(model, recipe.wd, recipe.wd_bn_bias)
+
+    def opt_func(_params, lr):
+        sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        return OptimWrapper(opt=sgd)
+
+    warmup_pct = recipe.warmup_epochs / recipe.epochs
+    schedule = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=warmup_pct,
+                             start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
+    callbacks = [TrainEvalCallback(), LRSchedule(schedule, step=recipe.step), *cbs]
+    return Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
+                   wd_bn_bias=recipe.wd_bn_bias, cbs=callbacks, default_cbs=False)

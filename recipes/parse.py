@@ -1,0 +1,96 @@
+"""Recipe strings -> `Recipe`.
+
+Grammar (shell-safe, no quoting needed):
+
+    recipe := term ("+" term)*
+    term   := name | name ":" key "=" value ("," key "=" value)*
+
+A name is a preset from `recipes.presets` (its values are applied in order, then the term's
+key=value pairs, which may set any `Recipe` field). Changing `epochs` without `warmup_epochs`
+scales the warmup with it, so `--epochs 10` on the 200-epoch baseline warms up for 0.5 epochs.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from recipes.presets import PRESETS
+from recipes.recipe import FIELDS, Recipe
+from tricks.errors import ConfigError
+from tricks.registry import unknown_name_message
+
+NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+NOT_SETTABLE = ("recipe", "tricks")
+
+
+def coerce(key: str, text: str) -> Any:
+    """The typed value of `key=text` for a `Recipe` field, or a ConfigError saying what was expected."""
+    if key not in FIELDS or key in NOT_SETTABLE:
+        allowed = ", ".join(k for k in FIELDS if k not in NOT_SETTABLE)
+        raise ConfigError(f"unknown key '{key}'; allowed keys: {allowed}")
+    kind = str(FIELDS[key].type)
+    if "None" in kind and text.lower() in ("none", "null"):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() in TRUE:
+                return True
+            if text.lower() in FALSE:
+                return False
+            raise ValueError
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        word = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind.split()[0]]
+        raise ConfigError(f"{key}={text!r}: {key} must be {word}") from None
+    return text
+
+
+def apply(recipe: Recipe, values: dict[str, Any]) -> Recipe:
+    """`recipe` with `values` set; a new `epochs` without `warmup_epochs` rescales the warmup."""
+    values = dict(values)
+    if "epochs" in values and "warmup_epochs" not in values:
+        values["warmup_epochs"] = recipe.warmup_epochs * values["epochs"] / recipe.epochs
+    return recipe.replace(**values)
+
+
+def parse_term(term: str) -> tuple[str, dict[str, Any]]:
+    """`name:key=value,...` -> (name, {key: typed value})."""
+    name, _, rest = term.partition(":")
+    if not NAME.match(name):
+        raise ConfigError(f"recipe term '{term}' must be a name or name:key=value,key=value")
+    params: dict[str, Any] = {}
+    for pair in filter(None, rest.split(",")) if rest else ():
+        key, eq, value = pair.partition("=")
+        if not eq or not key or not value:
+            raise ConfigError(f"recipe term '{term}': '{pair}' must be key=value")
+        if key in params:
+            raise ConfigError(f"recipe term '{term}': key '{key}' is given twice")
+        try:
+            params[key] = coerce(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"recipe term '{term}': {e}") from None
+    if rest == "" and ":" in term:
+        raise ConfigError(f"recipe term '{term}': expected key=value after ':'")
+    return name, params
+
+
+def parse_recipe(text: str, **overrides: Any) -> Recipe:
+    """The `Recipe` for a recipe string; `overrides` (e.g. from the command line) are applied last."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty recipe; give a name such as 'baseline' (see `recipe list`)")
+    recipe = Recipe(recipe=text)
+    for term in text.split("+"):
+        name, params = parse_term(term)
+        if name not in PRESETS:
+            raise ConfigError(unknown_name_message("recipe term", name, PRESETS.names()))
+        try:
+            recipe = apply(recipe, {**PRESETS.get(name), **params})
+        except ConfigError as e:
+            raise ConfigError(f"recipe term '{term}': {e}") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return apply(recipe, overrides)

@@ -1,0 +1,38 @@
+"""Named recipes: the notes' milestones, each a set of `Recipe` field values with its section.
+
+`baseline` is the `Recipe` defaults, the notes' S9 baseline as the notes accumulated it:
+
+| setting | value | why (section of `shared/notes/experiment-log.md`) |
+|---|---|---|
+| model | ResNet-20 v1 | S6 switches to the CIFAR resnet20-v1; S9 goes back to non-pre-act |
+| shortcut | 1x1 conv + BN | S4 tries a 3x3 shortcut (worse), S5 goes back to 1x1 |
+| last gamma | zero-init | S4 (92.17 vs 92.06), S9 confirms (93.23 vs 92.98) |
+| BN momentum | torch default | S6: "not specified" was the best setting |
+| augmentation | pad 4 + random crop, flip | S6: pad=4 then crop, 92.31, "the earlier preprocessing was wrong" |
+| normalisation | CIFAR mean/std | S6: 92.17, about the same, kept |
+| batch, peak lr | 256, 0.2 | S2, S3 |
+| weight decay | 5e-4 | S3 (91.86), S6 (5e-4 beats 1e-4) |
+| warmup | 10 epochs, linear, from 1e-5 | S4/S5 warmup 10; S6 linear over exp; S7 warmup-start-lr=1e-5 |
+| schedule | cosine to 1e-4, per iteration | S7: cosine beats step decay; eta=1e-4 best |
+| epochs | 200 | S1, S6: 200 epochs are enough |
+| loss | one-hot cross entropy, no label smoothing | S8 own cross entropy; S7/S8 label smoothing does not help |
+| dropout | none | S7, S9 |
+
+Not from the notes: SGD momentum 0.9 and no weight decay on BatchNorm and bias (fastai's default).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tricks.registry import Registry
+
+PRESETS = Registry("recipe")
+
+
+def preset(name: str, section: str, description: str, **values: Any) -> None:
+    """Register a named recipe: `values` override the `Recipe` defaults."""
+    PRESETS.add(name, values, section=section, description=description)
+
+
+preset("baseline", "S9", "ResNet-20 v1, pad-4 crop+flip, SGD lr 0.2 bs 256 wd 5e-4, 10 warmup epochs, "
+       "cosine to 1e-4 over 200 epochs, zero-init last gamma")

@@ -1,0 +1,60 @@
+"""A rich progress display for `recipe run`: one bar for the whole fit, one for the epoch.
+
+The bars advance on every batch without touching the device; the loss shown is read from
+`EpochStats` at most once per `refresh_s` seconds, so the display costs no host sync per batch.
+"""
+from __future__ import annotations
+
+import time
+
+from fastai.callback.core import Callback
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from recipes.stats import EpochStats
+
+
+class RichProgress(Callback):
+    order = 95  # after EpochStats
+
+    def __init__(self, console: Console, stats: EpochStats, title: str = "fit", refresh_s: float = 1.0):
+        self.console, self.stats, self.title, self.refresh_s = console, stats, title, refresh_s
+
+    def before_fit(self):
+        self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}"), console=self.console)
+        self.bars.start()
+        self.fit_task = self.bars.add_task(self.title, total=self.n_epoch, info="")
+
+    def before_train(self):
+        self.epoch_task = self.bars.add_task(f"epoch {self.epoch + 1}/{self.n_epoch}", total=len(self.dl), info="")
+        self.start, self.last_refresh, self.done = time.perf_counter(), 0.0, 0
+
+    def after_batch(self):
+        if not self.training:
+            return
+        self.done += self.learn.yb[0].shape[0]
+        now = time.perf_counter()
+        info = None
+        if now - self.last_refresh >= self.refresh_s:
+            self.last_refresh = now
+            lr = self.learn.opt.hypers[0]["lr"]
+            info = (f"loss {self.stats.running_train_loss():.4f}  lr {lr:.2e}  "
+                    f"{self.done / (now - self.start):.0f} img/s")
+        self.bars.update(self.epoch_task, advance=1, **({"info": info} if info else {}))
+
+    def before_validate(self):
+        self.bars.update(self.epoch_task, description=f"test {self.epoch + 1}/{self.n_epoch}")
+
+    def after_epoch(self):
+        self.bars.remove_task(self.epoch_task)
+        r = self.stats.records[-1]
+        self.bars.update(self.fit_task, advance=1, info=f"test acc {r['test_acc']:.2f}%  "
+                         f"train loss {r['train_loss']:.4f}  {self.stats.images_per_second:.0f} img/s")
+        self.console.print(f"epoch {r['epoch']:>4}  train_loss {r['train_loss']:.4f}  test_loss "
+                           f"{r['test_loss']:.4f}  test_acc {r['test_acc']:6.2f}%  lr {r['lr']:.2e}  "
+                           f"{r['seconds']:.1f}s", highlight=False)
+
+    def after_fit(self):
+        self.bars.stop()

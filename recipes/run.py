@@ -1,0 +1,158 @@
+"""Train one `Recipe` into a run folder.
+
+A run folder holds: `config.json` (the resolved recipe), `metrics.csv` (one row per epoch, rewritten
+whole after each epoch), `result.json`, `model.pth` (the weights, a `state_dict`) and `curves.png`.
+Nothing is written into a folder that already holds files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import re
+import time
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from fastai.callback.core import Callback
+from fastai.torch_core import set_seed
+
+from recipes.build import build_dataloaders, build_learner, build_model, resolve_device
+from recipes.recipe import Recipe
+from recipes.stats import EpochStats
+from tricks.data import ImageData, load_dataset
+from tricks.errors import RunFolderError
+from tricks.files import torch_save_atomic, write_atomic
+
+METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
+PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
+
+
+def default_out(recipe: Recipe, root: str | os.PathLike = "runs") -> Path:
+    """`runs/<recipe>-<time>`, with a numeric suffix if that folder exists already."""
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", recipe.recipe)[:80]
+    base = Path(root) / f"{slug}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def check_out(out: Path) -> None:
+    """Refuse an `--out` that holds files, or that cannot be created or written."""
+    if out.exists():
+        if not out.is_dir():
+            raise RunFolderError(f"--out '{out}' is a file; give a new or empty folder")
+        if any(out.iterdir()):
+            raise RunFolderError(f"--out '{out}' already holds files; give a new or empty folder "
+                                 "so that nothing in it is overwritten")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise RunFolderError(f"--out '{out}' is not writable; give a folder you can write to")
+        return
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunFolderError(f"--out '{out}' cannot be created: '{parent}' is not a writable folder")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def metrics_csv(records: Iterable[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS_COLUMNS})
+    return buf.getvalue()
+
+
+def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, path: Path) -> None:
+    """Loss, accuracy and lr against epochs, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    ax_loss.plot(epochs, [r["test_loss"] for r in records], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r["test_acc"] for r in records], "o-")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    ax_lr.plot([i / steps_per_epoch for i in range(len(lrs))], lrs)
+    ax_lr.set(xlabel="epoch", ylabel="lr", title="learning rate", yscale="log")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageData | None = None,
+          callbacks: Callable[[EpochStats], list[Callback]] = lambda stats: [],
+          on_start: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
+    """Train `recipe`, write its run folder, and return `result.json`'s content.
+
+    `callbacks(stats)` adds display callbacks; `on_start(info)` hears the resolved setup before
+    training starts. `data` skips loading (tests and the bench pass data they hold already).
+    """
+    out = Path(out) if out is not None else default_out(recipe)
+    check_out(out)
+    device = resolve_device(recipe.device)
+    if data is None:
+        data = load_dataset(recipe.dataset, recipe.data)
+    set_seed(recipe.seed, reproducible=True)
+    dls = build_dataloaders(recipe, data, device)
+    model = build_model(recipe, data).to(device)
+    resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
+    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))  # noqa: E731
+    stats = EpochStats(listeners=(writer,))
+    learn = build_learner(recipe, dls, model, cbs=[stats, *callbacks(stats)])
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**resolved.to_dict(), "num_classes": data.num_classes, "channels": data.channels,
+              "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
+              "parameters": sum(p.numel() for p in model.parameters())}
+    write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    on_start({**config, "out": str(out)})
+
+    start = time.perf_counter()
+    learn.fit(recipe.epochs)
+    seconds = time.perf_counter() - start
+
+    torch_save_atomic(model.state_dict(), out / "model.pth")
+    records = stats.records
+    result = {
+        "recipe": recipe.recipe,
+        "test_acc": records[-1]["test_acc"],
+        "best_test_acc": max(r["test_acc"] for r in records),
+        "epochs": len(records),
+        "seconds": seconds,
+        "train_images_per_second": stats.images_per_second,
+        "seed": recipe.seed,
+        "dataset": data.name,
+        "device": str(device),
+        "versions": versions(),
+    }
+    write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
+    plot_curves(records, learn.lr_schedule.lrs, len(dls.train), out / "curves.png")
+    return {**result, "out": str(out)}

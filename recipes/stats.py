@@ -1,0 +1,78 @@
+"""Per-epoch statistics kept on the training device and read back once per epoch."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from fastai.callback.core import Callback
+
+
+class EpochStats(Callback):
+    """Train loss, test loss and accuracy, lr, and timing, one record per epoch.
+
+    Sums stay as device tensors during the epoch (no host sync per batch); `after_epoch` reads them
+    once and hands the record to every listener (e.g. the run folder's metrics.csv writer).
+    """
+
+    order = 90
+
+    def __init__(self, listeners: tuple[Callable[[dict], None], ...] = ()):
+        self.listeners = list(listeners)
+        self.records: list[dict] = []
+
+    def before_fit(self):
+        self.records, self.train_images, self.train_seconds = [], 0, 0.0
+
+    def _sync(self):
+        if self.dls.device.type == "cuda":
+            torch.cuda.synchronize(self.dls.device)
+
+    def before_epoch(self):
+        self.epoch_start = time.perf_counter()
+
+    def before_train(self):
+        dev = self.dls.device
+        self.train_loss, self.train_n = torch.zeros((), device=dev), 0
+        self.train_start = time.perf_counter()
+
+    def before_validate(self):
+        dev = self.dls.device
+        self.test_loss, self.test_correct, self.test_n = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+
+    def after_batch(self):
+        y = self.learn.yb[0]
+        n = y.shape[0]
+        if self.training:
+            self.train_loss += self.learn.loss.detach().float() * n
+            self.train_n += n
+        else:
+            self.test_loss += self.learn.loss.detach().float() * n
+            self.test_correct += (self.learn.pred.argmax(dim=1) == y).sum()
+            self.test_n += n
+
+    def after_train(self):
+        self._sync()
+        self.train_seconds += time.perf_counter() - self.train_start
+        self.train_images += self.train_n
+
+    def running_train_loss(self) -> float:
+        """The mean train loss of this epoch so far (one host sync)."""
+        return (self.train_loss / max(self.train_n, 1)).item()
+
+    def after_epoch(self):
+        record = {
+            "epoch": self.epoch + 1,
+            "train_loss": self.running_train_loss(),
+            "test_loss": (self.test_loss / max(self.test_n, 1)).item(),
+            "test_acc": 100.0 * self.test_correct.item() / max(self.test_n, 1),
+            "lr": self.learn.opt.hypers[0]["lr"],
+            "seconds": time.perf_counter() - self.epoch_start,
+        }
+        self.records.append(record)
+        for listener in self.listeners:
+            listener(record)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds else 0.0

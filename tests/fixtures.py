@@ -1,0 +1,156 @@
+"""Writers of small datasets in the exact on-disk formats, and the path of the shared real archive.
+
+Plain functions (not pytest fixtures) so that any test file can import them. Each writer returns
+what a reader must give back: class names and (images uint8 (N, C, H, W), labels int64) per split.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def shared_cifar10_archive() -> Path:
+    """`<shared>/data/cifar10-jpeg.tar.gz`; shared is `$TRICKS_SHARED`, else beside the repo."""
+    env = os.environ.get("TRICKS_SHARED")
+    shared = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return shared / "data" / "cifar10-jpeg.tar.gz"
+
+
+def pixels(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Known uint8 images (N, C, H, W)."""
+    return torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def labels_for(n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Labels that cover every class when n >= num_classes, in a seeded order."""
+    lab = torch.arange(n) % num_classes
+    return lab[torch.randperm(n, generator=torch.Generator().manual_seed(seed))].to(torch.int64)
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _rows(images: torch.Tensor) -> np.ndarray:
+    return images.reshape(len(images), -1).numpy().copy()  # (N, 3072): R plane, G plane, B plane
+
+
+def write_cifar10(folder: Path, per_batch: int = 3, n_test: int = 4, classes=CIFAR10_CLASSES, seed: int = 0) -> dict:
+    """A `cifar-10-batches-py` folder: data_batch_1..5, test_batch, batches.meta."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_train = 5 * per_batch
+    train, test = pixels(n_train, 3, 32, 32, seed), pixels(n_test, 3, 32, 32, seed + 1)
+    ytrain, ytest = labels_for(n_train, len(classes), seed), labels_for(n_test, len(classes), seed + 1)
+    for b in range(5):
+        s = slice(b * per_batch, (b + 1) * per_batch)
+        _pickle(folder / f"data_batch_{b + 1}", {
+            b"batch_label": f"training batch {b + 1} of 5".encode(), b"labels": ytrain[s].tolist(),
+            b"data": _rows(train[s]), b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]})
+    _pickle(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": ytest.tolist(),
+                                    b"data": _rows(test), b"filenames": [b"t.png"] * n_test})
+    _pickle(folder / "batches.meta", {b"label_names": [c.encode() for c in classes],
+                                      b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+    return {"classes": tuple(classes), "train": (train, ytrain), "test": (test, ytest)}
+
+
+def write_cifar100(folder: Path, n_train: int = 200, n_test: int = 100, num_classes: int = 100, seed: int = 0) -> dict:
+    """A `cifar-100-python` folder: train, test, meta (fine and coarse labels)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = tuple(f"fine_{i:02d}" for i in range(num_classes))
+    out = {"classes": classes}
+    for split, n, sd in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, fine = pixels(n, 3, 32, 32, sd), labels_for(n, num_classes, sd)
+        _pickle(folder / split, {b"filenames": [f"{i}.png".encode() for i in range(n)], b"batch_label": split.encode(),
+                                 b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(), b"data": _rows(images)})
+        out[split] = (images, fine)
+    _pickle(folder / "meta", {b"fine_label_names": [c.encode() for c in classes],
+                              b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)]})
+    return out
+
+
+def _idx_bytes(t: torch.Tensor) -> bytes:
+    magic = 0x0800 + t.dim()
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in t.shape)
+    return header + t.to(torch.uint8).numpy().tobytes()
+
+
+def write_idx(folder: Path, n_train: int = 20, n_test: int = 10, gz: bool = True, seed: int = 0, hw=(28, 28)) -> dict:
+    """(Fashion-)MNIST idx files: big-endian header, magic 2051 (images) / 2049 (labels)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"classes": tuple(str(i) for i in range(10))}
+    for prefix, split, n, sd in (("train", "train", n_train, seed), ("t10k", "test", n_test, seed + 1)):
+        images, labels = pixels(n, 1, *hw, seed=sd), labels_for(n, 10, sd)
+        for kind, data in (("images-idx3", images[:, 0]), ("labels-idx1", labels)):
+            raw = _idx_bytes(data)
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+            else:
+                (folder / name).write_bytes(raw)
+        out[split] = (images, labels)
+    return out
+
+
+def write_image(path: Path, image: torch.Tensor) -> None:
+    """One (C, H, W) uint8 image as png (1-4 channels) or jpg (1 or 3), by the file's extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[image.shape[0]]
+    arr = image.permute(1, 2, 0).numpy()
+    Image.fromarray(arr[:, :, 0] if mode == "L" else arr, mode).save(path)
+
+
+def write_image_folder(root: Path, splits: dict[str, dict[str, list[torch.Tensor]]], ext: str = "png") -> None:
+    """fastai's layout: `root/<split>/<class>/NNNN.<ext>`, files numbered in list order."""
+    for split, by_class in splits.items():
+        for c, images in by_class.items():
+            (Path(root) / split / c).mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                write_image(Path(root) / split / c / f"{i:04d}.{ext}", image)
+
+
+def simple_image_folder(root: Path, classes=("cat", "dog", "emu"), n_train: int = 3, n_test: int = 2, c: int = 3,
+                        hw=(8, 6), test_name: str = "test", seed: int = 0) -> dict:
+    """A small png image folder; returns the expected classes and splits (classes sorted)."""
+    classes = tuple(sorted(classes))
+    out, splits = {"classes": classes}, {}
+    for k, (split, n) in enumerate((("train", n_train), (test_name, n_test))):
+        by_class = {cl: list(pixels(n, c, *hw, seed=seed + 10 * k + j)) for j, cl in enumerate(classes)}
+        splits[split] = by_class
+        out["test" if k else "train"] = (torch.cat([torch.stack(v) for v in by_class.values()]),
+                                         torch.arange(len(classes)).repeat_interleave(n))
+    write_image_folder(root, splits)
+    return out
+
+
+def make_tar(src: Path, archive: Path, arcname: str | None = None) -> Path:
+    """A .tar / .tar.gz / .tgz of `src` (stored under `arcname`, default its name)."""
+    mode = "w" if str(archive).endswith(".tar") else "w:gz"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(src, arcname=arcname or Path(src).name)
+    return Path(archive)
+
+
+def assert_matches(data, expected: dict) -> None:
+    """`data` (an ImageData) holds exactly the classes, pixels and labels a writer returned."""
+    assert data.classes == tuple(expected["classes"])
+    for split in ("train", "test"):
+        got, (images, labels) = getattr(data, split), expected[split]
+        assert got.images.dtype == torch.uint8 and got.labels.dtype == torch.int64
+        assert got.images.is_contiguous() and got.images.device.type == "cpu"
+        assert got.images.shape == images.shape and len(got) == len(images)
+        assert torch.equal(got.images, images), f"{split} pixels differ"
+        assert torch.equal(got.labels, labels), f"{split} labels differ"

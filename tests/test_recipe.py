@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from recipes.cli import main
+from recipes.parse import parse_recipe
+from recipes.recipe import Recipe
+from tricks.errors import ConfigError
+
+
+def test_baseline_is_the_notes_s9_baseline():
+    r = parse_recipe("baseline")
+    assert (r.model, r.shortcut, r.zero_init_last, r.bn_momentum) == ("resnet20", "conv1x1", True, None)
+    assert (r.crop_pad, r.pad_mode, r.flip, r.resize_crop, r.normalize) == (4, "zeros", True, False, "dataset")
+    assert (r.bs, r.lr, r.wd, r.momentum, r.epochs) == (256, 0.2, 5e-4, 0.9, 200)
+    assert (r.warmup, r.warmup_epochs, r.warmup_start_lr, r.eta, r.step) == ("linear", 10.0, 1e-5, 1e-4, "iter")
+    assert r.loss == "ce" and r.tricks == ()
+
+
+def test_epochs_override_scales_the_warmup():
+    assert parse_recipe("baseline", epochs=10).warmup_epochs == pytest.approx(0.5)
+    assert parse_recipe("baseline:epochs=20").warmup_epochs == pytest.approx(1.0)
+    r = parse_recipe("baseline:epochs=20,warmup_epochs=2")
+    assert (r.epochs, r.warmup_epochs) == (20, 2.0)
+
+
+def test_term_values_are_typed():
+    r = parse_recipe("baseline:flip=off,subset=500,eta=1e-5,bn_momentum=0.01,model=preact_resnet56")
+    assert (r.flip, r.subset, r.eta, r.bn_momentum, r.model) == (False, 500, 1e-5, 0.01, "preact_resnet56")
+    assert parse_recipe("baseline:bn_momentum=none").bn_momentum is None
+
+
+def test_cli_overrides_come_last_and_none_is_ignored():
+    r = parse_recipe("baseline:lr=0.1", lr=0.05, wd=None)
+    assert (r.lr, r.wd) == (0.05, 5e-4)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("baselin", "unknown recipe term 'baselin'; did you mean 'baseline'?"),
+    ("baseline:epochs=ten", "recipe term 'baseline:epochs=ten': epochs='ten': epochs must be an integer"),
+    ("baseline:colour=red", "recipe term 'baseline:colour=red': unknown key 'colour'; allowed keys: dataset,"),
+    ("baseline:lr=0", "recipe term 'baseline:lr=0': lr=0.0 is out of range; allowed: (0, inf)"),
+    ("baseline:momentum=1", "momentum=1.0 is out of range; allowed: [0, 1)"),
+    ("baseline:epochs=0", "epochs=0 is out of range; allowed: [1, inf)"),
+    ("baseline:pad_mode=edge", "pad_mode='edge' is not allowed; choose one of zeros, reflect"),
+    ("baseline:lr", "recipe term 'baseline:lr': 'lr' must be key=value"),
+    ("baseline:lr=1,lr=2", "key 'lr' is given twice"),
+    ("baseline:epochs=5,warmup_epochs=5", "warmup_epochs=5.0 must be less than epochs=5"),
+    ("", "empty recipe"),
+    ("Baseline", "must be a name or name:key=value"),
+])
+def test_bad_recipes_fail_with_one_line(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_recipe(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_recipe_show_prints_the_resolved_config(capsys):
+    assert main(["show", "baseline:eta=1e-5", "--epochs", "20", "--model", "preact_resnet20"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config == {**Recipe().to_dict(), "recipe": "baseline:eta=1e-5", "eta": 1e-5, "epochs": 20,
+                      "warmup_epochs": 1.0, "model": "preact_resnet20", "tricks": []}
+
+
+def test_recipe_list_shows_baseline(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "S9" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "baselin"], "recipe: error: unknown recipe term 'baselin'; did you mean 'baseline'?"),
+    (["run", "baseline", "--epochs", "x"], "recipe: error: argument --epochs: invalid int value: 'x'"),
+    (["fly"], "recipe: error: argument command: invalid choice: 'fly'"),
+])
+def test_cli_errors_are_one_line_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_missing_data_path_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "recipes.cli", "run", "baseline", "--data", str(tmp_path / "nope"),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("recipe: error: data path ") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_out_folder_with_files_is_refused_and_kept(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(["run", "baseline", "--out", str(out), "--data", str(tmp_path)]) == 2
+    assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1

@@ -1,0 +1,103 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from recipes.build import build_model, sgd_param_groups
+from recipes.parse import parse_recipe
+from recipes.run import METRICS_COLUMNS, train
+from tricks.data import ImageData, Split
+from tricks.errors import RunFolderError
+
+
+def toy_data(seed=0) -> ImageData:
+    """4 classes of 3x16x16 noise, each class brighter in one channel: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.arange(n) % 4
+        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+        for c in range(4):
+            x[y == c, c % 3] += 60 + 40 * (c // 3)
+        return Split(x.contiguous(), y)
+
+    return ImageData("folder", ("a", "b", "c", "d"), split(128), split(64), "toy", "image-folder")
+
+
+def toy_recipe(**kw):
+    return parse_recipe("baseline", **{"epochs": 2, "bs": 32, "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "toy"
+    return out, train(toy_recipe(), out, data=toy_data())
+
+
+def test_run_folder_holds_config_metrics_result_weights_and_curves(toy_run):
+    out, result = toy_run
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "curves.png", "metrics.csv", "model.pth",
+                                                      "result.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "baseline" and config["epochs"] == 2 and config["data"] == "toy"
+    assert (config["train_images"], config["test_images"], config["num_classes"]) == (128, 64, 4)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and tuple(rows[0]) == METRICS_COLUMNS
+    saved = json.loads((out / "result.json").read_text())
+    assert saved == {k: v for k, v in result.items() if k != "out"}
+    assert saved["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-4)
+    assert saved["best_test_acc"] == pytest.approx(max(float(r["test_acc"]) for r in rows), abs=1e-4)
+    assert saved["epochs"] == 2 and saved["seed"] == 0 and saved["train_images_per_second"] > 0
+    assert {"torch", "fastai", "timm", "torchvision", "fastai-tricks"} <= set(saved["versions"])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_weights_give_the_recorded_accuracy(toy_run):
+    out, result = toy_run
+    data = toy_data()
+    model = build_model(toy_recipe(), data)
+    model.load_state_dict(torch.load(out / "model.pth", weights_only=True))
+    model.eval()
+    from recipes.build import normalization
+    mean, std = normalization(toy_recipe(), data)
+    x = (data.test.images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == data.test.labels).float().mean().item() * 100
+    assert acc == pytest.approx(result["test_acc"], abs=1e-4)
+
+
+def test_training_learns_the_toy_task(toy_run):
+    assert toy_run[1]["test_acc"] > 50.0  # chance is 25%
+
+
+def test_same_seed_same_metrics(tmp_path):
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    runs = []
+    for name in ("a", "b"):
+        train(toy_recipe(epochs=1), tmp_path / name, data=toy_data())
+        runs.append(strip(csv.DictReader((tmp_path / name / "metrics.csv").open())))
+    assert runs[0] == runs[1]
+    a = torch.load(tmp_path / "a" / "model.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_decay_skips_batchnorm_and_bias():
+    model = build_model(toy_recipe(), toy_data())
+    decay, no_decay = sgd_param_groups(model, 5e-4, wd_bn_bias=False)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(no_decay["params"]) == ids([p for m in bn for p in (m.weight, m.bias)] + [model.fc.bias])
+    assert ids(decay["params"]) == ids([m.weight for m in model.modules()
+                                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    (everything,) = sgd_param_groups(model, 5e-4, wd_bn_bias=True)
+    assert len(everything["params"]) == len(list(model.parameters()))
+
+
+def test_non_empty_out_is_refused(tmp_path):
+    (tmp_path / "old.csv").write_text("x")
+    with pytest.raises(RunFolderError, match="already holds files"):
+        train(toy_recipe(), tmp_path, data=toy_data())
+    assert [p.name for p in tmp_path.iterdir()] == ["old.csv"]

@@ -1,0 +1,73 @@
+"""Learning-rate schedules as pure functions of training progress, and the callback that steps them.
+
+Warmup then cosine (Goyal et al. 2017, "Accurate, Large Minibatch SGD", arXiv:1706.02677, for the
+warmup; Loshchilov & Hutter 2017, "SGDR", arXiv:1608.03983, for the cosine):
+
+    lr(p) = start + (peak - start) * p / w                                  for p < w  (linear warmup)
+    lr(p) = start * (peak / start) ** (p / w)                               for p < w  (exp warmup)
+    lr(p) = floor + (peak - floor) * (1 + cos(pi * (p - w) / (1 - w))) / 2  for p >= w
+
+where p in [0, 1] is the fraction of training done and w the warmup fraction. The pieces are
+fastai's `SchedLin`, `SchedExp` and `SchedCos`; the split between them is written here in float64
+because fastai's `combine_scheds` computes positions in float32 and runs tensor ops every step.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from fastai.callback.core import Callback
+from fastai.callback.schedule import SchedCos, SchedExp, SchedLin
+
+Schedule = Callable[[float], float]
+WARMUPS = ("linear", "exp")
+STEP_UNITS = ("iter", "epoch")
+
+
+def warmup_cosine(
+    *, peak_lr: float, floor_lr: float, warmup_pct: float, start_lr: float = 1e-5, warmup: str = "linear"
+) -> Schedule:
+    """lr as a function of progress p in [0, 1]: warmup over `warmup_pct`, then cosine to `floor_lr`."""
+    if warmup not in WARMUPS:
+        raise ValueError(f"warmup {warmup!r} is not one of {WARMUPS}")
+    if not 0.0 <= warmup_pct < 1.0:
+        raise ValueError(f"warmup_pct must be in [0, 1), got {warmup_pct}")
+    warm = (SchedLin if warmup == "linear" else SchedExp)(start_lr, peak_lr)
+    decay = SchedCos(peak_lr, floor_lr)
+
+    def lr_at(p: float) -> float:
+        if p < warmup_pct:
+            return float(warm(p / warmup_pct))
+        return float(decay(min(1.0, (p - warmup_pct) / (1.0 - warmup_pct))))
+
+    return lr_at
+
+
+class LRSchedule(Callback):
+    """Sets the optimizer's lr before every training batch from `schedule(progress)`.
+
+    `step='iter'`: progress = iterations done / total iterations (changes every batch).
+    `step='epoch'`: progress = epochs done / total epochs (constant within an epoch).
+    """
+
+    order = 60  # where fastai's ParamScheduler sits: after TrainEvalCallback has counted the step
+
+    def __init__(self, schedule: Schedule, step: str = "iter"):
+        if step not in STEP_UNITS:
+            raise ValueError(f"step {step!r} is not one of {STEP_UNITS}")
+        self.schedule, self.step = schedule, step
+        self.lrs: list[float] = []
+
+    def before_fit(self):
+        self.lrs = []
+
+    def progress(self) -> float:
+        if self.step == "epoch":
+            return self.learn.epoch / self.learn.n_epoch
+        return self.learn.train_iter / (self.learn.n_epoch * self.learn.n_iter)
+
+    def before_batch(self):
+        if not self.training:
+            return
+        lr = self.schedule(self.progress())
+        self.learn.opt.set_hyper("lr", lr)
+        self.lrs.append(lr)
