@@ -101,3 +101,27 @@ def test_non_empty_out_is_refused(tmp_path):
     with pytest.raises(RunFolderError, match="already holds files"):
         train(toy_recipe(), tmp_path, data=toy_data())
     assert [p.name for p in tmp_path.iterdir()] == ["old.csv"]
+
+
+def test_recipe_run_on_real_cifar10_jpeg_archive(cifar10_jpeg, cifar10_jpeg_cache, tmp_path):
+    """The console script end to end on the shared archive (cache decoded once by the fixture)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fixtures import shared_cifar10_archive
+
+    out = tmp_path / "run"
+    env = {**os.environ, "TRICKS_CACHE": str(cifar10_jpeg_cache), "COLUMNS": "120"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "recipe"), "run", "baseline",
+                           "--data", str(shared_cifar10_archive()), "--epochs", "1", "--subset", "500",
+                           "--bs", "100", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert (config["train_images"], config["test_images"], config["image_size"]) == (500, 10000, [32, 32])
+    assert config["dataset"] == "cifar10" and config["warmup_epochs"] == pytest.approx(0.05)
+    assert 0.0 <= result["test_acc"] <= 100.0 and result["epochs"] == 1
+    assert f"test accuracy {result['test_acc']:.2f}%" in proc.stdout
