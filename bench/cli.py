@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 import tempfile
 import time
 
-# fastai's import of torch.jit.script warns on every start; the terminal shows only our own lines.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-
+from recipes.cli import Parser, UsageError
 from tricks.data import load_dataset
 from tricks.errors import TricksError
-
-
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def cmd_load(args: argparse.Namespace) -> None:

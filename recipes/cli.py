@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
                       f"{info['dataset']}: {info['train_images']:,} train / {info['test_images']:,} test images "
                       f"of {info['channels']}x{info['image_size'][0]}x{info['image_size'][1]}, "
                       f"{info['epochs']} epochs, device {info['device']}\nrun folder: {info['out']}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
     try:
         result = train(recipe, args.out, callbacks=display, on_start=started)
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
                 p.bars.stop()
     console.print(f"test accuracy {result['test_acc']:.2f}% (best {result['best_test_acc']:.2f}%), "
                   f"{result['train_images_per_second']:.0f} train img/s, {result['seconds']:.0f} s; "
-                  f"run folder: {result['out']}", highlight=False)
+                  f"run folder: {result['out']}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

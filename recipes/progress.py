@@ -54,7 +54,7 @@ class RichProgress(Callback):
                          f"train loss {r['train_loss']:.4f}  {self.stats.images_per_second:.0f} img/s")
         self.console.print(f"epoch {r['epoch']:>4}  train_loss {r['train_loss']:.4f}  test_loss "
                            f"{r['test_loss']:.4f}  test_acc {r['test_acc']:6.2f}%  lr {r['lr']:.2e}  "
-                           f"{r['seconds']:.1f}s", highlight=False)
+                           f"{r['seconds']:.1f}s", highlight=False, soft_wrap=True)
 
     def after_fit(self):
         self.bars.stop()

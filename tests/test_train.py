@@ -125,3 +125,17 @@ def test_recipe_run_on_real_cifar10_jpeg_archive(cifar10_jpeg, cifar10_jpeg_cach
     assert config["dataset"] == "cifar10" and config["warmup_epochs"] == pytest.approx(0.05)
     assert 0.0 <= result["test_acc"] <= 100.0 and result["epochs"] == 1
     assert f"test accuracy {result['test_acc']:.2f}%" in proc.stdout
+
+
+@pytest.mark.parametrize("recipe", [
+    "baseline:model=preact_resnet20",
+    "baseline:model=wrn10_1,drop_rate=0.1",
+    "baseline:model=timm:resnet18,stem=conv3x3s1-nomaxpool,zero_init_last=false",
+    "baseline:step=epoch,warmup=exp,nesterov=true,pad_mode=reflect,resize_crop=true,normalize=half",
+])
+def test_other_models_and_options_train(recipe, tmp_path):
+    r = parse_recipe(recipe, epochs=1, bs=64, device="cpu")
+    result = train(r, tmp_path / "run", data=toy_data())
+    assert result["epochs"] == 1 and 0.0 <= result["test_acc"] <= 100.0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"] == recipe and config["model"] == r.model
