@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # The demo's budget: a few minutes on 2 CPU cores.
-DEMO_ARGS ?= --dataset fashion-mnist --epochs 4 --subset 12000
+DEMO_ARGS ?= --dataset fashion-mnist --epochs 3 --subset 30000
 
 .PHONY: install demo test fashion-mnist clean
 

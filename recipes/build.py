@@ -17,6 +17,7 @@ from tricks.data.loaders import DeviceLoader, device_dataloaders
 from tricks.data.subset import class_balanced_subset
 from tricks.errors import ConfigError
 from tricks.models import create_model
+from tricks.registry import TRICKS
 from tricks.schedules import LRSchedule, warmup_cosine
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -94,15 +95,31 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
     fastai's default Recorder is left out: it moves the loss to the host after every batch;
     `recipes.stats.EpochStats` keeps the sums on the device and syncs once per epoch.
     """
-    groups = sgd_param_groups(model, recipe.wd, recipe.wd_bn_bias)
 
     def opt_func(_params, lr):
+        # groups from the model as it is now: tricks that add modules at before_fit call create_opt again
+        groups = sgd_param_groups(learn.model, recipe.wd, recipe.wd_bn_bias)
         sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
         return OptimWrapper(opt=sgd)
 
-    warmup_pct = recipe.warmup_epochs / recipe.epochs
-    schedule = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=warmup_pct,
-                             start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
-    callbacks = [TrainEvalCallback(), LRSchedule(schedule, step=recipe.step), *cbs]
-    return Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
-                   wd_bn_bias=recipe.wd_bn_bias, cbs=callbacks, default_cbs=False)
+    tricks = build_tricks(recipe)
+    callbacks = [TrainEvalCallback(), *tricks, *cbs]
+    if not any(isinstance(cb, LRSchedule) for cb in tricks):
+        warmup_pct = recipe.warmup_epochs / recipe.epochs
+        schedule = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=warmup_pct,
+                                 start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
+        callbacks.insert(1, LRSchedule(schedule, step=recipe.step))
+    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
+                    wd_bn_bias=recipe.wd_bn_bias, cbs=callbacks, default_cbs=False)
+    return learn
+
+
+def build_tricks(recipe: Recipe) -> list[Callback]:
+    """The recipe's trick callbacks, sorted by (order, name): the recipe's own order never matters."""
+    cbs = [(TRICKS.get(name).build(recipe, **dict(params)), name) for name, params in recipe.tricks]
+    return [cb for cb, _ in sorted(cbs, key=lambda c: (c[0].order, c[1]))]
+
+
+def lr_schedule(learn: Learner) -> LRSchedule:
+    """The callback that set the lr (the default warmup+cosine, or a trick's schedule)."""
+    return next(cb for cb in learn.cbs if isinstance(cb, LRSchedule))

@@ -70,13 +70,25 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
 
 
 def cmd_list(console: Console) -> None:
-    table = Table(title="recipes")
+    """The registered recipes, then the models (with the name patterns that resolve too)."""
+    from tricks.models import MODELS, PATTERNS
+
+    recipes = Table(title="recipes")
     for col in ("name", "section", "what it is"):
-        table.add_column(col)
+        recipes.add_column(col)
     for name in PRESETS.names():
         meta = PRESETS.meta(name)
-        table.add_row(name, meta["section"], meta["description"])
-    console.print(table)
+        recipes.add_row(name, meta["section"], meta["description"])
+    console.print(recipes)
+    models = Table(title="models (--model NAME)")
+    for col in ("name", "what it is", "paper"):
+        models.add_column(col)
+    for name in MODELS.names():
+        meta = MODELS.meta(name)
+        models.add_row(name, meta["description"], meta["paper"])
+    for pattern, description in PATTERNS.items():
+        models.add_row(pattern, description, "")
+    console.print(models)
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> None:

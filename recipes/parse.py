@@ -6,8 +6,10 @@ Grammar (shell-safe, no quoting needed):
     term   := name | name ":" key "=" value ("," key "=" value)*
 
 A name is a preset from `recipes.presets` (its values are applied in order, then the term's
-key=value pairs, which may set any `Recipe` field). Changing `epochs` without `warmup_epochs`
-scales the warmup with it, so `--epochs 10` on the 200-epoch baseline warms up for 0.5 epochs.
+key=value pairs, which may set any `Recipe` field), or a trick from `tricks.registry.TRICKS` (its
+key=value pairs are the trick's typed parameters; defaults are the notes' values). Changing `epochs`
+without `warmup_epochs` scales the warmup with it, so `--epochs 10` on the 200-epoch baseline warms
+up for 0.5 epochs. A trick named twice, or two tricks that both set the lr schedule, are errors.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Any
 from recipes.presets import PRESETS
 from recipes.recipe import FIELDS, Recipe
 from tricks.errors import ConfigError
-from tricks.registry import unknown_name_message
+import tricks  # noqa: F401  (importing the package registers every trick)
+from tricks.registry import TRICKS, unknown_name_message
 
 NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -57,8 +60,8 @@ def apply(recipe: Recipe, values: dict[str, Any]) -> Recipe:
     return recipe.replace(**values)
 
 
-def parse_term(term: str) -> tuple[str, dict[str, Any]]:
-    """`name:key=value,...` -> (name, {key: typed value})."""
+def parse_term(term: str, coerce=coerce) -> tuple[str, dict[str, Any]]:
+    """`name:key=value,...` -> (name, {key: typed value}); `coerce(key, text)` types each value."""
     name, _, rest = term.partition(":")
     if not NAME.match(name):
         raise ConfigError(f"recipe term '{term}' must be a name or name:key=value,key=value")
@@ -84,13 +87,25 @@ def parse_recipe(text: str, **overrides: Any) -> Recipe:
     if not text:
         raise ConfigError("empty recipe; give a name such as 'baseline' (see `recipe list`)")
     recipe = Recipe(recipe=text)
+    tricks: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
     for term in text.split("+"):
-        name, params = parse_term(term)
+        name = term.partition(":")[0]
+        if name in TRICKS:
+            spec = TRICKS.get(name)
+            _, params = parse_term(term, coerce=lambda key, value: spec.param(key).coerce(value))
+            if any(n == name for n, _ in tricks):
+                raise ConfigError(f"recipe term '{term}': trick '{name}' is named twice; name it once")
+            tricks.append((name, tuple(spec.resolve(params).items())))
+            continue
+        _, params = parse_term(term)
         if name not in PRESETS:
-            raise ConfigError(unknown_name_message("recipe term", name, PRESETS.names()))
+            raise ConfigError(unknown_name_message("recipe term", name, PRESETS.names() + TRICKS.names()))
         try:
             recipe = apply(recipe, {**PRESETS.get(name), **params})
         except ConfigError as e:
             raise ConfigError(f"recipe term '{term}': {e}") from None
+    schedules = [n for n, _ in tricks if "lr" in TRICKS.get(n).touches]
+    if len(schedules) > 1:
+        raise ConfigError(f"tricks {' and '.join(schedules)} both set the lr schedule; keep one")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return apply(recipe, overrides)
+    return apply(recipe.replace(tricks=recipe.tricks + tuple(tricks)), overrides)

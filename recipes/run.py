@@ -22,7 +22,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
-from recipes.build import build_dataloaders, build_learner, build_model, resolve_device
+from recipes.build import build_dataloaders, build_learner, build_model, lr_schedule, resolve_device
 from recipes.recipe import Recipe
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
@@ -154,5 +154,5 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         "versions": versions(),
     }
     write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
-    plot_curves(records, learn.lr_schedule.lrs, len(dls.train), out / "curves.png")
+    plot_curves(records, lr_schedule(learn).lrs, len(dls.train), out / "curves.png")
     return {**result, "out": str(out)}

@@ -68,6 +68,7 @@ def test_recipe_list_shows_baseline(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "S9" in out
+    assert "preact_resnet56" in out and "wrn<depth>_<width>" in out and "timm:<name>" in out
 
 
 @pytest.mark.parametrize("argv, message", [

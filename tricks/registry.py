@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
 from tricks.errors import ConfigError
@@ -75,3 +76,108 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed trick parameter: its default (the notes' value) and what values are allowed."""
+
+    name: str
+    kind: type  # int, float, bool or str
+    default: Any
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is not allowed
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def coerce(self, text: str) -> Any:
+        """The typed value of the text in `key=text`; a ConfigError saying what was expected."""
+        try:
+            if self.kind is bool:
+                if text.lower() in TRUE_WORDS:
+                    return self.check(True)
+                if text.lower() in FALSE_WORDS:
+                    return self.check(False)
+                raise ValueError
+            return self.check(self.kind(text))
+        except ValueError:
+            word = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}[self.kind]
+            raise ConfigError(f"{self.name}={text!r}: {self.name} must be {word}") from None
+
+    def check(self, value: Any) -> Any:
+        """`value` if allowed, else a ConfigError naming the allowed values."""
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{self.name}={value!r} is not allowed; choose one of {', '.join(self.choices)}")
+        if self.kind in (int, float):
+            too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+            too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+            if too_low or too_high:
+                raise ConfigError(f"{self.name}={value} is out of range; allowed: {self.allowed()}")
+        return value
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "|".join(self.choices)
+        if self.kind not in (int, float):
+            return self.kind.__name__
+        left = "(-inf" if self.low is None else ("(" if self.low_open else "[") + f"{self.low:g}"
+        right = "inf)" if self.high is None else f"{self.high:g}" + (")" if self.high_open else "]")
+        return f"{left}, {right}"
+
+
+@dataclass(frozen=True)
+class TrickSpec:
+    """A registered trick: how to build its Callback from a resolved recipe and typed parameters.
+
+    `build(recipe, **params)` returns the Callback; `recipe` is the resolved `recipes.recipe.Recipe`
+    (read for values such as the peak lr, never imported here). `touches` names what the trick
+    changes: input, targets, loss, lr, optimizer, weights, model.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    params: tuple[Param, ...]
+    description: str
+    paper: str
+    touches: tuple[str, ...]
+
+    def param(self, key: str) -> Param:
+        for p in self.params:
+            if p.name == key:
+                return p
+        keys = ", ".join(p.name for p in self.params) or "none"
+        raise ConfigError(f"trick '{self.name}' has no parameter '{key}'; its parameters: {keys}")
+
+    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, every given value checked."""
+        for key, value in given.items():
+            self.param(key).check(value)
+        return {p.name: given.get(p.name, p.default) for p in self.params}
+
+
+TRICKS = Registry("trick")
+TOUCHES = ("input", "targets", "loss", "lr", "optimizer", "weights", "model")
+
+
+def register_trick(name: str, *, params: tuple[Param, ...] = (), description: str, paper: str,
+                   touches: tuple[str, ...], build: Callable[..., Any] | None = None) -> Callable[[T], T]:
+    """Decorator on a Callback class: register it as trick `name`.
+
+    Without `build`, the trick is built as `cls(**params)`; give `build(recipe, **params)` when the
+    callback needs values from the recipe.
+    """
+    bad = set(touches) - set(TOUCHES)
+    if bad:
+        raise ValueError(f"trick '{name}': unknown touches {sorted(bad)}; allowed: {TOUCHES}")
+
+    def deco(cls: T) -> T:
+        make = build if build is not None else (lambda recipe, **kw: cls(**kw))
+        TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches)))
+        return cls
+
+    return deco

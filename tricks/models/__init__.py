@@ -21,7 +21,10 @@ MODELS = Registry("model")
 from tricks.models.cifar_resnet import SHORTCUTS, WRN_OPTIONS, parse_wrn, wide_resnet  # noqa: E402
 from tricks.models.timm_models import STEMS, TIMM_OPTIONS, TIMM_PREFIX, create_timm_model  # noqa: E402
 
-PATTERNS = ("wrn<depth>_<width>", "timm:<name>")
+PATTERNS = {
+    "wrn<depth>_<width>": "Wide ResNet of any depth 6n+4 and width k, e.g. wrn16_4",
+    "timm:<name>": "any timm model, pretrained=False, with the dataset's classes and channels",
+}
 _DEFAULTS = {"shortcut": "conv1x1", "zero_init_last": False, "stem": "default", "drop_rate": 0.0}
 
 __all__ = ["MODELS", "create_model", "model_names", "set_bn_momentum"]
