@@ -115,8 +115,12 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
 
 
 def build_tricks(recipe: Recipe) -> list[Callback]:
-    """The recipe's trick callbacks, sorted by (order, name): the recipe's own order never matters."""
-    cbs = [(TRICKS.get(name).build(recipe, **dict(params)), name) for name, params in recipe.tricks]
+    """The recipe's trick callbacks, sorted by (order, name): the recipe's own order never matters.
+
+    Per-run tricks (the refinery's generations) are left to `recipes.generations`.
+    """
+    cbs = [(TRICKS.get(name).build(recipe, **dict(params)), name) for name, params in recipe.tricks
+           if not TRICKS.get(name).per_run]
     return [cb for cb, _ in sorted(cbs, key=lambda c: (c[0].order, c[1]))]
 
 

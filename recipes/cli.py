@@ -22,6 +22,7 @@ from rich.table import Table
 
 from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
+from tricks.registry import TRICKS
 from recipes.recipe import Recipe
 from tricks.errors import TricksError
 
@@ -80,6 +81,14 @@ def cmd_list(console: Console) -> None:
         meta = PRESETS.meta(name)
         recipes.add_row(name, meta["section"], meta["description"])
     console.print(recipes)
+    tricks = Table(title="tricks (name:key=value,...)")
+    for col in ("name", "what it does", "parameters (defaults)", "touches", "paper"):
+        tricks.add_column(col)
+    for name in sorted(TRICKS.names()):
+        spec = TRICKS.get(name)
+        params = ", ".join(f"{p.name}={p.default} {p.allowed()}" for p in spec.params) or "-"
+        tricks.add_row(name, spec.description, params, ", ".join(spec.touches), spec.paper)
+    console.print(tricks)
     models = Table(title="models (--model NAME)")
     for col in ("name", "what it is", "paper"):
         models.add_column(col)

@@ -107,33 +107,24 @@ def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, pat
     write_atomic(path, buf.getvalue())
 
 
-def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageData | None = None,
-          callbacks: Callable[[EpochStats], list[Callback]] = lambda stats: [],
-          on_start: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
-    """Train `recipe`, write its run folder, and return `result.json`'s content.
-
-    `callbacks(stats)` adds display callbacks; `on_start(info)` hears the resolved setup before
-    training starts. `data` skips loading (tests and the bench pass data they hold already).
-    """
-    out = Path(out) if out is not None else default_out(recipe)
-    check_out(out)
-    device = resolve_device(recipe.device)
-    if data is None:
-        data = load_dataset(recipe.dataset, recipe.data)
+def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *, extra_cbs: list[Callback],
+            callbacks: Callable[[EpochStats], list[Callback]], on_start: Callable[[dict], None],
+            info: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
+    """One fit into one run folder; returns (result.json's content, the trained model)."""
     set_seed(recipe.seed, reproducible=True)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
-    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))  # noqa: E731
-    stats = EpochStats(listeners=(writer,))
-    learn = build_learner(recipe, dls, model, cbs=[stats, *callbacks(stats)])
-
     out.mkdir(parents=True, exist_ok=True)
     config = {**resolved.to_dict(), "num_classes": data.num_classes, "channels": data.channels,
               "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
-              "parameters": sum(p.numel() for p in model.parameters())}
+              "parameters": sum(p.numel() for p in model.parameters()), **info}
     write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
     on_start({**config, "out": str(out)})
+
+    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))  # noqa: E731
+    stats = EpochStats(listeners=(writer,))
+    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, *callbacks(stats)])
 
     start = time.perf_counter()
     learn.fit(recipe.epochs)
@@ -152,7 +143,32 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         "dataset": data.name,
         "device": str(device),
         "versions": versions(),
+        **info,
     }
     write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
     plot_curves(records, lr_schedule(learn).lrs, len(dls.train), out / "curves.png")
+    return result, model
+
+
+def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageData | None = None,
+          callbacks: Callable[[EpochStats], list[Callback]] = lambda stats: [],
+          on_start: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
+    """Train `recipe`, write its run folder, and return `result.json`'s content.
+
+    With a `refine` term, generation 0 and each refinement generation get a sub-folder `gen<N>`
+    (see `recipes.generations`) and the top `result.json` lists every generation's accuracy.
+    `callbacks(stats)` adds display callbacks; `on_start(info)` hears the resolved setup before each
+    fit starts. `data` skips loading (tests and the bench pass data they hold already).
+    """
+    from recipes.generations import refine_params, train_generations
+
+    out = Path(out) if out is not None else default_out(recipe)
+    check_out(out)
+    device = resolve_device(recipe.device)
+    if data is None:
+        data = load_dataset(recipe.dataset, recipe.data)
+    refine = refine_params(recipe)
+    if refine is not None:
+        return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start)
+    result, _ = fit_one(recipe, out, data, device, extra_cbs=[], callbacks=callbacks, on_start=on_start, info={})
     return {**result, "out": str(out)}

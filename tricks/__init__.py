@@ -1,6 +1,47 @@
-"""fastai-tricks: training tricks for image classification as fastai Callbacks."""
+"""fastai-tricks: training tricks for image classification as fastai Callbacks.
+
+Every trick is a fastai `Callback` you can add to your own `Learner`, e.g.
+`Learner(dls, model, cbs=[MixUp(alpha=0.3), LabelRefinery(teacher)])`. Importing this package also
+registers every trick under its recipe name (`recipe list` shows them).
+
+When several tricks touch the same thing they combine in a fixed order (fastai's `order`, lower
+first), whatever order a recipe names them in:
+
+| order | event | tricks |
+|---|---|---|
+| 1-7 | before_fit: model surgery | activation swap 1, residual/FC dropout 2, final BN 3, last-bn switch 4, last gamma 5, BN momentum 6, rotation head 7 |
+| 10 | before_batch: input | channel-drop |
+| 20 | before_batch: targets | one-hot / label smoothing make soft targets |
+| 30 | before_batch: targets | mixup / kl-mixup mix the inputs and the soft targets of 20 |
+| 35 | before_batch: targets | label refinery replaces the targets with the teacher's softmax of the mixed batch |
+| 45 | after_pred: targets | dynamic refine blends the targets with the model's own predictions |
+| 60 | before_batch: lr | the schedule (warmup + cosine, SGDR or step decay; at most one) |
+| 65 | before_fit: optimizer | lookahead wraps the optimizer |
+| 70 | after_step: weights | EMA of the weights |
+"""
+from tricks.activation import LeakyReLUSwap, SwishSwap
+from tricks.bn_momentum import BNMomentum
+from tricks.channel_drop import ChannelDrop
+from tricks.dropout import FCDropout, ResidualDropout
+from tricks.dynamic_refine import DynamicRefine
+from tricks.ema import EMA
 from tricks.errors import ConfigError, DataError, RunFolderError, TricksError
+from tricks.final_bn import FinalBN, LastBN
+from tricks.label_refinery import LabelRefinery
+from tricks.label_smoothing import LabelSmoothing, OneHot
+from tricks.last_gamma import LastGamma
+from tricks.lookahead import Lookahead
+from tricks.mixup import KLMixUp, MixUp
+from tricks.rotation_head import RotationHead
+from tricks.schedules import LRSchedule
+from tricks.sgdr import SGDR
+from tricks.step_decay import StepDecay
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataError", "RunFolderError", "TricksError", "__version__"]
+__all__ = [
+    "BNMomentum", "ChannelDrop", "ConfigError", "DataError", "DynamicRefine", "EMA", "FCDropout", "FinalBN",
+    "KLMixUp", "LRSchedule", "LabelRefinery", "LabelSmoothing", "LastBN", "LastGamma", "LeakyReLUSwap",
+    "Lookahead", "MixUp", "OneHot", "ResidualDropout", "RotationHead", "RunFolderError", "SGDR", "StepDecay",
+    "SwishSwap", "TricksError", "__version__",
+]

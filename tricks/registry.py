@@ -136,7 +136,8 @@ class TrickSpec:
 
     `build(recipe, **params)` returns the Callback; `recipe` is the resolved `recipes.recipe.Recipe`
     (read for values such as the peak lr, never imported here). `touches` names what the trick
-    changes: input, targets, loss, lr, optimizer, weights, model.
+    changes: input, targets, loss, lr, optimizer, weights, model. A `per_run` trick configures the
+    whole run (the refinery's generations): the trainer builds its callbacks itself.
     """
 
     name: str
@@ -145,6 +146,7 @@ class TrickSpec:
     description: str
     paper: str
     touches: tuple[str, ...]
+    per_run: bool = False
 
     def param(self, key: str) -> Param:
         for p in self.params:
@@ -165,7 +167,8 @@ TOUCHES = ("input", "targets", "loss", "lr", "optimizer", "weights", "model")
 
 
 def register_trick(name: str, *, params: tuple[Param, ...] = (), description: str, paper: str,
-                   touches: tuple[str, ...], build: Callable[..., Any] | None = None) -> Callable[[T], T]:
+                   touches: tuple[str, ...], build: Callable[..., Any] | None = None,
+                   per_run: bool = False) -> Callable[[T], T]:
     """Decorator on a Callback class: register it as trick `name`.
 
     Without `build`, the trick is built as `cls(**params)`; give `build(recipe, **params)` when the
@@ -177,7 +180,7 @@ def register_trick(name: str, *, params: tuple[Param, ...] = (), description: st
 
     def deco(cls: T) -> T:
         make = build if build is not None else (lambda recipe, **kw: cls(**kw))
-        TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches)))
+        TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches), per_run))
         return cls
 
     return deco

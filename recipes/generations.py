@@ -1,0 +1,133 @@
+"""Label refinery over generations (Bagherinezhad et al. 2018, arXiv:1805.02641), as the notes ran it.
+
+`refine:gens=N` trains generation 0 with the rest of the recipe, then generations 1..N, each a fresh
+model trained on the soft predictions of the one before (`tricks.label_refinery.LabelRefinery`). The
+notes' variants are the parameters of the `refine` term:
+
+| parameter | meaning | notes |
+|---|---|---|
+| `mixup=first` / `all` | keep mixup (and kl-mixup) in generation 0 only, or in every generation | S8, S9 |
+| `gen_epochs=E` | refinement generations train E epochs (0: the recipe's) | S10 |
+| `first_epochs=E` | generation 0 trains a full schedule of E epochs (0: the recipe's) | S6 `naive=50` |
+| `early_stop=E` | generation 0 stops after E epochs of its schedule | S9 early-stopped model |
+| `weak=K` | generation 0 sees K labelled images per class; refinements train on all the images with their labels replaced by -1, so they are never read | S10 |
+| `temperature`, `loss` | the refinery's softmax temperature and KL / soft cross entropy | S9 |
+
+Each generation's run folder is `gen<N>/`; the top `result.json` lists every generation.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from fastai.callback.core import Callback, CancelFitException
+
+from recipes.recipe import Recipe
+from recipes.run import fit_one, versions
+from recipes.stats import EpochStats
+from tricks.data import ImageData, Split, class_balanced_subset
+from tricks.errors import ConfigError
+from tricks.files import write_atomic
+from tricks.label_refinery import LabelRefinery
+
+MIXUP_TRICKS = ("mixup", "klmixup")
+LABEL_TRICKS = ("onehot", "lsmooth", *MIXUP_TRICKS)  # tricks that read the labels of a batch
+
+
+class StopAfter(Callback):
+    """Cancel the fit after `epochs` epochs (an early-stopped generation 0)."""
+
+    order = 100
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def after_epoch(self):
+        if self.epoch + 1 >= self.epochs:
+            raise CancelFitException()
+
+
+def refine_params(recipe: Recipe) -> dict[str, Any] | None:
+    """The `refine` term's parameters, or None when the recipe has no refinement."""
+    return next((dict(params) for name, params in recipe.tricks if name == "refine"), None)
+
+
+def generation_plan(recipe: Recipe, refine: dict[str, Any]) -> list[Recipe]:
+    """The recipe of each generation, 0..gens (pure: no training)."""
+    rest = tuple((n, p) for n, p in recipe.tricks if n != "refine")
+    if refine["weak"] and refine["mixup"] == "all":
+        raise ConfigError("refine:weak trains refinements without labels, so mixup cannot run in them; "
+                          "use refine:mixup=first")
+    first = recipe.replace(tricks=rest, subset=None)
+    if refine["first_epochs"]:
+        first = first.replace(epochs=refine["first_epochs"],
+                              warmup_epochs=recipe.warmup_epochs * refine["first_epochs"] / recipe.epochs)
+    dropped = LABEL_TRICKS if refine["weak"] else MIXUP_TRICKS if refine["mixup"] == "first" else ()
+    later = recipe.replace(tricks=tuple((n, p) for n, p in rest if n not in dropped), subset=None)
+    if refine["gen_epochs"]:
+        later = later.replace(epochs=refine["gen_epochs"],
+                              warmup_epochs=recipe.warmup_epochs * refine["gen_epochs"] / recipe.epochs)
+    return [first] + [later.replace(seed=recipe.seed + g) for g in range(1, refine["gens"] + 1)]
+
+
+def with_train(data: ImageData, images: torch.Tensor, labels: torch.Tensor) -> ImageData:
+    return ImageData(data.name, data.classes, Split(images.contiguous(), labels), data.test, data.source, data.format)
+
+
+def generation_data(recipe: Recipe, refine: dict[str, Any], data: ImageData) -> tuple[ImageData, ImageData]:
+    """(generation 0's data, the refinements' data): the recipe's subset, then the weak split."""
+    train = data.train
+    if recipe.subset is not None:
+        idx = class_balanced_subset(train.labels, recipe.subset, recipe.seed)
+        data = with_train(data, train.images[idx], train.labels[idx])
+        train = data.train
+    if not refine["weak"]:
+        return data, data
+    idx = class_balanced_subset(train.labels, refine["weak"] * data.num_classes, recipe.seed)
+    first = with_train(data, train.images[idx], train.labels[idx])
+    unlabelled = with_train(data, train.images, torch.full_like(train.labels, -1))
+    return first, unlabelled
+
+
+def train_generations(recipe: Recipe, refine: dict[str, Any], out: Path, data: ImageData, device: torch.device, *,
+                      callbacks: Callable[[EpochStats], list[Callback]],
+                      on_start: Callable[[dict], None]) -> dict[str, Any]:
+    """Generation 0, then `gens` refinements, each into `out/gen<N>`; writes the top result.json."""
+    plan = generation_plan(recipe, refine)
+    first_data, later_data = generation_data(recipe, refine, data)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.json", json.dumps({**recipe.to_dict(), "generations": len(plan)}, indent=2) + "\n")
+    start, generations, teacher = time.perf_counter(), [], None
+    for g, gen_recipe in enumerate(plan):
+        extra: list[Callback] = []
+        if g == 0 and refine["early_stop"]:
+            extra.append(StopAfter(refine["early_stop"]))
+        if g > 0:
+            extra.append(LabelRefinery(teacher, temperature=refine["temperature"], loss=refine["loss"]))
+        info = {"generation": g, "generations": len(plan) - 1}
+        result, teacher = fit_one(gen_recipe, out / f"gen{g}", first_data if g == 0 else later_data, device,
+                                  extra_cbs=extra, callbacks=callbacks, on_start=on_start, info=info)
+        generations.append({"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
+                            "epochs": result["epochs"], "seconds": result["seconds"],
+                            "train_images_per_second": result["train_images_per_second"],
+                            "tricks": [n for n, _ in gen_recipe.tricks], "folder": f"gen{g}"})
+    seconds = time.perf_counter() - start
+    result = {
+        "recipe": recipe.recipe,
+        "test_acc": generations[-1]["test_acc"],
+        "best_test_acc": max(g["best_test_acc"] for g in generations),
+        "generation_test_acc": [g["test_acc"] for g in generations],
+        "generations": generations,
+        "epochs": sum(g["epochs"] for g in generations),
+        "seconds": seconds,
+        "train_images_per_second": sum(g["train_images_per_second"] for g in generations) / len(generations),
+        "seed": recipe.seed,
+        "dataset": data.name,
+        "device": str(device),
+        "versions": versions(),
+    }
+    write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
+    return {**result, "out": str(out)}

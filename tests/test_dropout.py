@@ -1,0 +1,153 @@
+"""resdrop and fcdrop: nn.Dropout exactly where the notes put it, once, undone on cancel, in a Learner."""
+import pytest
+import torch
+from fastai.callback.core import Callback, CancelFitException
+from torch import nn
+
+import tricks.dropout  # noqa: F401  (registers the tricks until tricks/__init__ imports them)
+from recipes.build import build_dataloaders, build_learner, build_model
+from recipes.parse import parse_recipe
+from recipes.run import train
+from tricks.data import ImageData, Split
+from tricks.dropout import FCDropout, ResidualDropout
+from tricks.errors import ConfigError
+from tricks.models import create_model
+from tricks.surgery import blocks
+
+
+def toy_data(seed=0) -> ImageData:
+    """4 classes of 3x16x16 noise, each class brighter in one channel (as tests/test_train.py)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.arange(n) % 4
+        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+        for c in range(4):
+            x[y == c, c % 3] += 60 + 40 * (c // 3)
+        return Split(x.contiguous(), y)
+
+    return ImageData("folder", ("a", "b", "c", "d"), split(128), split(64), "toy", "image-folder")
+
+
+class CancelAtTrain(Callback):
+    def before_train(self):
+        raise CancelFitException
+
+
+class CancelAfterOneBatch(Callback):
+    """Stops the fit after its first training step, as early stopping or TerminateOnNaN would."""
+
+    def after_batch(self):
+        raise CancelFitException
+
+
+def learner(text, model="resnet20", cbs=()):
+    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model)
+    data = toy_data()
+    net = build_model(recipe, data)
+    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
+
+
+def edited(cb, model):
+    """Run the callback's surgery on `model` outside a Learner (no optimizer to rebuild)."""
+    cb.edit(model, cb.check(model))
+    return model
+
+
+# (model, where the dropout goes in each block: the module feeding the last conv, and that conv)
+BRANCHES = [("resnet20", "act1", "conv2"), ("preact_resnet20", "drop", "conv2"),
+            ("timm:resnet18", "act1", "conv2"), ("timm:resnet26", "act2", "conv3")]
+
+
+@pytest.mark.parametrize("name,slot,last_conv", BRANCHES)
+def test_resdrop_sits_right_before_the_last_conv_of_every_branch(name, slot, last_conv):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4)
+    keys = list(model.state_dict())
+    edited(ResidualDropout(p=0.3), model)
+    assert list(model.state_dict()) == keys  # no parameter renamed
+    n = 0
+    for block in blocks(model):
+        drop = getattr(block, slot) if slot == "drop" else getattr(block, slot)[1]
+        assert type(drop) is nn.Dropout and drop.p == 0.3
+        n += 1
+    assert n == len(list(blocks(create_model(name, num_classes=4))))
+    # in training, the last conv's input is the ReLU output, each unit either 0 or scaled by 1/(1-p)
+    block = next(iter(blocks(model)))
+    relu = block.act2 if slot == "drop" else getattr(block, slot)[0]
+    seen = {}
+    relu.register_forward_hook(lambda m, i, o: seen.__setitem__("relu", o.clone()))
+    getattr(block, last_conv).register_forward_pre_hook(lambda m, i: seen.__setitem__("conv_in", i[0].clone()))
+    model.train()
+    model(torch.randn(4, 3, 32, 32))
+    kept = seen["conv_in"] != 0
+    assert torch.allclose(seen["conv_in"][kept], seen["relu"][kept] / 0.7, rtol=1e-6)
+    assert 0.2 < 1 - kept[seen["relu"] != 0].float().mean().item() < 0.4  # about p of the units dropped
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("name", ["resnet20", "timm:resnet18"])
+def test_fcdrop_wraps_the_classifier(name, where):
+    model = create_model(name, num_classes=4)
+    fc = model.fc
+    edited(FCDropout(p=0.2, where=where), model)
+    drop, lin = (model.fc[0], model.fc[1]) if where == "before" else (model.fc[1], model.fc[0])
+    assert lin is fc and type(drop) is nn.Dropout and drop.p == 0.2
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), fc(model.forward_head(model.forward_features(x), pre_logits=True))
+                           if name.startswith("timm") else fc(model.pool(model.forward_features(x))))
+
+
+def test_eval_output_unchanged_by_either_dropout():
+    model = create_model("resnet20", num_classes=4).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        edited(FCDropout(0.5), edited(ResidualDropout(0.5), model))
+        assert torch.equal(model(x), before)
+
+
+def test_unsupported_models_and_conflicts_are_one_line_config_errors():
+    with pytest.raises(ConfigError, match=r"^trick 'resdrop' cannot change model Sequential; it supports .*timm"):
+        ResidualDropout().check(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ConfigError, match="drop_rate"):
+        ResidualDropout().check(create_model("wrn10_1", num_classes=4, drop_rate=0.3))
+    with pytest.raises(ConfigError, match="drop_rate"):
+        FCDropout(where="before").check(create_model("timm:resnet18", num_classes=4, drop_rate=0.3))
+    FCDropout(where="after").check(create_model("timm:resnet18", num_classes=4, drop_rate=0.3))
+    with pytest.raises(ConfigError, match="where"):
+        parse_recipe("baseline+fcdrop:where=middle")
+    with pytest.raises(ConfigError, match=r"p=1.0 is out of range"):
+        parse_recipe("baseline+resdrop:p=1")
+
+
+def test_surgery_once_over_two_fits_and_undone_on_cancel():
+    learn = learner("baseline+resdrop:p=0.1+fcdrop:p=0.1")
+    learn.fit(1)
+    learn.fit(1)
+    assert all(type(b.act1[0]) is nn.ReLU and type(b.act1[1]) is nn.Dropout for b in blocks(learn.model))
+    assert type(learn.model.fc[1]) is nn.Linear
+
+    learn = learner("baseline+resdrop+fcdrop", cbs=[CancelAtTrain()])
+    plain = repr(learn.model)
+    learn.fit(1)
+    assert repr(learn.model) == plain
+
+
+def test_cancel_after_training_started_keeps_the_trained_structure():
+    learn = learner("baseline+resdrop+fcdrop", cbs=[CancelAfterOneBatch()])
+    learn.fit(1)
+    assert learn.train_iter == 1 and type(learn.model.fc[0]) is nn.Dropout
+    assert all(type(b.act1[1]) is nn.Dropout for b in blocks(learn.model))
+
+
+@pytest.mark.parametrize("text,model", [("baseline+resdrop:p=0.1", "resnet20"),
+                                        ("baseline+resdrop:p=0.1", "preact_resnet20"),
+                                        ("baseline+fcdrop:p=0.1,where=after", "resnet20"),
+                                        ("baseline+resdrop+fcdrop", "timm:resnet18")])
+def test_trains_one_epoch(text, model, tmp_path):
+    result = train(parse_recipe(text, epochs=1, bs=32, device="cpu", model=model), tmp_path / "run",
+                   data=toy_data())
+    assert result["epochs"] == 1 and 0.0 <= result["test_acc"] <= 100.0

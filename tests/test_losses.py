@@ -1,0 +1,211 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from fastai.callback.core import Callback, CancelFitException
+
+import tricks.dynamic_refine  # noqa: F401  (registers the tricks until tricks/__init__ imports them)
+import tricks.label_smoothing  # noqa: F401
+import tricks.mixup  # noqa: F401
+from recipes.build import build_dataloaders, build_learner, build_model
+from recipes.parse import parse_recipe
+from recipes.run import train
+from tricks.data import ImageData, Split
+from tricks.errors import ConfigError
+from tricks.label_smoothing import LabelSmoothing, OneHot
+from tricks.losses import (kl_div_loss, one_hot, smooth_targets, soft_target_cross_entropy, switch_loss)
+
+
+# ---- shared helpers (imported by test_mixup.py and test_dynamic_refine.py) ----
+
+def toy_data(seed=0) -> ImageData:
+    """4 classes of 3x16x16 noise, each class brighter in one channel (as tests/test_train.py)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.arange(n) % 4
+        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+        for c in range(4):
+            x[y == c, c % 3] += 60 + 40 * (c // 3)
+        return Split(x.contiguous(), y)
+
+    return ImageData("folder", ("a", "b", "c", "d"), split(64), split(32), "toy", "image-folder")
+
+
+def toy_learner(text, *cbs, epochs=1):
+    """A Learner for recipe `text` on toy data (bs 16: 4 train and 2 test batches an epoch), extra cbs."""
+    recipe = parse_recipe(text, epochs=epochs, bs=16, device="cpu")
+    data = toy_data()
+    torch.manual_seed(0)
+    dls = build_dataloaders(recipe, data, torch.device("cpu"))
+    return build_learner(recipe, dls, build_model(recipe, data), cbs=list(cbs))
+
+
+class Spy(Callback):
+    """Records, per batch: training?, the loss function in place, the targets and the prediction."""
+
+    order = 99
+    run_valid = True
+
+    def __init__(self):
+        self.rows = []
+
+    def after_loss(self):
+        self.rows.append(dict(training=self.learn.training, epoch=self.learn.epoch, loss_func=self.learn.loss_func,
+                              x=self.learn.xb[0].clone(), y=self.learn.yb[0].clone(),
+                              pred=self.learn.pred.detach().clone(), loss=self.learn.loss.detach().clone()))
+
+
+class CancelAfter(Callback):
+    """Cancels the fit after `n` training batches."""
+
+    order = 100
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def after_batch(self):
+        if self.learn.training:
+            self.seen += 1
+            if self.seen == self.n:
+                raise CancelFitException()
+
+
+def check_loss_restored(text):
+    """The recipe's tricks swap the loss during training and put the original back after a full fit and
+    after a cancelled one. Returns the loss function seen in training."""
+    for cancel in (None, CancelAfter(2)):
+        spy = Spy()
+        learn = toy_learner(text, spy, *([cancel] if cancel else []))
+        original = learn.loss_func
+        learn.fit(1)
+        assert learn.loss_func is original
+        during = {r["loss_func"] for r in spy.rows if r["training"]}
+        assert len(during) == 1 and original not in during
+        if cancel:
+            assert sum(r["training"] for r in spy.rows) == 2
+    return during.pop()
+
+
+def run_recipe(text, tmp_path, epochs=1):
+    result = train(parse_recipe(text, epochs=epochs, bs=32, device="cpu"), tmp_path / "run", data=toy_data())
+    assert result["epochs"] == epochs and 0.0 <= result["test_acc"] <= 100.0
+    return result
+
+
+# ---- the losses ----
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(32, 10, generator=g) * 3, torch.randint(0, 10, (32,), generator=g)
+
+
+def test_soft_cross_entropy_with_one_hot_targets_is_cross_entropy_exactly(batch):
+    z, y = batch
+    assert torch.equal(soft_target_cross_entropy(z, one_hot(y, 10)), F.cross_entropy(z, y))
+    assert torch.equal(soft_target_cross_entropy(z, y), F.cross_entropy(z, y))
+    assert torch.equal(kl_div_loss(z, y), F.cross_entropy(z, y))  # hard labels: the test split
+
+
+def test_soft_cross_entropy_is_the_formula(batch):
+    z, _ = batch
+    t = torch.softmax(torch.randn(32, 10), 1)
+    torch.testing.assert_close(soft_target_cross_entropy(z, t), -(t * F.log_softmax(z, 1)).sum(1).mean())
+
+
+def test_kl_is_cross_entropy_minus_target_entropy_and_has_the_same_gradient(batch):
+    z, y = batch
+    t = 0.7 * one_hot(y, 10) + 0.3 * torch.softmax(torch.randn(32, 10), 1)
+    entropy = -(t * t.log()).sum(1).mean()
+    torch.testing.assert_close(kl_div_loss(z, t), soft_target_cross_entropy(z, t) - entropy)
+    grads = []
+    for loss in (kl_div_loss, soft_target_cross_entropy):
+        zz = z.clone().requires_grad_()
+        loss(zz, t).backward()
+        grads.append(zz.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[1], (torch.softmax(z, 1) - t) / 32)
+
+
+def test_epsilon_smoothing_equals_torch_label_smoothing(batch):
+    z, y = batch
+    for eps in (0.1, 0.25):
+        t = smooth_targets(y, 10, eps=eps)
+        torch.testing.assert_close(t, (1 - eps) * one_hot(y, 10) + eps / 10)
+        torch.testing.assert_close(t.sum(1), torch.ones(32))
+        torch.testing.assert_close(soft_target_cross_entropy(z, t), F.cross_entropy(z, y, label_smoothing=eps))
+
+
+def test_on_off_smoothing_is_on_at_the_class_and_off_elsewhere_as_written(batch):
+    _, y = batch
+    t = smooth_targets(y, 10, on=0.9, off=0.0001)
+    assert t.dtype == torch.float32
+    assert torch.equal(t[torch.arange(32), y], torch.full((32,), 0.9))
+    mask = one_hot(y, 10).bool()
+    assert torch.equal(t[~mask], torch.full((32 * 9,), 0.0001))
+    torch.testing.assert_close(t.sum(1), torch.full((32,), 0.9009))  # not 1: replayed as the notes wrote it
+
+
+def test_smooth_targets_refuses_unclear_arguments():
+    y = torch.tensor([0, 1])
+    for kw in (dict(), dict(eps=0.1, on=0.9, off=0.01), dict(on=0.9), dict(on=0.1, off=0.2), dict(eps=1.0)):
+        with pytest.raises(ConfigError):
+            smooth_targets(y, 3, **kw)
+
+
+def test_switch_loss_keeps_the_first_plain_loss_for_restoring():
+    plain = torch.nn.CrossEntropyLoss()
+    assert switch_loss(plain, soft_target_cross_entropy) == (soft_target_cross_entropy, plain)
+    assert switch_loss(soft_target_cross_entropy, soft_target_cross_entropy) == (soft_target_cross_entropy, None)
+    assert switch_loss(kl_div_loss, soft_target_cross_entropy) == (kl_div_loss, None)
+    assert switch_loss(soft_target_cross_entropy, kl_div_loss, replace_soft=True) == (kl_div_loss, None)
+
+
+# ---- the onehot and lsmooth tricks ----
+
+def test_onehot_and_lsmooth_make_the_training_targets_and_leave_the_test_split_alone():
+    for text, expected in (("baseline+onehot", lambda y: one_hot(y, 4)),
+                           ("baseline+lsmooth", lambda y: smooth_targets(y, 4, on=0.9, off=0.0001)),
+                           ("baseline+lsmooth:eps=0.1", lambda y: smooth_targets(y, 4, eps=0.1))):
+        spy = Spy()
+        learn = toy_learner(text, spy)
+        labels = learn.dls.train.labels.clone()
+        learn.fit(1)
+        train_rows = [r for r in spy.rows if r["training"]]
+        test_rows = [r for r in spy.rows if not r["training"]]
+        assert len(train_rows) == 4 and len(test_rows) == 2
+        for r in train_rows:
+            assert r["y"].shape == (16, 4)
+            hard = r["y"].argmax(1)
+            assert torch.equal(r["y"], expected(hard))
+            assert torch.equal(r["loss"], soft_target_cross_entropy(r["pred"], r["y"]))
+        assert sorted(torch.cat([r["y"].argmax(1) for r in train_rows]).tolist()) == sorted(labels.tolist())
+        for r in test_rows:
+            assert r["y"].dtype == torch.int64 and torch.equal(r["loss"], F.cross_entropy(r["pred"], r["y"]))
+
+
+@pytest.mark.parametrize("text", ["baseline+onehot", "baseline+lsmooth", "baseline+lsmooth+klmixup+dynarefine",
+                                  "baseline+onehot+mixup:mix=losses"])
+def test_loss_is_restored_after_fit_and_after_a_cancelled_fit(text):
+    during = check_loss_restored(text)
+    if "klmixup" in text:
+        assert during is kl_div_loss
+    elif "losses" not in text:
+        assert during is soft_target_cross_entropy
+
+
+def test_onehot_and_lsmooth_together_are_refused():
+    learn = toy_learner("baseline+onehot+lsmooth")
+    with pytest.raises(ConfigError, match="onehot and lsmooth both set the targets"):
+        learn.fit(1)
+
+
+def test_lsmooth_refuses_on_not_above_off():
+    with pytest.raises(ConfigError):
+        LabelSmoothing(on=0.1, off=0.2)
+    assert isinstance(OneHot(), OneHot)
+
+
+@pytest.mark.parametrize("text", ["baseline+onehot", "baseline+lsmooth:on=0.95,off=0.00005"])
+def test_trains_through_train(text, tmp_path):
+    run_recipe(text, tmp_path)

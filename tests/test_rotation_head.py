@@ -1,0 +1,143 @@
+"""rotation: a 4-way head on the pooled features; weight * CE(rotation) added to the training loss only."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastai.callback.core import Callback, CancelFitException
+from torch import nn
+
+import tricks.rotation_head  # noqa: F401  (registers the trick until tricks/__init__ imports it)
+from recipes.build import build_dataloaders, build_learner, build_model
+from recipes.parse import parse_recipe
+from recipes.run import train
+from tricks.data import ImageData, Split
+from tricks.errors import ConfigError
+from tricks.models import create_model
+from tricks.rotation_head import RotationHead, rotate_batch
+
+
+def toy_data(seed=0) -> ImageData:
+    """4 classes of 3x16x16 noise, each class brighter in one channel (as tests/test_train.py)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.arange(n) % 4
+        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+        for c in range(4):
+            x[y == c, c % 3] += 60 + 40 * (c // 3)
+        return Split(x.contiguous(), y)
+
+    return ImageData("folder", ("a", "b", "c", "d"), split(128), split(64), "toy", "image-folder")
+
+
+class CancelAtTrain(Callback):
+    def before_train(self):
+        raise CancelFitException
+
+
+def learner(text, model="resnet20", cbs=()):
+    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model)
+    data = toy_data()
+    net = build_model(recipe, data)
+    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
+
+
+def with_head(name, weight=1.0):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4)
+    cb = RotationHead(weight)
+    cb.edit(model, cb.check(model))
+    return cb, model
+
+
+def test_rotate_batch_is_rot90_per_image():
+    x = torch.randn(12, 3, 5, 5)
+    k = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 1, 1, 2, 0])
+    out = rotate_batch(x, k)
+    for i in range(len(x)):
+        assert torch.equal(out[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
+    # label k means k quarter turns: a mark in the top-left corner goes counter-clockwise around the corners
+    mark = torch.zeros(4, 1, 3, 3)
+    mark[:, 0, 0, 0] = 1
+    corners = rotate_batch(mark, torch.arange(4))[:, 0].flatten(1).argmax(1)
+    assert corners.tolist() == [0, 6, 8, 2]  # top-left, bottom-left, bottom-right, top-right
+    with pytest.raises(ConfigError, match="square"):
+        rotate_batch(torch.randn(2, 3, 4, 5), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet20", "timm:resnet18"])
+def test_head_on_the_pooled_features_and_model_output_unchanged(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        cb = RotationHead()
+        cb.edit(model, cb.check(model))
+        assert torch.equal(model(x), before)
+    head = model.rotation_head
+    assert type(head) is nn.Linear and (head.in_features, head.out_features) == (model.fc.in_features, 4)
+    assert not head.training  # same mode as the model
+    assert "rotation_head.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("name", ["resnet20", "timm:resnet18"])
+def test_loss_grows_by_exactly_weight_times_the_rotation_ce(name):
+    cb, model = with_head(name, weight=0.7)
+    model.train()
+    x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 4
+    base = F.cross_entropy(model(x), y)
+    cb.learn = SimpleNamespace(model=model, xb=(x,), loss_grad=base, loss=base.detach().clone(), training=True)
+    torch.manual_seed(5)
+    cb("after_loss")
+    got = cb.learn.loss_grad
+    # by hand: the same draw of rotations, each image turned by torch.rot90 on its own
+    torch.manual_seed(5)
+    k = torch.randint(0, 4, (6,))
+    turned = torch.stack([torch.rot90(x[i], int(k[i]), dims=(1, 2)) for i in range(6)])
+    pool = model.global_pool if name.startswith("timm") else model.pool
+    by_hand = base + 0.7 * F.cross_entropy(model.rotation_head(pool(model.forward_features(turned))), k)
+    assert torch.allclose(got, by_hand, rtol=1e-6, atol=0)
+    assert torch.allclose(cb.learn.loss, by_hand.detach(), rtol=1e-6, atol=0)
+    grads = torch.autograd.grad(got, list(model.parameters()), retain_graph=True)
+    want = torch.autograd.grad(by_hand, list(model.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads, want))
+
+
+def test_evaluation_loss_untouched():
+    cb, model = with_head("resnet20")
+    model.eval()
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4)
+    loss = F.cross_entropy(model(x), y)
+    cb.learn = SimpleNamespace(model=model, xb=(x,), loss_grad=loss, loss=loss.detach(), training=False)
+    cb("after_loss")  # fastai skips it: run_valid = False
+    assert cb.learn.loss_grad is loss
+
+
+def test_head_trained_in_the_optimizer_once_and_removed_on_cancel():
+    learn = learner("baseline+rotation")
+    learn.fit(1)
+    head = learn.model.rotation_head
+    in_opt = {id(p) for g in learn.opt.opt.param_groups for p in g["params"]}
+    assert {id(head.weight), id(head.bias)} <= in_opt and in_opt == {id(p) for p in learn.model.parameters()}
+    w = head.weight.detach().clone()
+    learn.fit(1)
+    assert learn.model.rotation_head is head and not torch.equal(head.weight, w)  # same head, trained on
+
+    learn = learner("baseline+rotation", cbs=[CancelAtTrain()])
+    learn.fit(1)
+    assert not hasattr(learn.model, "rotation_head")
+    assert {id(p) for g in learn.opt.opt.param_groups for p in g["params"]} == {id(p) for p in learn.model.parameters()}
+
+
+def test_other_models_refused():
+    with pytest.raises(ConfigError, match=r"^trick 'rotation' cannot change model Sequential; it supports "):
+        RotationHead().check(nn.Sequential(nn.Flatten(), nn.Linear(3, 4)))
+
+
+@pytest.mark.parametrize("model", ["resnet20", "timm:resnet18"])
+def test_trains_one_epoch(model, tmp_path):
+    result = train(parse_recipe("baseline+rotation:weight=0.5", epochs=1, bs=32, device="cpu", model=model),
+                   tmp_path / "run", data=toy_data())
+    assert result["epochs"] == 1 and 0.0 <= result["test_acc"] <= 100.0

@@ -1,0 +1,136 @@
+"""Exponential moving average of the weights (Polyak & Juditsky 1992; the notes' S9 'EMA', 93.17).
+
+After every `every`-th optimizer step, for every float entry of the model's state_dict (parameters
+and BatchNorm running statistics; integer buffers such as num_batches_tracked are copied):
+
+    ema <- decay * ema + (1 - decay) * w
+
+The notes' alpha is `decay` (alpha=0.9 means ema = 0.9 * ema + 0.1 * w), which is timm's convention:
+the update CALLS timm's `ModelEmaV3.update` (a lerp by 1 - decay), on the model's own device. The
+average starts as a copy of the model at the start of the fit.
+
+Modes (the notes' S9 rows):
+- plain: only the average (alpha=0.9, sgd_wd=5e-4, lr=wd=0: 93.17).
+- lr_wd: 'lr and wd applied on the ema' (91.50 with sgd_wd=0, 93.17 with sgd_wd=5e-4): after each
+  update, every parameter the SGD decays (not BatchNorm weights and biases unless the recipe's
+  wd_bn_bias) is decayed once more on the EMA with the current lr: ema <- ema - lr * wd * ema, wd
+  being the recipe's wd, or this trick's `wd` when given (so `baseline:wd=0+ema:mode=lr_wd,wd=5e-4`
+  is the 91.50 row). Buffers are not decayed.
+- noschedule: 'no cosine and no warmup, ema alone' (88.24): this callback sets lr = peak before
+  every training batch; its order (70) is after the lr schedule (60), which it overrides. The
+  schedule callback still records what it would have set; the epoch `lr` column shows the peak.
+
+With eval=true the EMA weights are swapped into the model at before_validate and swapped back at
+after_validate, and at the end of the fit they are copied into the model, so the saved weights are
+the evaluated EMA weights; with eval=false evaluation and saved weights are the live weights.
+"""
+from __future__ import annotations
+
+import torch
+from fastai.callback.core import Callback
+from fastai.torch_core import norm_bias_params
+from timm.utils.model_ema import ModelEmaV3
+
+from tricks.errors import ConfigError
+from tricks.registry import TRICKS, Param, register_trick
+
+MODES = ("plain", "lr_wd", "noschedule")
+
+
+@torch.no_grad()
+def swap_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Exchange the values of every state_dict entry of two models of the same architecture, in place."""
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        tmp = x.clone()
+        x.copy_(y)
+        y.copy_(tmp)
+
+
+@torch.no_grad()
+def decay_ema_weights(params: list[torch.Tensor], lr: float, wd: float) -> None:
+    """ema <- ema - lr * wd * ema, for each tensor (the lr_wd mode)."""
+    for p in params:
+        p.sub_(p, alpha=lr * wd)
+
+
+def build_ema(recipe, *, decay: float, eval: bool, every: int, mode: str, wd: float) -> "EMA":
+    if wd != -1 and wd < 0:
+        raise ConfigError(f"ema: wd={wd} must be >= 0, or -1 for the recipe's wd")
+    others = [n for n, _ in recipe.tricks if n != "ema" and "lr" in TRICKS.get(n).touches]
+    if mode == "noschedule" and others:
+        raise ConfigError(f"ema: mode=noschedule holds the lr at the peak, which overrides {others[0]}; "
+                          "drop one of them")
+    return EMA(decay=decay, eval=eval, every=every, mode=mode, peak_lr=recipe.lr,
+               wd=recipe.wd if wd == -1 else wd, wd_bn_bias=recipe.wd_bn_bias)
+
+
+@register_trick(
+    "ema",
+    params=(
+        Param("decay", float, 0.9, "the notes' alpha: ema = decay * ema + (1 - decay) * w", low=0, high=1,
+              high_open=True),
+        Param("eval", bool, True, "evaluate on (and save) the EMA weights"),
+        Param("every", int, 1, "update the average every N optimizer steps", low=1),
+        Param("mode", str, "plain", "plain | lr_wd (lr*wd decay on the ema) | noschedule (lr held at peak)",
+              choices=MODES),
+        Param("wd", float, -1.0, "lr_wd mode: weight decay on the ema; -1 = the recipe's wd", low=-1),
+    ),
+    description="exponential moving average of the weights, evaluated in place of the live weights",
+    paper="Polyak & Juditsky 1992, Acceleration of Stochastic Approximation by Averaging, SIAM J. Control "
+          "Optim. 30(4)",
+    touches=("weights",),
+    build=build_ema,
+)
+class EMA(Callback):
+    """Keeps a timm `ModelEmaV3` of the model; see the module docstring for the modes."""
+
+    order = 70  # after the lr schedule (60, overridden in noschedule mode) and lookahead (65)
+
+    def __init__(self, *, decay: float = 0.9, eval: bool = True, every: int = 1, mode: str = "plain",
+                 peak_lr: float = 0.0, wd: float = 0.0, wd_bn_bias: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        self.decay, self.eval, self.every, self.mode = decay, eval, every, mode
+        self.peak_lr, self.wd, self.wd_bn_bias = peak_lr, wd, wd_bn_bias
+        self.average: ModelEmaV3 | None = None
+
+    def before_fit(self):
+        model = self.learn.model
+        self.average = ModelEmaV3(model, decay=self.decay)
+        self.steps, self.swapped, self.cancelled = 0, False, False
+        no_decay = set() if self.wd_bn_bias else {id(p) for p in norm_bias_params(model, with_bias=True)}
+        self.decayed = [e for p, e in zip(model.parameters(), self.average.module.parameters())
+                        if p.requires_grad and id(p) not in no_decay]
+
+    def before_batch(self):
+        if self.mode == "noschedule" and self.training:
+            self.learn.opt.set_hyper("lr", self.peak_lr)
+
+    def after_step(self):
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        self.average.update(self.learn.model)
+        if self.mode == "lr_wd":
+            decay_ema_weights(self.decayed, self.learn.opt.hypers[0]["lr"], self.wd)
+
+    def before_validate(self):
+        if self.eval and self.average is not None:
+            swap_state(self.learn.model, self.average.module)
+            self.swapped = True
+
+    def after_validate(self):
+        self._swap_back()
+
+    def after_cancel_fit(self):
+        self._swap_back()
+        self.cancelled = True
+
+    def after_fit(self):
+        if self.eval and not self.cancelled:
+            self.learn.model.load_state_dict(self.average.module.state_dict())
+
+    def _swap_back(self):
+        if self.swapped:
+            swap_state(self.learn.model, self.average.module)
+            self.swapped = False

@@ -1,0 +1,81 @@
+"""Label refinery: train on a frozen teacher's soft predictions (Bagherinezhad et al. 2018,
+"Label Refinery: Improving ImageNet Classification through Label Progression", arXiv:1805.02641).
+
+For each training batch x (after augmentation and, when mixup is on, after mixing), the target is
+
+    t = softmax(teacher(x) / T)
+
+with the teacher in eval mode and its weights frozen; T < 1 sharpens. The loss is KL(t || softmax(s))
+or the soft cross entropy -(t * log_softmax(s)).sum(1), which differ by the entropy of t, a constant,
+so both give the same gradient. The generations (train, then refine from the model just trained) are
+run by `recipes.run`; this callback is one generation and works in any fastai Learner.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from fastai.callback.core import Callback
+from torch import nn
+
+from tricks.errors import ConfigError
+from tricks.losses import kl_div_loss, soft_target_cross_entropy, switch_loss
+from tricks.registry import Param, register_trick
+
+LOSSES = {"kl": kl_div_loss, "ce": soft_target_cross_entropy}
+
+
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(teacher(x) / T): the refined targets of batch x."""
+    return F.softmax(teacher(x).float() / temperature, dim=1)
+
+
+@register_trick(
+    "refine",
+    params=(
+        Param("gens", int, 4, "refinement generations after generation 0", low=0),
+        Param("mixup", str, "first", "mixup in the first generation only, or in all", choices=("first", "all")),
+        Param("temperature", float, 1.0, "softmax temperature of the teacher (<1 sharpens)", low=0, low_open=True),
+        Param("loss", str, "kl", "KL divergence or soft cross entropy", choices=("kl", "ce")),
+        Param("gen_epochs", int, 0, "epochs of each refinement generation (0: the recipe's)", low=0),
+        Param("first_epochs", int, 0, "epochs of generation 0's schedule (0: the recipe's)", low=0),
+        Param("early_stop", int, 0, "stop generation 0 after this many epochs (0: never)", low=0),
+        Param("weak", int, 0, "labelled images per class for generation 0 (0: all)", low=0),
+    ),
+    description="label refinery: train generation after generation on the previous model's soft predictions",
+    paper="Bagherinezhad et al. 2018, Label Refinery, arXiv:1805.02641",
+    touches=("targets", "loss"),
+    build=lambda recipe, teacher, **p: LabelRefinery(teacher, p["temperature"], p["loss"]),
+    per_run=True,
+)
+class LabelRefinery(Callback):
+    """Replace each training batch's targets with a frozen teacher's softmax of that exact batch."""
+
+    order = 35  # after mixup (30) has mixed the batch, so the teacher sees what the student sees
+    run_valid = False  # the test split is scored against its true labels
+
+    def __init__(self, teacher: nn.Module, temperature: float = 1.0, loss: str = "kl"):
+        if loss not in LOSSES:
+            raise ConfigError(f"refinery loss '{loss}' is not one of {', '.join(LOSSES)}")
+        if temperature <= 0:
+            raise ConfigError(f"refinery temperature={temperature} must be > 0")
+        self.teacher, self.temperature, self.loss = teacher, temperature, loss
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def before_fit(self):
+        # the refinery's loss wins over an earlier target trick's; `switch_loss` says what to restore
+        self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, LOSSES[self.loss],
+                                                               replace_soft=True)
+        self.teacher.to(self.dls.device).eval()
+
+    def before_batch(self):
+        self.teacher.eval()
+        self.learn.yb = (teacher_targets(self.teacher, self.learn.xb[0], self.temperature),)
+
+    def after_fit(self):
+        if self.previous_loss is not None:
+            self.learn.loss_func, self.previous_loss = self.previous_loss, None
+
+    def after_cancel_fit(self):
+        self.after_fit()

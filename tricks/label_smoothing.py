@@ -1,0 +1,88 @@
+"""One-hot and label-smoothed targets (order 20), trained with `soft_target_cross_entropy`.
+
+onehot: the notes' S8 "own cross entropy, everything changed to one-hot targets": y -> onehot(y).
+lsmooth: label smoothing (Szegedy et al. 2016, "Rethinking the Inception Architecture for Computer
+Vision", arXiv:1512.00567), y -> (1 - eps) * onehot(y) + eps / C, or the notes' on/off form: `on` at
+the true class, `off` elsewhere (0.9/0.0001 as written in S7; rows do not sum to 1, replayed as is).
+
+The targets are made at after_pred, not before_batch: the number of classes C is the width of the
+prediction, which is known only then (the data loaders do not carry it). Order 20 still runs before
+mixup (30) and dynamic refine (45) at after_pred. Training batches only; the test split keeps its
+hard labels, which the installed loss takes as plain cross entropy.
+"""
+from __future__ import annotations
+
+from fastai.callback.core import Callback
+
+from tricks.errors import ConfigError
+from tricks.losses import one_hot, smooth_targets, soft_target_cross_entropy, switch_loss
+from tricks.registry import Param, register_trick
+
+
+class SoftTargets(Callback):
+    """Replaces the training targets by `self.targets(y, C)` and trains with soft cross entropy."""
+
+    order = 20  # targets: one-hot / label smoothing, before mixup (30) and dynamic refine (45)
+    run_valid = False
+
+    def __init__(self):
+        self.previous_loss = None
+
+    def targets(self, y, num_classes):
+        raise NotImplementedError
+
+    def before_fit(self):
+        if any(isinstance(cb, SoftTargets) and cb is not self for cb in self.learn.cbs):
+            raise ConfigError("onehot and lsmooth both set the targets; keep one")
+        self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, soft_target_cross_entropy)
+
+    def after_pred(self):
+        self.learn.yb = (self.targets(self.learn.yb[0], self.learn.pred.shape[1]),)
+
+    def after_fit(self):
+        if self.previous_loss is not None:
+            self.learn.loss_func, self.previous_loss = self.previous_loss, None
+
+    def after_cancel_fit(self):
+        self.after_fit()
+
+
+@register_trick(
+    "onehot",
+    description="one-hot float targets and a soft-target cross entropy (the notes' S8 'own cross entropy')",
+    paper="notes S8: own cross-entropy implementation, everything changed to one-hot targets",
+    touches=("targets", "loss"),
+)
+class OneHot(SoftTargets):
+    """y -> onehot(y); the loss equals plain cross entropy exactly."""
+
+    def targets(self, y, num_classes):
+        return one_hot(y, num_classes)
+
+
+@register_trick(
+    "lsmooth",
+    params=(
+        Param("eps", float, 0.0, "epsilon form (1-eps)*onehot + eps/C; 0 = use on/off", low=0.0, high=1.0,
+              high_open=True),
+        Param("on", float, 0.9, "target at the true class (on/off form)", low=0.0, high=1.0, low_open=True),
+        Param("off", float, 0.0001, "target at every other class (on/off form)", low=0.0, high=1.0,
+              high_open=True),
+    ),
+    description="label smoothing: eps form, or the notes' on/off targets (default 0.9/0.0001, S7)",
+    paper="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision, arXiv:1512.00567",
+    touches=("targets", "loss"),
+)
+class LabelSmoothing(SoftTargets):
+    """eps > 0: (1 - eps) * onehot + eps / C; else `on` at the true class, `off` elsewhere."""
+
+    def __init__(self, eps: float = 0.0, on: float = 0.9, off: float = 0.0001):
+        super().__init__()
+        if eps == 0.0 and not off < on:
+            raise ConfigError(f"lsmooth on={on}, off={off}: on must be larger than off")
+        self.eps, self.on, self.off = eps, on, off
+
+    def targets(self, y, num_classes):
+        if self.eps > 0:
+            return smooth_targets(y, num_classes, eps=self.eps)
+        return smooth_targets(y, num_classes, on=self.on, off=self.off)

@@ -1,0 +1,173 @@
+"""Model surgery shared by the tricks that change the network: find the blocks, the last BN of each
+residual branch, the classifier and the pooled features of the models those tricks support, record
+every change so it can be undone, and a Callback base that edits the model once at `before_fit`.
+
+Supported: the CIFAR ResNets of `tricks.models.cifar_resnet` (v1 'resnet<d>', pre-activation
+'preact_resnet<d>', 'wrn<d>_<k>') and timm ResNets (`timm.models.resnet.ResNet` with BasicBlock or
+Bottleneck blocks: 'timm:resnet18', 'timm:resnet50', ...). Any other model is a ConfigError.
+
+Where things are (the last BN of a branch is what Goyal et al. 2017 and timm's `zero_init_last` zero):
+
+| family | blocks | last BN of a branch | activation before the last conv | classifier |
+|---|---|---|---|---|
+| v1 | `model.blocks()` | `bn2` | `act1` | `model.fc` |
+| pre-activation (v2, WRN) | `model.blocks()` | `bn2` (before the last conv, see `cifar_resnet`) | `act2` (then `drop`) | `model.fc` |
+| timm BasicBlock | `layer1..4` | `bn2` | `act1` | `pretrained_cfg['classifier']` ('fc') |
+| timm Bottleneck | `layer1..4` | `bn3` | `act2` | idem |
+
+Pooled features (the classifier's input) are `model.pool(model.forward_features(x))` for the CIFAR nets
+and `model.global_pool(model.forward_features(x))` for timm (timm's own drop_rate dropout left out).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from fastai.callback.core import Callback
+from timm.models.resnet import BasicBlock as TimmBasicBlock
+from timm.models.resnet import Bottleneck as TimmBottleneck
+from timm.models.resnet import ResNet as TimmResNet
+from torch import nn
+
+from tricks.errors import ConfigError
+from tricks.models.cifar_resnet import CifarResNet
+
+SUPPORTED = ("the CIFAR ResNets (resnet<d>, preact_resnet<d>, wrn<d>_<k>) and timm ResNets "
+             "(timm:resnet18, timm:resnet50, ...)")
+FAMILIES = ("v1", "preact", "timm")
+_MISSING = object()
+
+
+def family(model: nn.Module, trick: str) -> str:
+    """'v1', 'preact' or 'timm'; a one-line ConfigError naming the model class for anything else."""
+    if isinstance(model, CifarResNet):
+        return "preact" if model.preact else "v1"
+    if isinstance(model, TimmResNet):
+        return "timm"
+    raise ConfigError(f"trick '{trick}' cannot change model {type(model).__name__}; it supports {SUPPORTED}")
+
+
+def blocks(model: nn.Module) -> Iterator[nn.Module]:
+    """Every residual block, in forward order."""
+    if isinstance(model, CifarResNet):
+        yield from model.blocks()
+    else:
+        yield from (m for m in model.modules() if isinstance(m, (TimmBasicBlock, TimmBottleneck)))
+
+
+def last_bn(block: nn.Module) -> nn.BatchNorm2d:
+    """The last BN of the residual branch (the one zero-init-last-gamma zeros)."""
+    return block.bn3 if isinstance(block, TimmBottleneck) else block.bn2
+
+
+def act_before_last_conv(block: nn.Module) -> str:
+    """Name of the activation module whose output feeds the branch's last conv (v1, timm)."""
+    return "act2" if isinstance(block, TimmBottleneck) else "act1"
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Attribute of the final classifier: 'fc' (timm: `pretrained_cfg['classifier']`)."""
+    if isinstance(model, TimmResNet):
+        return (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "fc")
+    return "fc"
+
+
+def classifier_linear(model: nn.Module) -> nn.Linear:
+    """The classifier's nn.Linear, also when a trick has wrapped it in an nn.Sequential."""
+    head = getattr(model, classifier_name(model))
+    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def num_features(model: nn.Module) -> int:
+    """Width of the pooled features (the classifier's in_features)."""
+    return model.num_features
+
+
+def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, num_features): the globally pooled features of input x."""
+    pool = model.global_pool if isinstance(model, TimmResNet) else model.pool
+    return pool(model.forward_features(x))
+
+
+def like(model: nn.Module, module: nn.Module) -> nn.Module:
+    """`module` on the model's device, in its floating dtype and in its train/eval mode."""
+    p = next(model.parameters())
+    return module.to(device=p.device, dtype=p.dtype).train(model.training)
+
+
+class Edits:
+    """What a trick changed, so it can be put back: attributes set (modules, momenta) and tensors overwritten."""
+
+    def __init__(self):
+        self.steps: list[Callable[[], None]] = []
+
+    def set(self, obj: Any, name: str, value: Any) -> Any:
+        """setattr(obj, name, value); returns the old value (None if there was none)."""
+        old = getattr(obj, name, _MISSING)
+        setattr(obj, name, value)
+        self.steps.append(lambda: delattr(obj, name) if old is _MISSING else setattr(obj, name, old))
+        return None if old is _MISSING else old
+
+    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Remember the values of `tensor` before it is overwritten in place."""
+        saved = tensor.detach().clone()
+        self.steps.append(lambda: tensor.data.copy_(saved))
+        return tensor
+
+    def commit(self) -> None:
+        """Forget the changes: they are now part of the model."""
+        self.steps.clear()
+
+    def undo(self) -> None:
+        """Put everything back, last change first."""
+        while self.steps:
+            self.steps.pop()()
+
+
+class ModelSurgery(Callback):
+    """Base of the model-changing tricks: `edit` the model once at before_fit, undo on cancel.
+
+    Subclasses set `trick` (their registered name, for messages), `order`, and `rebuild_opt` when they
+    add or remove parameters (the optimizer fastai made before `before_fit` is then rebuilt), and
+    write `check(model)` (raise ConfigError; returns the family) and `edit(model, family)` using
+    `self.edits` for every change. A second fit on the same, already edited model changes nothing.
+    A fit cancelled before its first training batch has completed (say another callback refuses at
+    before_fit) puts the model back; once a batch has trained, or the fit has ended, the changes are
+    part of the trained model and stay (early stopping, which cancels the fit, keeps a working model).
+    `check` may be called before fit (e.g. by the trainer) to fail early with a one-line message.
+    """
+
+    trick = "?"
+    rebuild_opt = False
+
+    def __init__(self):
+        super().__init__()
+        self.edits = Edits()
+        self.edited: nn.Module | None = None
+
+    def check(self, model: nn.Module) -> str:
+        return family(model, self.trick)
+
+    def edit(self, model: nn.Module, kind: str) -> None:
+        raise NotImplementedError
+
+    def before_fit(self):
+        model = self.learn.model
+        if self.edited is model:
+            return
+        kind = self.check(model)
+        self.edit(model, kind)
+        self.edited = model
+        if self.rebuild_opt:
+            self.learn.create_opt()
+
+    def after_cancel_fit(self):
+        if not self.edits.steps or self.learn.train_iter > 0:
+            return
+        self.edits.undo()
+        self.edited = None
+        if self.rebuild_opt:
+            self.learn.create_opt()
+
+    def after_fit(self):
+        self.edits.commit()  # a later cancel must not undo what training has built on
