@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from recipes.cli import Parser, UsageError
+from recipes.cli import Parser, UsageError, one_line
 from tricks.data import load_dataset
 from tricks.errors import TricksError
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         cmd_load(args)
     except (TricksError, UsageError) as e:
-        print(f"bench: error: {e}", file=sys.stderr)
+        print(f"bench: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

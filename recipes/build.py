@@ -72,9 +72,13 @@ def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> 
 
 
 def build_model(recipe: Recipe, data: ImageData) -> torch.nn.Module:
-    return create_model(recipe.model, num_classes=data.num_classes, in_chans=data.channels,
-                        shortcut=recipe.shortcut, bn_momentum=recipe.bn_momentum,
-                        zero_init_last=recipe.zero_init_last, stem=recipe.stem, drop_rate=recipe.drop_rate)
+    return model_for(recipe, data.num_classes, data.channels)
+
+
+def model_for(recipe: Recipe, num_classes: int, in_chans: int) -> torch.nn.Module:
+    return create_model(recipe.model, num_classes=num_classes, in_chans=in_chans, shortcut=recipe.shortcut,
+                        bn_momentum=recipe.bn_momentum, zero_init_last=recipe.zero_init_last, stem=recipe.stem,
+                        drop_rate=recipe.drop_rate)
 
 
 def sgd_param_groups(model: torch.nn.Module, wd: float, wd_bn_bias: bool) -> list[dict]:

@@ -4,6 +4,7 @@
                       [--wd X] [--subset N] [--seed N] [--out DIR] [--device D]
     recipe show RECIPE [same options]     the resolved config as JSON, without training
     recipe list                           what is registered
+    recipe eval RUN_DIR [--data PATH] [--tta] [--generation N] [--predict FOLDER]
 
 Errors the user can fix print one line on stderr and exit with code 2.
 """
@@ -62,7 +63,14 @@ def build_parser() -> Parser:
     run.add_argument("--out", help="run folder (default: a new runs/<recipe>-<time>)")
     show = sub.add_parser("show", help="print the resolved config as JSON")
     add_recipe_options(show)
-    sub.add_parser("list", help="list registered recipes")
+    sub.add_parser("list", help="list registered recipes, tricks and models")
+    ev = sub.add_parser("eval", help="re-evaluate a run folder's saved weights on the test split")
+    ev.add_argument("run_dir", help="a folder `recipe run` wrote")
+    ev.add_argument("--data", help="the dataset (default: the path in the run's config.json)")
+    ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror")
+    ev.add_argument("--generation", type=int, help="which refinery generation (default: the last)")
+    ev.add_argument("--predict", metavar="FOLDER", help="predict the classes of the images in FOLDER instead")
+    ev.add_argument("--device", default="auto")
     return parser
 
 
@@ -100,18 +108,48 @@ def cmd_list(console: Console) -> None:
     console.print(models)
 
 
+def cmd_eval(args: argparse.Namespace, console: Console) -> None:
+    from recipes.evaluate import evaluate, predict_folder
+
+    if args.predict:
+        table = Table(title=f"predictions of {args.run_dir}")
+        for col in ("image", "class", "probability"):
+            table.add_column(col)
+        for path, name, prob in predict_folder(args.run_dir, args.predict, tta=args.tta,
+                                               generation=args.generation, device=args.device):
+            table.add_row(path, name, f"{prob:.3f}")
+        console.print(table)
+        return
+    result = evaluate(args.run_dir, data=args.data, tta=args.tta, generation=args.generation, device=args.device)
+    table = Table(title=f"{result.folder}{' with flip TTA' if args.tta else ''}")
+    for col in ("class", "images", "correct", "accuracy"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, n, correct in result.per_class:
+        table.add_row(name, str(n), str(correct), f"{100.0 * correct / n:.2f}%" if n else "-")
+    console.print(table)
+    console.print(f"test accuracy {result.accuracy:.2f}%", highlight=False, soft_wrap=True)
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> None:
     from recipes.progress import RichProgress
     from recipes.run import train
 
     recipe = recipe_from(args)
     progress: list[RichProgress] = []
+    title = [recipe.recipe]
 
     def display(stats):
-        progress.append(RichProgress(console, stats, title=recipe.recipe))
-        return progress
+        progress.append(RichProgress(console, stats, title=title[0]))
+        return [progress[-1]]
 
     def started(info):
+        if "generation" in info:
+            g, n = info["generation"], info["generations"]
+            title[0] = f"gen {g}/{n}"
+            console.print(f"[bold]generation {g} of 0..{n}[/] "
+                          f"({'the first model' if g == 0 else 'refining generation ' + str(g - 1)}; "
+                          f"tricks: {', '.join(t['name'] for t in info['tricks']) or 'none'})",
+                          highlight=False, soft_wrap=True)
         console.print(f"[bold]{info['recipe']}[/]  {info['model']} ({info['parameters']:,} parameters) on "
                       f"{info['dataset']}: {info['train_images']:,} train / {info['test_images']:,} test images "
                       f"of {info['channels']}x{info['image_size'][0]}x{info['image_size'][1]}, "
@@ -124,9 +162,18 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
         for p in progress:
             if hasattr(p, "bars"):
                 p.bars.stop()
+    if "generation_test_acc" in result:
+        console.print("test accuracy by generation: " + " / ".join(f"{a:.2f}" for a in result["generation_test_acc"]),
+                      highlight=False, soft_wrap=True)
     console.print(f"test accuracy {result['test_acc']:.2f}% (best {result['best_test_acc']:.2f}%), "
                   f"{result['train_images_per_second']:.0f} train img/s, {result['seconds']:.0f} s; "
                   f"run folder: {result['out']}", highlight=False, soft_wrap=True)
+
+
+def one_line(error: Exception) -> str:
+    """The message alone: fastai prefixes errors raised in callbacks with a line naming the event."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd_list(console)
         elif args.command == "show":
             print(json.dumps(recipe_from(args).to_dict(), indent=2))
+        elif args.command == "eval":
+            cmd_eval(args, console)
         else:
             cmd_run(args, console)
     except (TricksError, UsageError) as e:
-        print(f"recipe: error: {e}", file=sys.stderr)
+        print(f"recipe: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("recipe: interrupted", file=sys.stderr)

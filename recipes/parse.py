@@ -5,8 +5,9 @@ Grammar (shell-safe, no quoting needed):
     recipe := term ("+" term)*
     term   := name | name ":" key "=" value ("," key "=" value)*
 
-A name is a preset from `recipes.presets` (its values are applied in order, then the term's
-key=value pairs, which may set any `Recipe` field), or a trick from `tricks.registry.TRICKS` (its
+A name is a preset from `recipes.presets` (its trick chain first, then its values, then the term's
+key=value pairs, which may set any `Recipe` field; a later term naming one of its tricks overrides
+that trick's parameters), or a trick from `tricks.registry.TRICKS` (its
 key=value pairs are the trick's typed parameters; defaults are the notes' values). Changing `epochs`
 without `warmup_epochs` scales the warmup with it, so `--epochs 10` on the 200-epoch baseline warms
 up for 0.5 epochs. A trick named twice, or two tricks that both set the lr schedule, are errors.
@@ -20,7 +21,7 @@ from recipes.presets import PRESETS
 from recipes.recipe import FIELDS, Recipe
 from tricks.errors import ConfigError
 import tricks  # noqa: F401  (importing the package registers every trick)
-from tricks.registry import TRICKS, unknown_name_message
+from tricks.registry import CONFLICTS, TRICKS, unknown_name_message
 
 NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -87,25 +88,39 @@ def parse_recipe(text: str, **overrides: Any) -> Recipe:
     if not text:
         raise ConfigError("empty recipe; give a name such as 'baseline' (see `recipe list`)")
     recipe = Recipe(recipe=text)
-    tricks: list[tuple[str, tuple[tuple[str, Any], ...]]] = []
-    for term in text.split("+"):
+    chosen: dict[str, tuple[tuple[str, Any], ...]] = {}
+    from_preset: set[str] = set()
+
+    def add(term: str, in_preset: bool) -> None:
+        nonlocal recipe
         name = term.partition(":")[0]
         if name in TRICKS:
             spec = TRICKS.get(name)
             _, params = parse_term(term, coerce=lambda key, value: spec.param(key).coerce(value))
-            if any(n == name for n, _ in tricks):
+            if name in chosen and name not in from_preset:
                 raise ConfigError(f"recipe term '{term}': trick '{name}' is named twice; name it once")
-            tricks.append((name, tuple(spec.resolve(params).items())))
-            continue
+            chosen[name] = tuple(spec.resolve(params).items())  # a term after a preset overrides its trick
+            (from_preset.add if in_preset else from_preset.discard)(name)
+            return
         _, params = parse_term(term)
         if name not in PRESETS:
             raise ConfigError(unknown_name_message("recipe term", name, PRESETS.names() + TRICKS.names()))
+        values = dict(PRESETS.get(name))
+        for inner in values.pop("chain", "").split("+") if "chain" in values else ():
+            add(inner, in_preset=True)
         try:
-            recipe = apply(recipe, {**PRESETS.get(name), **params})
+            recipe = apply(recipe, {**values, **params})
         except ConfigError as e:
             raise ConfigError(f"recipe term '{term}': {e}") from None
-    schedules = [n for n, _ in tricks if "lr" in TRICKS.get(n).touches]
+
+    for term in text.split("+"):
+        add(term, in_preset=False)
+    names = set(chosen)
+    for pair, why in CONFLICTS:
+        if pair <= names:
+            raise ConfigError(f"tricks {' and '.join(sorted(pair))} {why}")
+    schedules = [n for n in chosen if "lr" in TRICKS.get(n).touches]
     if len(schedules) > 1:
         raise ConfigError(f"tricks {' and '.join(schedules)} both set the lr schedule; keep one")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return apply(recipe.replace(tricks=recipe.tricks + tuple(tricks)), overrides)
+    return apply(recipe.replace(tricks=recipe.tricks + tuple(chosen.items())), overrides)

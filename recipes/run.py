@@ -22,12 +22,14 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
-from recipes.build import build_dataloaders, build_learner, build_model, lr_schedule, resolve_device
+from recipes.build import (build_dataloaders, build_learner, build_model, build_tricks, lr_schedule, normalization,
+                           resolve_device)
 from recipes.recipe import Recipe
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
 from tricks.errors import RunFolderError
 from tricks.files import torch_save_atomic, write_atomic
+from tricks.surgery import ModelSurgery
 
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
 PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
@@ -114,9 +116,14 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     set_seed(recipe.seed, reproducible=True)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
+    for trick in build_tricks(recipe):  # a model a trick cannot change fails before anything is written
+        if isinstance(trick, ModelSurgery):
+            trick.check(model)
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
     out.mkdir(parents=True, exist_ok=True)
-    config = {**resolved.to_dict(), "num_classes": data.num_classes, "channels": data.channels,
+    mean, std = normalization(recipe, data)
+    config = {**resolved.to_dict(), "classes": list(data.classes), "mean": mean.tolist(), "std": std.tolist(),
+              "num_classes": data.num_classes, "channels": data.channels,
               "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
               "parameters": sum(p.numel() for p in model.parameters()), **info}
     write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")

@@ -6,29 +6,14 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from torch import nn
 
-import tricks.activation  # noqa: F401  (registers the tricks until tricks/__init__ imports them)
 from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.activation import LeakyReLUSwap, SwishSwap
-from tricks.data import ImageData, Split
 from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.surgery import blocks
-
-
-def toy_data(seed=0) -> ImageData:
-    """4 classes of 3x16x16 noise, each class brighter in one channel (as tests/test_train.py)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        y = torch.arange(n) % 4
-        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
-        for c in range(4):
-            x[y == c, c % 3] += 60 + 40 * (c // 3)
-        return Split(x.contiguous(), y)
-
-    return ImageData("folder", ("a", "b", "c", "d"), split(128), split(64), "toy", "image-folder")
+from fixtures import toy_data
 
 
 class CancelAtTrain(Callback):
@@ -104,8 +89,8 @@ def test_msra_zero_keeps_the_weights_and_bn_gammas_are_never_touched():
 
 
 def test_two_activation_tricks_and_other_models_refused():
-    with pytest.raises(ConfigError, match="use one activation trick per recipe"):
-        learner("baseline+leakyrelu+swish").fit(1)
+    with pytest.raises(ConfigError, match="^tricks leakyrelu and swish both replace the activations; keep one$"):
+        parse_recipe("baseline+leakyrelu+swish")
     with pytest.raises(ConfigError, match=r"^trick 'swish' cannot change model Sequential; it supports "):
         SwishSwap().check(nn.Sequential(nn.Conv2d(3, 3, 3), nn.ReLU()))
     with pytest.raises(ConfigError, match=r"slope=-0.1 is out of range"):

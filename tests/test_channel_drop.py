@@ -3,25 +3,10 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-import tricks.channel_drop  # noqa: F401  (registers the trick until tricks/__init__ imports it)
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.channel_drop import channel_drop
-from tricks.data import ImageData, Split
-
-
-def toy_data(seed=0) -> ImageData:
-    """4 classes of 3x16x16 noise, each class brighter in one channel (as tests/test_train.py)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        y = torch.arange(n) % 4
-        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
-        for c in range(4):
-            x[y == c, c % 3] += 60 + 40 * (c // 3)
-        return Split(x.contiguous(), y)
-
-    return ImageData("folder", ("a", "b", "c", "d"), split(128), split(64), "toy", "image-folder")
+from fixtures import toy_data
 
 
 def zeroed(x: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,6 @@ from fastai.callback.core import Callback, CancelFitException, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 
-import tricks.ema  # noqa: F401  (registers the trick before tricks/__init__ imports it)
-import tricks.sgdr  # noqa: F401
 from recipes.build import build_model, build_tricks, normalization
 from recipes.parse import parse_recipe
 from recipes.run import train

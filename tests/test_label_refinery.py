@@ -16,7 +16,7 @@ from tricks.errors import ConfigError
 from tricks.label_refinery import teacher_targets
 from tricks.models import create_model
 
-from test_train import toy_data
+from fixtures import toy_data
 
 
 def small_model(seed):

@@ -7,7 +7,6 @@ from fastai.learner import Learner
 from fastai.optimizer import Lookahead as FastaiLookahead
 from fastai.optimizer import OptimWrapper
 
-import tricks.lookahead  # noqa: F401  (registers the trick before tricks/__init__ imports it)
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train

@@ -3,32 +3,19 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback, CancelFitException
 
-import tricks.dynamic_refine  # noqa: F401  (registers the tricks until tricks/__init__ imports them)
-import tricks.label_smoothing  # noqa: F401
-import tricks.mixup  # noqa: F401
 from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
-from tricks.data import ImageData, Split
 from tricks.errors import ConfigError
+from fixtures import toy_data as fixtures_toy_data
 from tricks.label_smoothing import LabelSmoothing, OneHot
 from tricks.losses import (kl_div_loss, one_hot, smooth_targets, soft_target_cross_entropy, switch_loss)
 
 
 # ---- shared helpers (imported by test_mixup.py and test_dynamic_refine.py) ----
 
-def toy_data(seed=0) -> ImageData:
-    """4 classes of 3x16x16 noise, each class brighter in one channel (as tests/test_train.py)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        y = torch.arange(n) % 4
-        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
-        for c in range(4):
-            x[y == c, c % 3] += 60 + 40 * (c // 3)
-        return Split(x.contiguous(), y)
-
-    return ImageData("folder", ("a", "b", "c", "d"), split(64), split(32), "toy", "image-folder")
+def toy_data(seed=0):
+    return fixtures_toy_data(seed, n_train=64, n_test=32)
 
 
 def toy_learner(text, *cbs, epochs=1):
@@ -195,7 +182,9 @@ def test_loss_is_restored_after_fit_and_after_a_cancelled_fit(text):
 
 
 def test_onehot_and_lsmooth_together_are_refused():
-    learn = toy_learner("baseline+onehot+lsmooth")
+    with pytest.raises(ConfigError, match="^tricks lsmooth and onehot both make the soft targets; keep one$"):
+        parse_recipe("baseline+onehot+lsmooth")
+    learn = toy_learner("baseline", OneHot(), LabelSmoothing())  # in a user's own Learner: refused at fit
     with pytest.raises(ConfigError, match="onehot and lsmooth both set the targets"):
         learn.fit(1)
 

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from timm.data.mixup import mixup_target
 
+from recipes.parse import parse_recipe
 from test_losses import Spy, check_loss_restored, run_recipe, toy_learner
 from tricks.errors import ConfigError
 from tricks.losses import kl_div_loss, one_hot, smooth_targets, soft_target_cross_entropy
@@ -155,7 +156,9 @@ def test_loss_is_restored_after_fit_and_after_a_cancelled_fit(text):
 
 
 def test_mixup_and_klmixup_together_are_refused():
-    learn = toy_learner("baseline+mixup+klmixup")
+    with pytest.raises(ConfigError, match="^tricks klmixup and mixup both mix the batch"):
+        parse_recipe("baseline+mixup+klmixup")
+    learn = toy_learner("baseline", MixUp(), KLMixUp())  # in a user's own Learner: refused at fit
     with pytest.raises(ConfigError, match="mixup and klmixup both mix the batch"):
         learn.fit(1)
 

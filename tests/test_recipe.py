@@ -38,7 +38,7 @@ def test_cli_overrides_come_last_and_none_is_ignored():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("baselin", "unknown recipe term 'baselin'; did you mean 'baseline'?"),
+    ("baselin", "unknown recipe term 'baselin'; did you mean 'baseline'"),
     ("baseline:epochs=ten", "recipe term 'baseline:epochs=ten': epochs='ten': epochs must be an integer"),
     ("baseline:colour=red", "recipe term 'baseline:colour=red': unknown key 'colour'; allowed keys: dataset,"),
     ("baseline:lr=0", "recipe term 'baseline:lr=0': lr=0.0 is out of range; allowed: (0, inf)"),
@@ -49,6 +49,14 @@ def test_cli_overrides_come_last_and_none_is_ignored():
     ("baseline:lr=1,lr=2", "key 'lr' is given twice"),
     ("baseline:epochs=5,warmup_epochs=5", "warmup_epochs=5.0 must be less than epochs=5"),
     ("", "empty recipe"),
+    ("baseline+lsmooth+onehot", "tricks lsmooth and onehot both make the soft targets; keep one"),
+    ("baseline+klmixup+mixup", "tricks klmixup and mixup both mix the batch"),
+    ("baseline+sgdr+stepdecay", "tricks sgdr and stepdecay both set the lr schedule; keep one"),
+    ("baseline+mixup+mixup:alpha=1", "trick 'mixup' is named twice; name it once"),
+    ("baseline+mixup:alpha=-1", "recipe term 'mixup:alpha=-1': alpha=-1.0 is out of range"),
+    ("baseline+mixup:beta=1", "trick 'mixup' has no parameter 'beta'; its parameters: alpha, mix"),
+    ("baseline+fcdrop:where=middle", "where='middle' is not allowed; choose one of before, after"),
+    ("baseline+refine:gens=x", "gens='x': gens must be an integer"),
     ("Baseline", "must be a name or name:key=value"),
 ])
 def test_bad_recipes_fail_with_one_line(text, message):
@@ -72,7 +80,7 @@ def test_recipe_list_shows_baseline(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "baselin"], "recipe: error: unknown recipe term 'baselin'; did you mean 'baseline'?"),
+    (["run", "baselin"], "recipe: error: unknown recipe term 'baselin'; did you mean 'baseline'"),
     (["run", "baseline", "--epochs", "x"], "recipe: error: argument --epochs: invalid int value: 'x'"),
     (["fly"], "recipe: error: argument command: invalid choice: 'fly'"),
 ])
@@ -97,3 +105,54 @@ def test_out_folder_with_files_is_refused_and_kept(tmp_path):
     (out / "keep.txt").write_text("precious")
     assert main(["run", "baseline", "--out", str(out), "--data", str(tmp_path)]) == 2
     assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
+
+
+def test_a_trick_the_model_cannot_take_fails_before_anything_is_written(tmp_path, capsys):
+    from fixtures import write_cifar10
+
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    out = tmp_path / "run"
+    argv = ["run", "baseline+lastbn:on=false", "--data", str(tmp_path / "cifar-10-batches-py"), "--out", str(out),
+            "--device", "cpu", "--epochs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recipe: error: lastbn applies to pre-activation models") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_presets_expand_their_trick_chain():
+    best = parse_recipe("best")
+    assert [n for n, _ in best.tricks] == ["finalbn", "mixup", "refine"]
+    assert dict(dict(best.tricks)["mixup"])["alpha"] == 0.3 and dict(dict(best.tricks)["refine"])["mixup"] == "first"
+    assert dict(dict(parse_recipe("best+mixup:alpha=0.5").tricks)["mixup"])["alpha"] == 0.5
+    pre = parse_recipe("preact_baseline")
+    assert (pre.model, pre.zero_init_last, pre.eta) == ("preact_resnet20", False, 1e-5)
+
+
+ALL_TRICKS_A = ("baseline+channeldrop:max=1+resdrop:p=0.1+fcdrop:where=after+finalbn+lastgamma:on=false+leakyrelu:slope=0.01"
+                "+bnmom:momentum=0.01+rotation:weight=0.5+onehot+mixup:alpha=0.3+dynarefine+sgdr:len=10,mult=2"
+                "+lookahead:k=5+ema:decay=0.9+refine:gens=2")
+ALL_TRICKS_B = "preact_baseline+lastbn:on=false+swish+lsmooth:on=0.9,off=0.0001+klmixup+stepdecay:at=100/150"
+
+
+def test_recipe_show_resolves_recipes_that_name_every_trick(capsys):
+    from tricks.registry import TRICKS
+
+    named = set()
+    for text in (ALL_TRICKS_A, ALL_TRICKS_B):
+        assert main(["show", text]) == 0
+        config = json.loads(capsys.readouterr().out)
+        tricks = {t["name"]: t["params"] for t in config["tricks"]}
+        named |= set(tricks)
+        spec_keys = {name: [p.name for p in TRICKS.get(name).params] for name in tricks}
+        assert all(list(params) == spec_keys[name] for name, params in tricks.items())  # every default filled in
+    assert named == set(TRICKS.names())
+    assert tricks["lsmooth"] == {"eps": 0.0, "on": 0.9, "off": 0.0001}
+
+
+def test_recipe_list_shows_every_trick(capsys):
+    from tricks.registry import TRICKS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in TRICKS.names())

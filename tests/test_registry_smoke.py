@@ -12,7 +12,7 @@ from tricks.registry import TRICKS
 
 # Tricks that need a pre-activation model, and settings that fit a 2-epoch run.
 MODEL = {"lastbn": "preact_resnet20"}
-PARAMS = {"stepdecay": ":at=1"}
+PARAMS = {"stepdecay": ":at=1", "refine": ":gens=1"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def test_every_trick_trains_two_batches_and_evaluates(name, small_cifar, tmp_pat
     recipe = parse_recipe(f"baseline+{name}{PARAMS.get(name, '')}", epochs=2, bs=32, device="cpu",
                           model=MODEL.get(name, "resnet20"))
     result = train(recipe, tmp_path / "run", data=small_cifar)
-    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
-    assert len(rows) == 2 and result["epochs"] == 2
+    last = tmp_path / "run" / (f"gen{len(result['generations']) - 1}" if "generations" in result else "")
+    rows = list(csv.DictReader((last / "metrics.csv").open()))
+    assert len(rows) == 2 and result["epochs"] == 2 * len(result.get("generations", [None]))
     assert all(math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["test_loss"])) for r in rows)
     assert 0.0 <= result["test_acc"] <= 100.0

@@ -8,7 +8,6 @@ from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 from timm.scheduler import CosineLRScheduler
 
-import tricks.sgdr  # noqa: F401  (registers the trick before tricks/__init__ imports it)
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train

@@ -6,7 +6,6 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 
-import tricks.step_decay  # noqa: F401  (registers the trick before tricks/__init__ imports it)
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train

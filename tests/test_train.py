@@ -7,22 +7,8 @@ import torch
 from recipes.build import build_model, sgd_param_groups
 from recipes.parse import parse_recipe
 from recipes.run import METRICS_COLUMNS, train
-from tricks.data import ImageData, Split
 from tricks.errors import RunFolderError
-
-
-def toy_data(seed=0) -> ImageData:
-    """4 classes of 3x16x16 noise, each class brighter in one channel: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n):
-        y = torch.arange(n) % 4
-        x = torch.randint(0, 100, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
-        for c in range(4):
-            x[y == c, c % 3] += 60 + 40 * (c // 3)
-        return Split(x.contiguous(), y)
-
-    return ImageData("folder", ("a", "b", "c", "d"), split(128), split(64), "toy", "image-folder")
+from fixtures import toy_data
 
 
 def toy_recipe(**kw):

@@ -11,10 +11,10 @@ first), whatever order a recipe names them in:
 |---|---|---|
 | 1-7 | before_fit: model surgery | activation swap 1, residual/FC dropout 2, final BN 3, last-bn switch 4, last gamma 5, BN momentum 6, rotation head 7 |
 | 10 | before_batch: input | channel-drop |
-| 20 | before_batch: targets | one-hot / label smoothing make soft targets |
-| 30 | before_batch: targets | mixup / kl-mixup mix the inputs and the soft targets of 20 |
+| 20 | after_pred: targets | one-hot / label smoothing make soft targets |
+| 30 | before_batch / after_pred | mixup / kl-mixup mix the inputs, then the soft targets of 20 |
 | 35 | before_batch: targets | label refinery replaces the targets with the teacher's softmax of the mixed batch |
-| 45 | after_pred: targets | dynamic refine blends the targets with the model's own predictions |
+| 36 | after_pred: targets | dynamic refine blends the targets with the predictions of the model's snapshot from the previous epoch |
 | 60 | before_batch: lr | the schedule (warmup + cosine, SGDR or step decay; at most one) |
 | 65 | before_fit: optimizer | lookahead wraps the optimizer |
 | 70 | after_step: weights | EMA of the weights |

@@ -1,75 +1,130 @@
-"""Dynamic (online) refine, order 45: blend the targets with the model's own detached prediction.
+"""Dynamic refine, order 36: a label refinery whose teacher is the model itself as it was at the end of
+the previous epoch.
 
-The notes' S1-S3 'dynamic-refine' / 'dyna' (S3: 88.73 -> 89.06, 91.86 -> 92.22), an online form of
 Label Refinery (Bagherinezhad et al. 2018, "Label Refinery: Improving ImageNet Classification through
-Label Progression", arXiv:1805.02641). Defined here as: during training, from epoch `start_epoch` on,
+Label Progression", arXiv:1805.02641) trains a model on a frozen, trained teacher's soft predictions of
+the very batch the student sees (`tricks.label_refinery`). The notes' S1-S3 'dynamic-refine' / 'dyna'
+(S2: 83.06; S3: 88.73 -> 89.06, 91.86 -> 92.22) make that teacher follow the training:
 
-    y <- (1 - w) * y_soft + w * softmax(pred.detach() / T)
+    at the end of every training epoch e >= start_epoch - 1: snapshot <- frozen copy of the model
+    during epoch e + 1, for each training batch x:  t = (1 - w) * y_soft + w * softmax(snapshot(x) / T)
 
-where pred is the model's prediction on the same (possibly mixed) batch and y_soft the targets made
-by the earlier target tricks (one-hot of the labels if none), trained with the soft-target loss.
-Note: for T = 1 and rows of y_soft summing to 1 the gradient w.r.t. the logits is exactly
-(1 - w) * (softmax(pred) - y_soft), i.e. plain cross entropy scaled by (1 - w); T != 1 makes the
-refined targets sharper (T < 1) or flatter (T > 1) than the prediction.
-Written by hand: no library has this blend; it is one line.
+x is the exact batch the student sees (after augmentation, channel drop and mixup: the snapshot's
+forward runs at before_batch, order 36, after mixup (30) mixed the images and after the label
+refinery (35)); y_soft is the target the earlier tricks made (the one-hot of the labels if they are
+still class indices, the smoothed / mixed soft targets if lsmooth or mixup ran); the blend is made at
+after_pred, where those tricks made their targets. The loss is the soft-target cross entropy. The
+snapshot is a `copy.deepcopy` of the model, in eval mode (BN uses its running statistics, nothing in
+it is updated), with requires_grad off; it never changes during an epoch and is freed after the fit.
+The first `start_epoch` epochs (default 1) train on the plain targets: there is no snapshot yet.
+
+Why this reading. S1 writes 'dynamic-refine: refine using model_final_2.pth', i.e. the teacher is a
+trained model, not the prediction of the current forward pass; 'dynamic' (and S2's separate
+'online-refine') then says the teacher follows the training instead of being fixed for a whole
+generation. The earlier reading here, y <- (1 - w) * y + w * softmax(pred.detach() / T) of the same
+forward pass, is not a teacher at all: at T = 1 its gradient w.r.t. the logits is exactly
+(1 - w) * (softmax(pred) - y), i.e. plain cross entropy scaled by (1 - w), a change of learning rate.
+Evaluation is untouched (run_valid False): the test split is scored against its true labels.
+Written by hand on top of `tricks.label_refinery.teacher_targets`: no library keeps such a snapshot.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 
 from tricks.errors import ConfigError
+from tricks.label_refinery import teacher_targets
 from tricks.losses import one_hot, soft_target_cross_entropy, switch_loss
 from tricks.mixup import MixUp
 from tricks.registry import Param, register_trick
 
 
-def refine_targets(y_soft: torch.Tensor, logits: torch.Tensor, weight: float, temperature: float) -> torch.Tensor:
-    """(1 - weight) * y_soft + weight * softmax(logits.detach() / temperature)."""
-    return (1 - weight) * y_soft + weight * F.softmax(logits.detach() / temperature, dim=1)
+def blend_targets(y_soft: torch.Tensor, teacher_probs: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) * y_soft + weight * teacher_probs."""
+    return (1 - weight) * y_soft + weight * teacher_probs
+
+
+def refine_targets(y_soft: torch.Tensor, teacher_logits: torch.Tensor, weight: float,
+                   temperature: float) -> torch.Tensor:
+    """(1 - weight) * y_soft + weight * softmax(teacher_logits / temperature): the refined targets, with
+    `teacher_logits` the snapshot's logits of the batch (the same maths as `teacher_targets`)."""
+    probs = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return blend_targets(y_soft, probs, weight)
 
 
 @register_trick(
     "dynarefine",
     params=(
-        Param("weight", float, 0.5, "weight w of the model's own prediction in the target", low=0.0, high=1.0),
-        Param("temperature", float, 1.0, "softmax temperature T of the prediction", low=0.0, low_open=True),
-        Param("start_epoch", int, 0, "epochs trained on the plain targets before refining", low=0),
+        Param("weight", float, 0.5, "weight w of the snapshot's prediction in the target", low=0.0, high=1.0),
+        Param("temperature", float, 1.0, "softmax temperature T of the snapshot", low=0.0, low_open=True),
+        Param("start_epoch", int, 1, "first epoch (0-based) trained on refined targets; >= 1", low=1),
     ),
-    description="dynamic refine: targets (1-w)*y + w*softmax(pred.detach()/T), the notes' 'dyna' (S1-S3)",
-    paper="Bagherinezhad et al. 2018, Label Refinery, arXiv:1805.02641 (online form, notes S1-S3)",
+    description="dynamic refine: label refinery whose teacher is the model at the end of the previous "
+                "epoch, targets (1-w)*y + w*softmax(snapshot(x)/T) (the notes' 'dyna', S1-S3)",
+    paper="Bagherinezhad et al. 2018, Label Refinery, arXiv:1805.02641; notes S1-S3 'dynamic-refine' "
+          "('refine using model_final_2.pth'), 'dyna', 'online-refine'",
     touches=("targets", "loss"),
 )
 class DynamicRefine(Callback):
-    """Refines the training targets at after_pred from `start_epoch` on; the test split is untouched."""
+    """Refines the training targets with a frozen snapshot of the model from the previous epoch."""
 
-    order = 45  # after_pred: after one-hot / label smoothing (20) and mixup (30) made the targets
+    order = 36  # before_batch: after mixup (30) mixed x and the label refinery (35); after_pred: after
+    #             one-hot / label smoothing (20) and mixup (30) made the soft targets
     run_valid = False
 
-    def __init__(self, weight: float = 0.5, temperature: float = 1.0, start_epoch: int = 0):
+    def __init__(self, weight: float = 0.5, temperature: float = 1.0, start_epoch: int = 1):
         if not 0.0 <= weight <= 1.0:
             raise ConfigError(f"dynarefine weight={weight} is out of range; allowed: [0, 1]")
         if not temperature > 0:
             raise ConfigError(f"dynarefine temperature={temperature} is out of range; allowed: (0, inf)")
-        if start_epoch < 0:
-            raise ConfigError(f"dynarefine start_epoch={start_epoch} is out of range; allowed: [0, inf)")
+        if start_epoch < 1:
+            raise ConfigError(f"dynarefine start_epoch={start_epoch} is out of range; allowed: [1, inf) "
+                              "(the first snapshot is taken at the end of an epoch)")
         self.weight, self.temperature, self.start_epoch = weight, temperature, start_epoch
         self.previous_loss = None
+        self.snapshot = None  # the frozen model of the previous epoch
+        self.teacher_probs = None  # softmax(snapshot(x) / T) of the current training batch
 
     def before_fit(self):
         if any(isinstance(cb, MixUp) and cb.mix == "losses" for cb in self.learn.cbs):
             raise ConfigError("dynarefine refines mixed labels, and mixup:mix=losses has none; use mix=labels")
+        self.snapshot, self.teacher_probs = None, None
         self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, soft_target_cross_entropy)
 
-    def after_pred(self):
-        if self.learn.epoch < self.start_epoch:
+    def before_batch(self):
+        self.teacher_probs = None
+        if self.snapshot is None or self.learn.epoch < self.start_epoch:
             return
-        y, pred = self.learn.yb[0], self.learn.pred
-        y_soft = y if y.is_floating_point() else one_hot(y, pred.shape[1])
-        self.learn.yb = (refine_targets(y_soft, pred, self.weight, self.temperature),)
+        self.teacher_probs = teacher_targets(self.snapshot, self.learn.xb[0], self.temperature)
+
+    def after_pred(self):
+        if self.teacher_probs is None:
+            return
+        y = self.learn.yb[0]
+        y_soft = y if y.is_floating_point() else one_hot(y, self.teacher_probs.shape[1])
+        self.learn.yb = (blend_targets(y_soft, self.teacher_probs, self.weight),)
+        self.teacher_probs = None
+
+    def after_epoch(self):
+        # the snapshot of epoch e teaches epoch e + 1; none is needed after the last epoch
+        e = self.learn.epoch
+        if e >= self.start_epoch - 1 and e + 1 < self.learn.n_epoch:
+            self.take_snapshot()
+
+    def take_snapshot(self):
+        self.snapshot = None  # free the old copy before making the new one
+        snapshot = copy.deepcopy(self.learn.model)
+        snapshot.eval()
+        for p in snapshot.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self.snapshot = snapshot
 
     def after_fit(self):
+        self.snapshot, self.teacher_probs = None, None
         if self.previous_loss is not None:
             self.learn.loss_func, self.previous_loss = self.previous_loss, None
 

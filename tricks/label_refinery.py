@@ -67,7 +67,7 @@ class LabelRefinery(Callback):
         # the refinery's loss wins over an earlier target trick's; `switch_loss` says what to restore
         self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, LOSSES[self.loss],
                                                                replace_soft=True)
-        self.teacher.to(self.dls.device).eval()
+        self.teacher.to(next(self.learn.model.parameters()).device).eval()
 
     def before_batch(self):
         self.teacher.eval()

@@ -7,7 +7,7 @@ the true class, `off` elsewhere (0.9/0.0001 as written in S7; rows do not sum to
 
 The targets are made at after_pred, not before_batch: the number of classes C is the width of the
 prediction, which is known only then (the data loaders do not carry it). Order 20 still runs before
-mixup (30) and dynamic refine (45) at after_pred. Training batches only; the test split keeps its
+mixup (30) and dynamic refine (36) at after_pred. Training batches only; the test split keeps its
 hard labels, which the installed loss takes as plain cross entropy.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tricks.registry import Param, register_trick
 class SoftTargets(Callback):
     """Replaces the training targets by `self.targets(y, C)` and trains with soft cross entropy."""
 
-    order = 20  # targets: one-hot / label smoothing, before mixup (30) and dynamic refine (45)
+    order = 20  # targets: one-hot / label smoothing, before mixup (30) and dynamic refine (36)
     run_valid = False
 
     def __init__(self):

@@ -65,7 +65,7 @@ ALPHA = Param("alpha", float, 0.3, "Beta(alpha, alpha) of lam (notes S9 best: 0.
 class MixUp(Callback):
     """Mixes x at before_batch; the targets at after_pred (labels) or the loss (losses). Training only."""
 
-    order = 30  # after one-hot / label smoothing (20) made the soft targets, before dynamic refine (45)
+    order = 30  # after one-hot / label smoothing (20) made the soft targets, before dynamic refine (36)
     run_valid = False
     target_loss = staticmethod(soft_target_cross_entropy)  # the loss on mixed labels
     replace_soft = False  # keep a soft-target loss an earlier trick installed

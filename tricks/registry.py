@@ -163,6 +163,12 @@ class TrickSpec:
 
 
 TRICKS = Registry("trick")
+# Pairs of tricks that cannot share a recipe, and why (more than one lr schedule is refused as well).
+CONFLICTS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"onehot", "lsmooth"}), "both make the soft targets; keep one"),
+    (frozenset({"mixup", "klmixup"}), "both mix the batch; keep one (klmixup is mixup with a KL loss)"),
+    (frozenset({"leakyrelu", "swish"}), "both replace the activations; keep one"),
+)
 TOUCHES = ("input", "targets", "loss", "lr", "optimizer", "weights", "model")
 
 

@@ -330,3 +330,13 @@ def read_format(fmt: str, folder: Path, size: tuple[int, int] | None = None) -> 
         raise DataError(f"train images in '{folder}' are {tuple(train.images.shape[1:])} "
                         f"but test images are {tuple(test.images.shape[1:])}")
     return classes, _resize(train, size), _resize(test, size)
+
+
+def read_images(folder: Path, channels: int, size: tuple[int, int]) -> tuple[list[str], torch.Tensor]:
+    """Every png/jpg directly in `folder`, decoded to `channels` and resized to `size`: (paths, uint8 (N, C, H, W))."""
+    paths = _images_in(Path(folder)) if Path(folder).is_dir() else []
+    if not paths:
+        raise DataError(f"no .png or .jpg images in '{folder}'; give a folder of images to predict")
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    images = _same_size(paths, _decode(paths, mode), size)
+    return paths, torch.stack(images).contiguous()

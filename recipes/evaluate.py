@@ -1,0 +1,106 @@
+"""Re-evaluate a run folder's saved weights (`recipe eval`), optionally with flip TTA, and predict images.
+
+The model is rebuilt from the run's `config.json` (the model, then the surgery of its structural
+tricks, e.g. a final BN), then `model.pth` is loaded with `torch.load(weights_only=True)`. A
+refinery run is evaluated at its last generation unless another is asked for.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from recipes.build import build_tricks, model_for, resolve_device
+from recipes.recipe import FIELDS, Recipe
+from tricks.data import load_dataset
+from tricks.data.augment import normalize
+from tricks.data.formats import read_images
+from tricks.errors import ConfigError, RunFolderError
+from tricks.surgery import ModelSurgery
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # %
+    per_class: list[tuple[str, int, int]]  # (class, images, correct)
+    folder: Path
+
+
+def run_folder(path: str | Path, generation: int | None = None) -> Path:
+    """The folder holding config.json and model.pth: the run, or one generation of a refinery run."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RunFolderError(f"'{path}' is not a run folder (no config.json); give a folder `recipe run` wrote")
+    generations = json.loads((path / "config.json").read_text()).get("generations")
+    if generations is not None:
+        g = generations - 1 if generation is None else generation
+        if not 0 <= g < generations:
+            raise ConfigError(f"--generation {g} is out of range; this run has generations 0..{generations - 1}")
+        path = path / f"gen{g}"
+    elif generation not in (None, 0):
+        raise ConfigError(f"'{path}' is not a refinery run; leave out --generation")
+    if not (path / "model.pth").is_file():
+        raise RunFolderError(f"'{path}' has no model.pth (the run did not finish); evaluate a finished run")
+    return path
+
+
+def recipe_of(config: dict) -> Recipe:
+    values = {k: v for k, v in config.items() if k in FIELDS and k != "tricks"}
+    tricks = tuple((t["name"], tuple(t["params"].items())) for t in config.get("tricks", ()))
+    return Recipe(**values, tricks=tricks)
+
+
+def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The trained model (built, changed by the recipe's structural tricks, weights loaded, eval mode)
+    and the run's config."""
+    config = json.loads((folder / "config.json").read_text())
+    recipe = recipe_of(config)
+    model = model_for(recipe, config["num_classes"], config["channels"])
+    for trick in build_tricks(recipe):
+        if isinstance(trick, ModelSurgery):
+            trick.edit(model, trick.check(model))
+    model.load_state_dict(torch.load(folder / "model.pth", map_location="cpu", weights_only=True))
+    return model.to(device).eval(), config
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+            tta: bool = False, bs: int = 500) -> torch.Tensor:
+    """Class probabilities of uint8 images; with `tta`, the mean over the image and its mirror."""
+    device = next(model.parameters()).device
+    mean, std = mean.to(device), std.to(device)
+    out = []
+    for i in range(0, len(images), bs):
+        x = normalize(images[i:i + bs].to(device), mean, std)
+        p = model(x).softmax(1)
+        if tta:
+            p = (p + model(x.flip(3)).softmax(1)) / 2
+        out.append(p.float().cpu())
+    return torch.cat(out)
+
+
+def evaluate(path: str | Path, *, data: str | None = None, tta: bool = False, generation: int | None = None,
+             device: str = "auto") -> Evaluation:
+    model, config = load_model(run_folder(path, generation), resolve_device(device))
+    dataset = load_dataset(config["dataset"], data if data is not None else config["data"])
+    if list(dataset.classes) != config["classes"] or list(dataset.size) != config["image_size"]:
+        raise ConfigError(f"the data at '{dataset.source}' ({dataset.num_classes} classes of {dataset.size}) is not "
+                          f"what the run trained on ({len(config['classes'])} classes of {config['image_size']})")
+    mean, std = torch.tensor(config["mean"]), torch.tensor(config["std"])
+    pred = predict(model, dataset.test.images, mean, std, tta).argmax(1)
+    labels = dataset.test.labels
+    per_class = [(name, int((labels == c).sum()), int(((pred == c) & (labels == c)).sum()))
+                 for c, name in enumerate(dataset.classes)]
+    return Evaluation(100.0 * (pred == labels).float().mean().item(), per_class, Path(path))
+
+
+def predict_folder(path: str | Path, images: str | Path, *, tta: bool = False, generation: int | None = None,
+                   device: str = "auto") -> list[tuple[str, str, float]]:
+    """(file, predicted class, probability) for every image in a folder; needs no dataset."""
+    model, config = load_model(run_folder(path, generation), resolve_device(device))
+    paths, x = read_images(Path(images), config["channels"], tuple(config["image_size"]))
+    probs = predict(model, x, torch.tensor(config["mean"]), torch.tensor(config["std"]), tta)
+    best = probs.max(1)
+    return [(p, config["classes"][i], float(v)) for p, i, v in zip(paths, best.indices.tolist(), best.values)]
