@@ -170,3 +170,58 @@ def toy_data(seed: int = 0, n_train: int = 128, n_test: int = 64):
         return Split(x.contiguous(), y)
 
     return ImageData("folder", ("a", "b", "c", "d"), split(n_train), split(n_test), "toy", "image-folder")
+
+
+def cancel_at_train():
+    """A callback that cancels the fit as training starts (after the model surgery of before_fit)."""
+    from fastai.callback.core import Callback, CancelFitException
+
+    class CancelAtTrain(Callback):
+        def before_train(self):
+            raise CancelFitException
+
+    return CancelAtTrain()
+
+
+def learner(text: str, model: str = "resnet20", cbs=(), **overrides):
+    """A Learner for recipe `text` on `toy_data()`: 1 epoch, bs 32, CPU (overrides may change them)."""
+    from recipes.build import build_dataloaders, build_learner, build_model
+    from recipes.parse import parse_recipe
+
+    recipe = parse_recipe(text, **{"epochs": 1, "bs": 32, "device": "cpu", "model": model, **overrides})
+    data = toy_data()
+    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), build_model(recipe, data),
+                         cbs=list(cbs))
+
+
+def edited(cb, model):
+    """Run a ModelSurgery callback's surgery on `model` outside a Learner (no optimizer to rebuild)."""
+    cb.edit(model, cb.check(model))
+    return model
+
+
+def lr_per_batch(cb, epochs: int, n_iter: int) -> list[float]:
+    """Fit a Linear model for `epochs` of `n_iter` batches with callback `cb`; the lr SGD held at each batch."""
+    from fastai.callback.core import Callback, TrainEvalCallback
+    from fastai.learner import Learner
+    from fastai.optimizer import OptimWrapper
+
+    from tricks.data.loaders import DeviceLoader, device_dataloaders
+
+    images, labels = torch.zeros(8 * n_iter, 1, 2, 2, dtype=torch.uint8), torch.zeros(8 * n_iter, dtype=torch.long)
+    dl = DeviceLoader(images, labels, bs=8, mean=torch.tensor([0.5]), std=torch.tensor([0.5]), drop_last=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    seen: list[float] = []
+
+    class Spy(Callback):
+        order = 80
+
+        def before_batch(self):
+            if self.training:
+                seen.append(self.learn.opt.opt.param_groups[0]["lr"])
+
+    learn = Learner(device_dataloaders(dl, dl.new(shuffle=False)), model, loss_func=torch.nn.CrossEntropyLoss(),
+                    opt_func=lambda p, lr: OptimWrapper(opt=torch.optim.SGD(model.parameters(), lr=lr)),
+                    cbs=[TrainEvalCallback(), cb, Spy()], default_cbs=False)
+    learn.fit(epochs)
+    return seen

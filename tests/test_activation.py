@@ -3,34 +3,15 @@ import math
 
 import pytest
 import torch
-from fastai.callback.core import Callback, CancelFitException
 from torch import nn
 
-from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.activation import LeakyReLUSwap, SwishSwap
 from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.surgery import blocks
-from fixtures import toy_data
-
-
-class CancelAtTrain(Callback):
-    def before_train(self):
-        raise CancelFitException
-
-
-def learner(text, model="resnet20", cbs=()):
-    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model)
-    data = toy_data()
-    net = build_model(recipe, data)
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
-
-
-def edited(cb, model):
-    cb.edit(model, cb.check(model))
-    return model
+from fixtures import cancel_at_train, edited, learner, toy_data
 
 
 def count(model, kind):
@@ -104,7 +85,7 @@ def test_once_over_two_fits_and_undone_on_cancel():
     learn.fit(0)  # before_fit again: no second re-initialisation
     assert all(torch.equal(w, c.weight) for w, c in zip(weights, convs(learn.model)))
 
-    learn = learner("baseline+leakyrelu:msra=0.5", cbs=[CancelAtTrain()])
+    learn = learner("baseline+leakyrelu:msra=0.5", cbs=[cancel_at_train()])
     plain, state = repr(learn.model), {k: v.clone() for k, v in learn.model.state_dict().items()}
     learn.fit(1)
     assert repr(learn.model) == plain

@@ -1,15 +1,15 @@
 """bnmom: every BatchNorm's momentum set exactly (torch convention), 1/bs^2 from the recipe's bs."""
 import pytest
 import torch
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback
 from torch import nn
 
-from recipes.build import build_dataloaders, build_learner, build_model, build_tricks
+from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.bn_momentum import BNMomentum, batchnorms
 from tricks.errors import ConfigError
-from fixtures import toy_data
+from fixtures import cancel_at_train, learner, toy_data
 
 
 class MomentaAtStart(Callback):
@@ -17,18 +17,6 @@ class MomentaAtStart(Callback):
 
     def before_train(self):
         self.momenta = [(type(m), m.momentum) for m in batchnorms(self.learn.model)]
-
-
-class CancelAtTrain(Callback):
-    def before_train(self):
-        raise CancelFitException
-
-
-def learner(text, model="resnet20", cbs=(), **kw):
-    recipe = parse_recipe(text, **{"epochs": 1, "bs": 32, "device": "cpu", "model": model, **kw})
-    data = toy_data()
-    net = build_model(recipe, data)
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
 
 
 @pytest.mark.parametrize("text,bs,want", [("baseline+bnmom", 32, 0.01),
@@ -64,7 +52,7 @@ def test_conflicts_and_models_without_bn_refused():
 
 
 def test_undone_on_cancel():
-    learn = learner("baseline+bnmom:momentum=0.5", cbs=[CancelAtTrain()])
+    learn = learner("baseline+bnmom:momentum=0.5", cbs=[cancel_at_train()])
     learn.fit(1)
     assert {m.momentum for m in batchnorms(learn.model)} == {0.1}
 

@@ -4,19 +4,13 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from torch import nn
 
-from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.dropout import FCDropout, ResidualDropout
 from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.surgery import blocks
-from fixtures import toy_data
-
-
-class CancelAtTrain(Callback):
-    def before_train(self):
-        raise CancelFitException
+from fixtures import cancel_at_train, edited, learner, toy_data
 
 
 class CancelAfterOneBatch(Callback):
@@ -24,19 +18,6 @@ class CancelAfterOneBatch(Callback):
 
     def after_batch(self):
         raise CancelFitException
-
-
-def learner(text, model="resnet20", cbs=()):
-    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model)
-    data = toy_data()
-    net = build_model(recipe, data)
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
-
-
-def edited(cb, model):
-    """Run the callback's surgery on `model` outside a Learner (no optimizer to rebuild)."""
-    cb.edit(model, cb.check(model))
-    return model
 
 
 # (model, where the dropout goes in each block: the module feeding the last conv, and that conv)
@@ -115,7 +96,7 @@ def test_surgery_once_over_two_fits_and_undone_on_cancel():
     assert all(type(b.act1[0]) is nn.ReLU and type(b.act1[1]) is nn.Dropout for b in blocks(learn.model))
     assert type(learn.model.fc[1]) is nn.Linear
 
-    learn = learner("baseline+resdrop+fcdrop", cbs=[CancelAtTrain()])
+    learn = learner("baseline+resdrop+fcdrop", cbs=[cancel_at_train()])
     plain = repr(learn.model)
     learn.fit(1)
     assert repr(learn.model) == plain

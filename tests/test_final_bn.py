@@ -1,34 +1,15 @@
 """finalbn (a BN1d before the final cross entropy) and lastbn (drop the final BN of a pre-activation net)."""
 import pytest
 import torch
-from fastai.callback.core import Callback, CancelFitException
 from torch import nn
 
-from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.errors import ConfigError
 from tricks.final_bn import FinalBN, LastBN
 from tricks.models import create_model
 from tricks.surgery import pooled_features
-from fixtures import toy_data
-
-
-class CancelAtTrain(Callback):
-    def before_train(self):
-        raise CancelFitException
-
-
-def learner(text, model="resnet20", cbs=()):
-    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model)
-    data = toy_data()
-    net = build_model(recipe, data)
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
-
-
-def edited(cb, model):
-    cb.edit(model, cb.check(model))
-    return model
+from fixtures import cancel_at_train, edited, learner, toy_data
 
 
 def batch_norm_by_hand(h: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:
@@ -104,7 +85,7 @@ def test_optimizer_rebuilt_with_the_new_bn_and_without_the_removed_one():
 
 
 def test_undone_on_cancel():
-    learn = learner("baseline+finalbn+lastbn:on=false", model="preact_resnet20", cbs=[CancelAtTrain()])
+    learn = learner("baseline+finalbn+lastbn:on=false", model="preact_resnet20", cbs=[cancel_at_train()])
     plain = repr(learn.model)
     learn.fit(1)
     assert repr(learn.model) == plain

@@ -1,17 +1,16 @@
 """lastgamma: the last BN gamma of every residual branch is exactly 0 (on) or 1 (off) when training starts."""
 import pytest
 import torch
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback
 from torch import nn
 
-from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.errors import ConfigError
 from tricks.last_gamma import LastGamma
 from tricks.models import create_model
 from tricks.surgery import blocks, last_bn
-from fixtures import toy_data
+from fixtures import cancel_at_train, learner, toy_data
 
 
 class GammasAtStart(Callback):
@@ -28,18 +27,6 @@ class GammasAtStart(Callback):
             bns = [m.weight for m in self.learn.model.modules() if isinstance(m, nn.BatchNorm2d)]
             self.seen = ([w.detach().clone() for w in bns if id(w) in last],
                          [w.detach().clone() for w in bns if id(w) not in last])
-
-
-class CancelAtTrain(Callback):
-    def before_train(self):
-        raise CancelFitException
-
-
-def learner(text, model="resnet20", cbs=(), **kw):
-    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model, **kw)
-    data = toy_data()
-    net = build_model(recipe, data)
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
 
 
 @pytest.mark.parametrize("model", ["resnet20", "preact_resnet20", "timm:resnet18"])
@@ -76,10 +63,10 @@ def test_gammas_set_once_over_two_fits_and_restored_on_cancel():
     learn.fit(1)
     assert all(torch.equal(a, b) for a, b in zip(spy.seen[0], trained))  # not zeroed again
     trained = [last_bn(b).weight.detach().clone() for b in blocks(learn.model)]
-    learn.fit(1, cbs=[CancelAtTrain()])  # a later cancelled fit keeps what the earlier ones trained
+    learn.fit(1, cbs=[cancel_at_train()])  # a later cancelled fit keeps what the earlier ones trained
     assert all(torch.equal(last_bn(b).weight, w) for b, w in zip(blocks(learn.model), trained))
 
-    learn = learner("baseline+lastgamma:on=true", cbs=[CancelAtTrain()], zero_init_last=False)
+    learn = learner("baseline+lastgamma:on=true", cbs=[cancel_at_train()], zero_init_last=False)
     learn.fit(1)
     assert all(torch.equal(last_bn(b).weight, torch.ones(last_bn(b).num_features)) for b in blocks(learn.model))
 

@@ -4,28 +4,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback, CancelFitException
 from torch import nn
 
-from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.rotation_head import RotationHead, rotate_batch
-from fixtures import toy_data
-
-
-class CancelAtTrain(Callback):
-    def before_train(self):
-        raise CancelFitException
-
-
-def learner(text, model="resnet20", cbs=()):
-    recipe = parse_recipe(text, epochs=1, bs=32, device="cpu", model=model)
-    data = toy_data()
-    net = build_model(recipe, data)
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), net, cbs=cbs)
+from fixtures import cancel_at_train, learner, toy_data
 
 
 def with_head(name, weight=1.0):
@@ -110,7 +96,7 @@ def test_head_trained_in_the_optimizer_once_and_removed_on_cancel():
     learn.fit(1)
     assert learn.model.rotation_head is head and not torch.equal(head.weight, w)  # same head, trained on
 
-    learn = learner("baseline+rotation", cbs=[CancelAtTrain()])
+    learn = learner("baseline+rotation", cbs=[cancel_at_train()])
     learn.fit(1)
     assert not hasattr(learn.model, "rotation_head")
     assert {id(p) for g in learn.opt.opt.param_groups for p in g["params"]} == {id(p) for p in learn.model.parameters()}

@@ -3,18 +3,15 @@ import math
 
 import pytest
 import torch
-from fastai.callback.core import Callback, TrainEvalCallback
-from fastai.learner import Learner
-from fastai.optimizer import OptimWrapper
 from timm.scheduler import CosineLRScheduler
 
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tests.test_train import toy_data
-from tricks.data.loaders import DeviceLoader, device_dataloaders
 from tricks.errors import ConfigError
 from tricks.sgdr import SGDR, sgdr_lr
+from fixtures import lr_per_batch
 
 PEAK, FLOOR, START = 0.2, 1e-4, 1e-5
 N_ITER = 3  # batches per epoch in the tiny Learner
@@ -49,24 +46,7 @@ def timm_lrs(p, epochs, warmup_epochs):
 
 
 def fit_tiny(cb, epochs):
-    """A Linear model on N_ITER batches per epoch; returns the lr the SGD held at every training batch."""
-    images, labels = torch.zeros(8 * N_ITER, 1, 2, 2, dtype=torch.uint8), torch.zeros(8 * N_ITER, dtype=torch.long)
-    dl = DeviceLoader(images, labels, bs=8, mean=torch.tensor([0.5]), std=torch.tensor([0.5]), drop_last=True)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    seen = []
-
-    class Spy(Callback):
-        order = 80
-
-        def before_batch(self):
-            if self.training:
-                seen.append(self.learn.opt.opt.param_groups[0]["lr"])
-
-    learn = Learner(device_dataloaders(dl, dl.new(shuffle=False)), model, loss_func=torch.nn.CrossEntropyLoss(),
-                    opt_func=lambda p, lr: OptimWrapper(opt=torch.optim.SGD(model.parameters(), lr=lr)),
-                    cbs=[TrainEvalCallback(), cb, Spy()], default_cbs=False)
-    learn.fit(epochs)
-    return seen
+    return lr_per_batch(cb, epochs, N_ITER)
 
 
 CASES = [  # the notes' S7/S8 runs, shortened where the cycles allow

@@ -2,17 +2,14 @@ import csv
 
 import pytest
 import torch
-from fastai.callback.core import Callback, TrainEvalCallback
-from fastai.learner import Learner
-from fastai.optimizer import OptimWrapper
 
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tests.test_train import toy_data
-from tricks.data.loaders import DeviceLoader, device_dataloaders
 from tricks.errors import ConfigError
 from tricks.step_decay import StepDecay, step_decay_lr
+from fixtures import lr_per_batch
 
 N_ITER = 3
 
@@ -36,23 +33,7 @@ def test_equals_torch_multisteplr_every_epoch():
 
 
 def fit_tiny(cb, epochs):
-    images, labels = torch.zeros(8 * N_ITER, 1, 2, 2, dtype=torch.uint8), torch.zeros(8 * N_ITER, dtype=torch.long)
-    dl = DeviceLoader(images, labels, bs=8, mean=torch.tensor([0.5]), std=torch.tensor([0.5]), drop_last=True)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    seen = []
-
-    class Spy(Callback):
-        order = 80
-
-        def before_batch(self):
-            if self.training:
-                seen.append(self.learn.opt.opt.param_groups[0]["lr"])
-
-    learn = Learner(device_dataloaders(dl, dl.new(shuffle=False)), model, loss_func=torch.nn.CrossEntropyLoss(),
-                    opt_func=lambda p, lr: OptimWrapper(opt=torch.optim.SGD(model.parameters(), lr=lr)),
-                    cbs=[TrainEvalCallback(), cb, Spy()], default_cbs=False)
-    learn.fit(epochs)
-    return seen
+    return lr_per_batch(cb, epochs, N_ITER)
 
 
 @pytest.mark.parametrize("step", ["iter", "epoch"])
