@@ -67,7 +67,11 @@ def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> 
                            resize_crop=recipe.resize_crop)
     common = dict(bs=recipe.bs, mean=mean, std=std, seed=recipe.seed, device=device)
     train_dl = DeviceLoader(images, labels, shuffle=True, drop_last=True, augment=augment, **common)
-    test_dl = DeviceLoader(data.test.images, data.test.labels, **common)
+    test_images, test_labels = data.test.images, data.test.labels
+    if recipe.test_subset is not None:
+        idx = class_balanced_subset(test_labels, recipe.test_subset, recipe.seed)
+        test_images, test_labels = test_images[idx], test_labels[idx]
+    test_dl = DeviceLoader(test_images, test_labels, **common)
     return device_dataloaders(train_dl, test_dl)
 
 

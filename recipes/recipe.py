@@ -35,6 +35,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "bn_momentum": (0, 1, True, True),
     "drop_rate": (0, 1, True, False),
     "subset": (1, None, True, True),
+    "test_subset": (1, None, True, True),
     "seed": (0, None, True, True),
 }
 
@@ -48,6 +49,7 @@ class Recipe:
     dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | folder
     data: str | None = None  # path; None = TRICKS_DATA, then the default locations
     subset: int | None = None  # train on a class-balanced subset of this many images
+    test_subset: int | None = None  # evaluate on a class-balanced subset of the test split (quick runs)
     crop_pad: int = 4  # pad-and-random-crop margin in pixels; 0 = no crop
     pad_mode: str = "zeros"
     flip: bool = True  # random horizontal flip

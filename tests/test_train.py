@@ -118,6 +118,7 @@ def test_recipe_run_on_real_cifar10_jpeg_archive(cifar10_jpeg, cifar10_jpeg_cach
     "baseline:model=wrn10_1,drop_rate=0.1",
     "baseline:model=timm:resnet18,stem=conv3x3s1-nomaxpool,zero_init_last=false",
     "baseline:step=epoch,warmup=exp,nesterov=true,pad_mode=reflect,resize_crop=true,normalize=half",
+    "baseline:subset=40,test_subset=20",
 ])
 def test_other_models_and_options_train(recipe, tmp_path):
     r = parse_recipe(recipe, epochs=1, bs=64, device="cpu")
@@ -125,3 +126,4 @@ def test_other_models_and_options_train(recipe, tmp_path):
     assert result["epochs"] == 1 and 0.0 <= result["test_acc"] <= 100.0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"] == recipe and config["model"] == r.model
+    assert (config["train_images"], config["test_images"]) == (r.subset or 128, r.test_subset or 64)
