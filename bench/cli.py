@@ -1,6 +1,10 @@
-"""The `bench` command.
+"""The `bench` command: replay the notes' ablation table, report noted beside measured, time the data path.
 
-    bench load [--dataset NAME] [--data PATH]   time decoding a dataset against loading its tensor cache
+    bench list   [--rows GLOB]                                   the rows, their recipes and noted numbers
+    bench replay [--rows GLOB] [--budget smoke|short|full] [--seeds N] [--workers N] [--results DIR]
+                 [--data PATH] [--dataset NAME] [--device D]      train what is not in the results yet
+    bench report [--results DIR] [--budget B]                     report.md and PNG charts
+    bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
 
 Errors the user can fix print one line on stderr and exit with code 2.
 """
@@ -10,13 +14,61 @@ import argparse
 import sys
 import tempfile
 import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
 
 from recipes.cli import Parser, UsageError, one_line
 from tricks.data import load_dataset
 from tricks.errors import TricksError
 
+DEFAULT_RESULTS = "bench-results"
 
-def cmd_load(args: argparse.Namespace) -> None:
+
+def cmd_list(args: argparse.Namespace, console: Console) -> None:
+    from bench.table import load_table, select
+
+    rows, _ = load_table()
+    rows = select(rows, args.rows)
+    table = Table(title=f"ablation rows{f' matching {args.rows}' if args.rows else ''}")
+    for col in ("id", "recipe", "options", "noted", "status"):
+        table.add_column(col)
+    for row in rows:
+        options = ", ".join(f"{k}={v}" for k, v in row.options.items())
+        noted = "/".join(f"{v:.2f}" for v in row.noted) or "-"
+        table.add_row(row.id, row.recipe, options, noted, row.status + (f": {row.why}" if row.status == "inexpressible" else ""))
+    console.print(table)
+    counts = Counter(r.status for r in rows)
+    console.print(f"{len(rows)} rows: {counts['measured']} measured, {counts['unmeasured']} unmeasured, "
+                  f"{counts['inexpressible']} inexpressible", highlight=False)
+
+
+def cmd_replay(args: argparse.Namespace, console: Console) -> None:
+    from bench.replay import replay
+    from bench.table import load_table, select
+
+    rows, _ = load_table()
+    rows = select(rows, args.rows)
+    counts = replay(rows, budget=args.budget, seeds=args.seeds, workers=args.workers, results_dir=Path(args.results),
+                    data=args.data, dataset=args.dataset, device=args.device,
+                    progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()), highlight=False)
+    if counts.get("failed"):
+        raise SystemExit(1)
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> None:
+    from bench.report import write_report
+    from bench.table import load_table
+
+    rows, conclusions = load_table()
+    path = write_report(Path(args.results), rows, conclusions, budget=args.budget)
+    console.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+def cmd_load(args: argparse.Namespace, console: Console) -> None:
     """Decode into a fresh cache (the reference), then load that cache, and print both and the ratio."""
     with tempfile.TemporaryDirectory(prefix="bench-load-") as cache:
         start = time.perf_counter()
@@ -34,19 +86,43 @@ def cmd_load(args: argparse.Namespace) -> None:
     print(f"cached / decode: {cached / decode:.3f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="bench", description="Benchmarks of fastai-tricks.")
+def build_parser() -> Parser:
+    parser = Parser(prog="bench", description="Replay the notes' ablations; benchmarks of fastai-tricks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    ls = sub.add_parser("list", help="the ablation rows with their recipes and noted numbers")
+    ls.add_argument("--rows", help="a glob over row ids, e.g. 'S9.*'")
+    rp = sub.add_parser("replay", help="train the rows that are not in the results yet")
+    rp.add_argument("--rows", help="a glob over row ids, e.g. 'S9.*'")
+    rp.add_argument("--budget", choices=("smoke", "short", "full"), default="short")
+    rp.add_argument("--seeds", type=int, default=1)
+    rp.add_argument("--workers", type=int, default=1)
+    rp.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
+    rp.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
+    rp.add_argument("--dataset", default="cifar10")
+    rp.add_argument("--device", default="auto")
+    rr = sub.add_parser("report", help="write report.md and PNG charts from the results")
+    rr.add_argument("--results", default=DEFAULT_RESULTS)
+    rr.add_argument("--budget", choices=("smoke", "short", "full"))
     load = sub.add_parser("load", help="time a dataset's decode and its cached load")
     load.add_argument("--dataset", default="cifar10")
     load.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     load.add_argument("--repeat", type=int, default=3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console()
     try:
-        args = parser.parse_args(argv)
-        cmd_load(args)
+        args = build_parser().parse_args(argv)
+        if getattr(args, "seeds", 1) < 1 or getattr(args, "workers", 1) < 1:
+            raise UsageError("--seeds and --workers must be at least 1")
+        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished runs are kept, `bench replay` again goes on", file=sys.stderr)
+        return 130
     return 0
 
 
