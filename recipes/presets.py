@@ -42,5 +42,22 @@ preset("preact_baseline", "S7", "the S7 baseline: pre-activation ResNet-20, no l
        "cosine to 1e-5, warmup from 1e-5, no label smoothing", model="preact_resnet20", zero_init_last=False,
        eta=1e-5)
 preset("best", "S9", "the notes' best stack: baseline + final BN + last gamma, mixup 0.3 in generation 0, "
-       "then 4 label-refinery generations without mixup (93.06/93.24/93.20/93.45/93.37)",
+       "then 4 label-refinery generations without mixup (the notes' 93.06/93.24/93.20/93.45/93.37 is this stack "
+       "without the final BN)",
        chain="finalbn+mixup:alpha=0.3+refine:gens=4,mixup=first")
+
+# The notes' earlier section settings, for the bench's replay of every row (bench/ablations.toml).
+# Label smoothing is not part of them: the rows name it as the notes wrote it (`lsmooth:on=..,off=..`).
+preset("naive", "S2", "the notes' 'naive' model: an ImageNet-style ResNet-18 (timm:resnet18, 7x7 stride-2 stem "
+       "and max-pool) on 32x32 CIFAR; random resized crop + flip, no pad-crop; 0.5/0.5 normalisation (assumed); "
+       "SGD bs 256 lr 0.2 wd 1e-4, 20 linear warmup epochs, cosine to 1e-5 over 200 epochs; no last gamma",
+       model="timm:resnet18", resize_crop=True, crop_pad=0, normalize="half", wd=1e-4, warmup_epochs=20.0,
+       eta=1e-5, zero_init_last=False)
+preset("naive32", "S3", "the S3 end point: 'naive' adapted to 32x32 (first conv 3x3 stride 1, no max-pool), "
+       "wd 5e-4; add label smoothing as a term", model="timm:resnet18", stem="conv3x3s1-nomaxpool",
+       resize_crop=True, crop_pad=0, normalize="half", wd=5e-4, warmup_epochs=20.0, eta=1e-5,
+       zero_init_last=False)
+preset("s6_baseline", "S6", "the S6 start: CIFAR resnet20-v1 with the S5 settings (warmup 10, 1x1 shortcut, "
+       "cosine to 1e-5, no last gamma, wd 5e-4), still random resized crop without pad-crop and 0.5/0.5 "
+       "normalisation (assumed); add label smoothing as a term", model="resnet20", resize_crop=True, crop_pad=0,
+       normalize="half", wd=5e-4, warmup_epochs=10.0, eta=1e-5, zero_init_last=False)

@@ -32,13 +32,13 @@ def toy_dls(bs=32):
 
 
 class Spy(Callback):
-    """Records what the student sees after every target trick ran."""
+    """Records what the student sees and is trained towards, after every target trick ran."""
     order = 50
 
     def before_fit(self):
         self.seen = []
 
-    def before_batch(self):
+    def after_pred(self):
         if self.training:
             self.seen.append((self.learn.xb[0].clone(), self.learn.yb[0].clone()))
 
@@ -109,7 +109,7 @@ def test_weak_supervision_never_reads_the_labels_of_the_refinement_generations(t
         def before_fit(self):
             seen.append({"labels": set(self.dls.train.labels.tolist()), "targets": []})
 
-        def before_batch(self):
+        def after_pred(self):
             if self.training:
                 seen[-1]["targets"].append(self.learn.yb[0])
 
@@ -121,6 +121,24 @@ def test_weak_supervision_never_reads_the_labels_of_the_refinement_generations(t
     assert seen[0]["labels"] == {0, 1, 2, 3}
     assert seen[1]["labels"] == {-1}  # the refinement's loader holds no label at all
     assert all(t.is_floating_point() and t.shape[1] == 4 for t in seen[1]["targets"])
+
+
+def test_refinery_targets_are_neither_smoothed_nor_mixed_again(tmp_path):
+    """lsmooth and mixup run in every generation here; the student still trains on the teacher's softmax."""
+    r = parse_recipe("baseline+lsmooth+mixup:alpha=1+refine:gens=1,mixup=all", epochs=1, bs=32, device="cpu")
+    spies = []
+
+    def spy(stats):
+        spies.append(Spy())
+        return [spies[-1]]
+
+    train(r, tmp_path / "run", data=toy_data(), callbacks=spy)
+    teacher = small_model(0)
+    teacher.load_state_dict(torch.load(tmp_path / "run" / "gen0" / "model.pth", weights_only=True))
+    teacher.eval()
+    for x, y in spies[1].seen:
+        with torch.no_grad():
+            torch.testing.assert_close(y, F.softmax(teacher(x), 1))
 
 
 def test_early_stopped_generation_0(tmp_path):

@@ -49,9 +49,14 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.
     per_run=True,
 )
 class LabelRefinery(Callback):
-    """Replace each training batch's targets with a frozen teacher's softmax of that exact batch."""
+    """Replace each training batch's targets with a frozen teacher's softmax of that exact batch.
 
-    order = 35  # after mixup (30) has mixed the batch, so the teacher sees what the student sees
+    The teacher predicts at before_batch, after mixup (30) mixed the inputs; the targets are written
+    at after_pred, after one-hot / smoothing (20) and mixup (30) wrote theirs, so they are neither
+    smoothed nor mixed again. Dynamic refine (36) may then blend them.
+    """
+
+    order = 35
     run_valid = False  # the test split is scored against its true labels
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, loss: str = "kl"):
@@ -71,9 +76,13 @@ class LabelRefinery(Callback):
 
     def before_batch(self):
         self.teacher.eval()
-        self.learn.yb = (teacher_targets(self.teacher, self.learn.xb[0], self.temperature),)
+        self.targets = teacher_targets(self.teacher, self.learn.xb[0], self.temperature)
+
+    def after_pred(self):
+        self.learn.yb = (self.targets,)
 
     def after_fit(self):
+        self.targets = None
         if self.previous_loss is not None:
             self.learn.loss_func, self.previous_loss = self.previous_loss, None
 

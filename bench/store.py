@@ -1,0 +1,175 @@
+"""The bench's results store: one SQLite file, `<results_dir>/results.sqlite`, one row per finished run.
+
+Why SQLite: it is in the standard library, several worker processes can write to it at once
+(WAL journal, a busy timeout), and a transaction is stored whole or not at all, so a replay killed
+at any moment leaves a readable file holding every run it finished. Table `runs` holds the record
+fields (lists as JSON text) with the UNIQUE key (row_id, budget, seed, code_version); `add` is
+`INSERT OR IGNORE`, so a run is never stored twice.
+
+`code_version()` names the code that produced a run (package version + a hash of the sources of
+`tricks/`, `recipes/`, `bench/`), so that changed code replays again; `dataset_checksum(data)` names
+the data, reusing the tensor cache's fingerprint of the dataset's source.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from contextlib import closing
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tricks.data import ImageData
+from tricks.data.cache import cache_key, fingerprint
+from tricks.errors import ConfigError, RunFolderError
+
+DB_NAME = "results.sqlite"
+BUSY_TIMEOUT_S = 60.0
+PACKAGES = ("tricks", "recipes", "bench")
+SOURCE_SUFFIXES = (".py",)
+
+# name -> SQLite type; "json" columns hold lists as JSON text.
+COLUMNS: dict[str, str] = {
+    "row_id": "TEXT NOT NULL",
+    "recipe": "TEXT NOT NULL",
+    "budget": "TEXT NOT NULL",
+    "seed": "INTEGER NOT NULL",
+    "code_version": "TEXT NOT NULL",
+    "dataset_checksum": "TEXT NOT NULL",
+    "epoch_acc": "TEXT NOT NULL",  # json list of float
+    "test_acc": "REAL NOT NULL",
+    "best_test_acc": "REAL NOT NULL",
+    "generation_acc": "TEXT",  # json list of float, or NULL
+    "wall_seconds": "REAL NOT NULL",
+    "finished_at": "TEXT NOT NULL",
+}
+JSON_COLUMNS = ("epoch_acc", "generation_acc")
+SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+          + ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
+          + ", UNIQUE (row_id, budget, seed, code_version))")
+
+
+class Store:
+    """Finished runs in `<results_dir>/results.sqlite`; safe to use from several processes at once.
+
+    Each call opens its own connection, so a Store may be created before a fork or sent to a worker.
+    """
+
+    def __init__(self, results_dir: Path):
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / DB_NAME
+        try:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"cannot create results folder '{self.results_dir}' ({e.strerror}); "
+                                 "give a folder you can write to") from None
+        with closing(self._connect()) as con:
+            self._run(con, lambda: con.execute(SCHEMA))
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as e:
+            raise RunFolderError(f"results database '{self.path}' cannot be opened ({e}); "
+                                 "move it aside or give another results folder") from None
+        return con
+
+    def _run(self, con: sqlite3.Connection, fn):
+        try:
+            return fn()
+        except sqlite3.DatabaseError as e:
+            raise RunFolderError(f"results database '{self.path}' cannot be used ({e}); "
+                                 "move it aside and replay again") from None
+
+    def done(self, row_id: str, budget: str, seed: int, code_version: str) -> bool:
+        """Whether this run (row, budget, seed) of this code is stored."""
+        with closing(self._connect()) as con:
+            cur = self._run(con, lambda: con.execute(
+                "SELECT 1 FROM runs WHERE row_id = ? AND budget = ? AND seed = ? AND code_version = ?",
+                (row_id, budget, int(seed), code_version)))
+            return cur.fetchone() is not None
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Store one finished run in one transaction; a run already stored (same key) is left as it is."""
+        missing = [k for k in COLUMNS if k not in record and k != "generation_acc"]
+        unknown = [k for k in record if k not in COLUMNS]
+        if missing or unknown:
+            raise ConfigError(f"a results record needs exactly the keys {', '.join(COLUMNS)}; "
+                              f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}")
+        values = []
+        for k in COLUMNS:
+            v = record.get(k)
+            if k in JSON_COLUMNS and v is not None:
+                v = json.dumps([float(x) for x in v])
+            values.append(v)
+        sql = f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        with closing(self._connect()) as con:
+            def insert():
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute(sql, values)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            self._run(con, insert)
+
+    def records(self, budget: str | None = None) -> list[dict[str, Any]]:
+        """Every stored run (of `budget`, when given), oldest first, lists decoded from JSON."""
+        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
+        args: tuple = ()
+        if budget is not None:
+            sql, args = sql + " WHERE budget = ?", (budget,)
+        with closing(self._connect()) as con:
+            rows = self._run(con, lambda: con.execute(sql + " ORDER BY id", args).fetchall())
+        out = []
+        for row in rows:
+            rec = dict(zip(COLUMNS, row))
+            for k in JSON_COLUMNS:
+                if rec[k] is not None:
+                    rec[k] = json.loads(rec[k])
+            out.append(rec)
+        return out
+
+
+def source_hash(root: Path | None = None, packages: tuple[str, ...] = PACKAGES) -> str:
+    """sha256 (first 12 hex) over the sorted relative paths and bytes of the packages' .py files."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    files = sorted(p for pkg in packages for p in (root / pkg).rglob("*")
+                   if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts)
+    h = hashlib.sha256()
+    for p in files:
+        rel = p.relative_to(root).as_posix().encode()
+        data = p.read_bytes()
+        h.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()[:12]
+
+
+def code_version(root: Path | None = None) -> str:
+    """`<package version>+<source hash>`, e.g. `0.1.0+3fa9c2d1e0b4` (see `short_version`)."""
+    try:
+        version = metadata.version("fastai-tricks")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    return f"{version}+{source_hash(root)}"
+
+
+def short_version(version: str) -> str:
+    """The first 8 hex of a code version's source hash: what run folder names carry."""
+    return version.rsplit("+", 1)[-1][:8]
+
+
+def dataset_checksum(data: ImageData) -> str:
+    """The tensor cache's key of the data's source (files, sizes, mtimes); in-memory data: a hash of its tensors."""
+    source = Path(data.source)
+    if source.exists():
+        return cache_key(data.name, data.format, fingerprint(source), None)
+    h = hashlib.sha256(json.dumps([data.name, list(data.classes)]).encode())
+    for split in (data.train, data.test):
+        h.update(split.images.contiguous().numpy().tobytes())
+        h.update(split.labels.contiguous().numpy().tobytes())
+    return "tensors-" + h.hexdigest()[:24]

@@ -1,0 +1,126 @@
+"""Replay: a killed replay resumes without redoing finished runs; the pool stores every run once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.replay import replay, run_folder
+from bench.store import Store, code_version
+from bench.table import Row
+from fixtures import write_cifar10, write_cifar100
+
+TESTS = Path(__file__).resolve().parent
+
+
+def row(rid: str, recipe: str = "baseline", status: str = "measured", kind: str = "single", **options) -> Row:
+    return Row(id=rid, section=rid.split(".")[0], recipe=recipe, options=options, noted=(90.0,), kind=kind,
+               status=status, why="", baseline=None)
+
+
+def kill_rows() -> list[Row]:
+    return [row("S1.a"), row("S1.b", "baseline+mixup:alpha=0.3"), row("S1.c", "baseline+lsmooth"),
+            row("S1.d", "baseline+refine:gens=1", kind="generations"), row("S1.e", "baseline+onehot"),
+            row("S1.f", "baseline+finalbn", epochs=100, warmup_epochs=5), row("S1.x", status="inexpressible")]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these tiny fits gain nothing from two, and lose much when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder, per_batch=14, n_test=70)  # 7 a class: smoke takes 64 of each split
+    return folder
+
+
+def keys(results: Path) -> list[tuple[str, int]]:
+    return sorted((r["row_id"], r["seed"]) for r in Store(results).records())
+
+
+def start_replay(results: Path, data: Path, workers: int = 1) -> subprocess.Popen:
+    code = (f"import json, sys; sys.path.insert(0, {str(TESTS)!r}); import test_bench_replay as t; "
+            "from bench.replay import replay; "
+            f"print(json.dumps(replay(t.kill_rows(), budget='smoke', seeds=1, workers={workers}, "
+            f"results_dir={str(results)!r}, data={str(data)!r}, device='cpu')))")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_killed_replay_resumes_and_redoes_nothing_it_finished(tmp_path, tiny):
+    results = tmp_path / "results"
+    proc = start_replay(results, tiny)
+    deadline, stored = time.monotonic() + 120, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (results / "results.sqlite").exists():
+            stored = keys(results)
+            if stored:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the replay ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    stored = keys(results)
+    assert 1 <= len(stored) < 6
+    again = start_replay(results, tiny)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert counts == {"done_before": len(stored), "ran": 6 - len(stored), "skipped_inexpressible": 1, "failed": 0}
+    records = Store(results).records()
+    assert sorted((r["row_id"], r["seed"]) for r in records) == [(f"S1.{c}", 0) for c in "abcdef"]
+    assert {r["code_version"] for r in records} == {code_version()}
+    options = '{"epochs": 100, "warmup_epochs": 5}'
+    assert [r["recipe"] for r in records if r["row_id"] == "S1.f"] == [f"baseline+finalbn {options}"]
+    folders = sorted(p.name for p in (results / "runs").iterdir())
+    assert folders == sorted(run_folder(results, f"S1.{c}", "smoke", 0, code_version()).name for c in "abcdef")
+    refine = next(r for r in records if r["row_id"] == "S1.d")
+    assert len(refine["generation_acc"]) == 2 and refine["test_acc"] == refine["generation_acc"][-1]
+    assert refine["epoch_acc"][-1] == refine["test_acc"]
+    assert all(len(r["epoch_acc"]) >= 1 and r["epoch_acc"][-1] == r["test_acc"] for r in records)
+
+
+def test_replay_in_process_counts_failures_and_redoes_a_stale_run_folder(tmp_path, tiny):
+    results = tmp_path / "results"
+    rows = [row("S2.a"), row("S2.bad", "baseline+mixup:alpha=-1"), row("S2.x", status="inexpressible")]
+    stale = run_folder(results, "S2.a", "smoke", 1, code_version())
+    stale.mkdir(parents=True)
+    (stale / "metrics.csv").write_text("left by a killed run\n")
+    lines: list[str] = []
+    counts = replay(rows, budget="smoke", seeds=2, workers=1, results_dir=results, data=str(tiny), device="cpu",
+                    progress=lines.append)
+    assert counts == {"done_before": 0, "ran": 2, "skipped_inexpressible": 2, "failed": 2}
+    assert keys(results) == [("S2.a", 0), ("S2.a", 1)]
+    assert "metrics.csv" in os.listdir(stale) and "left by" not in (stale / "metrics.csv").read_text()
+    assert lines[0].startswith("4 runs to do (0 done before, 2 inexpressible skipped), budget smoke")
+    assert sum(": failed: " in line and "S2.bad" in line for line in lines) == 2
+    again = replay(rows, budget="smoke", seeds=2, workers=1, results_dir=results, data=str(tiny), device="cpu")
+    assert again == {"done_before": 2, "ran": 0, "skipped_inexpressible": 2, "failed": 2}
+
+
+def test_replay_with_two_workers_stores_every_run_once(tmp_path, tiny, monkeypatch):
+    results = tmp_path / "results"
+    write_cifar100(tmp_path / "shelf" / "cifar100", n_train=100, n_test=100)
+    monkeypatch.setenv("TRICKS_DATA", str(tmp_path / "shelf"))  # where a row naming its own dataset finds it
+    rows = [row("S3.a"), row("S3.b", "baseline+onehot"), row("S3.c100", dataset="cifar100")]
+    counts = replay(rows, budget="smoke", seeds=1, workers=2, results_dir=results, data=str(tiny), device="cpu")
+    assert counts == {"done_before": 0, "ran": 3, "skipped_inexpressible": 0, "failed": 0}
+    assert keys(results) == [("S3.a", 0), ("S3.b", 0), ("S3.c100", 0)]
+    checksums = {r["row_id"]: r["dataset_checksum"] for r in Store(results).records()}
+    assert checksums["S3.a"] == checksums["S3.b"] != checksums["S3.c100"]
+    config = json.loads((run_folder(results, "S3.c100", "smoke", 0, code_version()) / "config.json").read_text())
+    assert config["num_classes"] == 100

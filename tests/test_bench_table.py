@@ -1,0 +1,298 @@
+"""The ablation table (bench/ablations.toml, bench/table.py): it loads and validates, it holds every
+number of the notes, every replayable row parses and builds under every budget, and the budgets give
+the documented schedule and data sizes."""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.table import (BUDGETS, SHORT_SECONDS, Row, fit_epochs, load_table, predicted_seconds,
+                         relative_cost, row_recipe, select, status_counts)
+from recipes.build import build_tricks, model_for
+from recipes.parse import parse_recipe
+from tricks.errors import ConfigError
+
+ACCURACY = re.compile(r"(?<![\d.])\d{2,}\.\d+(?![\d.])")  # every accuracy in the notes: 54.29 ... 94.15
+GROUP = re.compile(r"(?<![\w./-])\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)+(?![\w./])")  # a/b/c of plain numbers
+NOT_ACCURACIES = {  # slash groups in the notes that are not accuracies, and what they are
+    "20/120": "n_epoch=W/T: 20 warmup of 120 epochs (S1), in S1.e120's options",
+    "20/200": "n_epoch=W/T: 20 warmup of 200 epochs (S1-S3), the naive preset",
+    "0.9/0.0001": "label smoothing on/off target values, lsmooth:on=0.9,off=0.0001",
+    "0.95/0.00005": "label smoothing on/off target values, lsmooth:on=0.95,off=0.00005",
+    "0.9/0.00005": "label smoothing on/off target values, lsmooth:on=0.9,off=0.00005",
+    "50/100/150/200": "S10: epochs done after each 50-epoch refinery generation (no accuracies noted)",
+}
+INEXPRESSIBLE = {"S4.shortcut3x3", "S5.preact", "S5.preact.lastgamma", "S10.reid", "S11.opencv-aug"}
+
+
+def notes_path(name: str) -> Path:
+    env = os.environ.get("TRICKS_SHARED")
+    shared = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return shared / "notes" / name
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_table()
+
+
+@pytest.fixture(scope="module")
+def notes() -> str:
+    path = notes_path("experiment-log.md")
+    if not path.is_file():
+        pytest.skip(f"notes not found at {path} (set TRICKS_SHARED to the shared folder)")
+    return path.read_text(encoding="utf-8")
+
+
+def by_id(rows: list[Row]) -> dict[str, Row]:
+    return {r.id: r for r in rows}
+
+
+def replayable(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.status != "inexpressible"]
+
+
+# ---------------------------------------------------------------- the table and the notes
+
+
+def test_table_loads_with_unique_ids_and_these_counts(table):
+    rows, conclusions = table
+    assert len({r.id for r in rows}) == len(rows) == 151
+    assert len({c.id for c in conclusions}) == len(conclusions) == 51
+    assert status_counts(rows) == {"measured": 126, "unmeasured": 20, "inexpressible": 5}
+    assert {r.id for r in rows if r.status == "inexpressible"} == INEXPRESSIBLE
+    assert sorted({r.section for r in rows}, key=lambda s: int(s[1:])) == [f"S{i}" for i in range(1, 12)]
+    assert Counter(r.kind for r in rows) == {"single": 132, "generations": 15, "runs": 4}
+
+
+def test_every_accuracy_in_the_notes_is_a_noted_number_of_some_row(table, notes):
+    rows, _ = table
+    in_notes = Counter(float(x) for x in ACCURACY.findall(notes))
+    in_table = {x for r in rows for x in r.noted}
+    assert len(in_notes) > 100 and sum(in_notes.values()) == 179
+    assert sorted(set(in_notes) - in_table) == []
+    assert sorted(in_table - set(in_notes)) == []  # and no number that the notes do not have
+    assert 94.15 in by_id(rows)["S6.chdrop2.refine.first50.gen50"].noted  # [sic], kept as written
+
+
+def test_every_slash_group_is_one_rows_noted_numbers_or_allowed(table, notes):
+    rows, _ = table
+    noted = {r.noted for r in rows}
+    groups = GROUP.findall(notes)
+    accuracy_groups = [g for g in groups if all(ACCURACY.fullmatch(x) for x in g.split("/"))]
+    assert len(accuracy_groups) == 12
+    for g in accuracy_groups:
+        assert tuple(float(x) for x in g.split("/")) in noted, g
+    assert {g for g in groups if g not in accuracy_groups} == set(NOT_ACCURACIES)
+
+
+def test_the_chinese_original_has_the_same_accuracies(notes):
+    path = notes_path("experiment-log.zh.txt")
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    assert Counter(ACCURACY.findall(path.read_text(encoding="utf-8"))) == Counter(ACCURACY.findall(notes))
+
+
+def test_rows_of_several_numbers_and_statuses(table):
+    rows, _ = table
+    row = by_id(rows)
+    assert row["S2.naive"].kind == "runs" and row["S2.naive"].noted == (84.06, 85.18, 83.32)
+    assert row["S9.refine.mixup-first"].kind == "generations"
+    assert row["S9.refine.mixup-first"].noted == (93.06, 93.24, 93.20, 93.45, 93.37)
+    for r in rows:
+        assert (r.status == "unmeasured") == (r.status != "inexpressible" and not r.noted), r.id
+        assert r.baseline is None or r.baseline in row
+        if r.status == "inexpressible":
+            assert len(r.why) > 60, r.id  # says what is missing
+    assert row["S6.base"].baseline == "S6.base" and row["S6.refine"].baseline == "S6.base"
+    assert row["S10.reid"].recipe == "" and row["S10.reid"].noted == ()
+    assert row["S5.preact"].noted == (91.58,)  # the notes' number is kept for an inexpressible row
+
+
+def test_conclusions_compare_replayable_rows(table):
+    rows, conclusions = table
+    row = by_id(rows)
+    for c in conclusions:
+        assert c.expect in ("better", "worse", "same")
+        assert row[c.row].status != "inexpressible" and row[c.versus].status != "inexpressible"
+    texts = {c.id: (c.row, c.versus, c.expect) for c in conclusions}
+    assert texts["S7.cos-better"] == ("S7.mul", "S7.cos", "worse")
+    assert texts["S9.mixup-helps"] == ("S9.mixup.a0.3", "S9.baseline", "better")
+    assert texts["S9.refine-without-mixup"] == ("S9.refine.mixup-first", "S9.refine.mixup-all", "better")
+    assert texts["S9.ema-needs-scheduler"] == ("S9.ema.noschedule", "S9.ema", "worse")
+    assert texts["S6.warmup-same"] == ("S6.warmup1", "S6.warmup10", "same")
+
+
+# ---------------------------------------------------------------- recipes under every budget
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_every_replayable_row_parses_and_its_tricks_and_model_build(table, budget):
+    rows, _ = table
+    built: set = set()
+    for row in replayable(rows):
+        recipe = row_recipe(row, budget, seed=1, device="cpu")
+        assert recipe.seed == 1 and recipe.recipe == row.recipe
+        build_tricks(recipe)  # schedules check their milestones and floors here
+        key = (recipe.model, recipe.shortcut, recipe.zero_init_last, recipe.stem, recipe.drop_rate)
+        if budget == "full" and key not in built:
+            built.add(key)
+            model_for(recipe, 10, 3)
+
+
+def test_inexpressible_rows_are_refused_and_their_models_do_not_build(table):
+    rows, _ = table
+    row = by_id(rows)
+    for rid in INEXPRESSIBLE:
+        with pytest.raises(ConfigError, match=re.escape(rid)):
+            row_recipe(row[rid], "full", 0)
+    for rid in ("S4.shortcut3x3", "S5.preact"):  # they parse; the model is what the project lacks
+        with pytest.raises(ConfigError):
+            model_for(parse_recipe(row[rid].recipe, **row[rid].options), 10, 3)
+
+
+def test_budgets_change_only_schedule_and_data(table):
+    rows, _ = table
+    scheduled = {"refine": {"gens", "first_epochs", "gen_epochs", "early_stop", "weak"}, "sgdr": {"len"},
+                 "stepdecay": {"at"}}
+    same_fields = ("model", "lr", "wd", "eta", "momentum", "crop_pad", "resize_crop", "normalize", "stem",
+                   "zero_init_last", "warmup", "warmup_start_lr", "step", "dataset")
+    for row in replayable(rows):
+        full = row_recipe(row, "full", 0)
+        for budget in ("smoke", "short"):
+            other = row_recipe(row, budget, 0)
+            assert [n for n, _ in other.tricks] == [n for n, _ in full.tricks]
+            for (name, p), (_, q) in zip(full.tricks, other.tricks):
+                changed = {k for k, v in p if dict(q)[k] != v}
+                assert changed <= scheduled.get(name, set()), (row.id, budget, name, changed)
+            assert all(getattr(other, f) == getattr(full, f) for f in same_fields), (row.id, budget)
+
+
+def test_full_budget_is_the_row_as_noted(table):
+    rows, _ = table
+    row = by_id(rows)
+    r = row_recipe(row["S9.baseline"], "full", 3, data="/d/cifar", device="cpu")
+    assert (r.epochs, r.warmup_epochs, r.subset, r.test_subset, r.bs, r.seed, r.data, r.device) == (
+        200, 10.0, None, None, 256, 3, "/d/cifar", "cpu")
+    r = row_recipe(row["S7.sgdr.len10.mult2.e160"], "full", 0)
+    assert (r.epochs, r.warmup_epochs, dict(r.tricks[0][1])["len"]) == (160, 10.0, 10.0)
+    r = row_recipe(row["S1.e120"], "full", 0)
+    assert (r.model, r.epochs, r.warmup_epochs, r.bs, r.lr, r.wd, r.eta, r.resize_crop, r.crop_pad) == (
+        "timm:resnet18", 120, 20.0, 64, 0.01, 1e-4, 1e-5, True, 0)
+    r = row_recipe(row["S9.cifar100"], "full", 0, data="/d/cifar10")
+    assert (r.dataset, r.data) == ("cifar100", None)  # the row's own dataset; the cifar10 path is not passed
+
+
+def test_short_budget_sizes(table):
+    rows, _ = table
+    row = by_id(rows)
+    r = row_recipe(row["S9.baseline"], "short", 0)
+    assert (r.epochs, r.warmup_epochs, r.subset, r.test_subset, r.bs) == (8, 0.4, 5000, 2000, 256)
+    r = row_recipe(row["S6.chdrop2.e400"], "short", 0)  # 16 epochs would take 352 s: 11 take 242 s
+    assert (r.epochs, r.warmup_epochs) == (11, 0.275)
+    assert predicted_seconds(r, 1.0) == pytest.approx(242.0)
+    r = row_recipe(row["S7.sgdr.len10.mult2.e160"], "short", 0)  # 0.375 + (1 + 2 + 4 + 8) * 0.375 = 6
+    assert (r.epochs, r.warmup_epochs, dict(r.tricks[0][1])["len"]) == (6, 0.375, 0.375)
+    r = row_recipe(row["S7.mul"], "short", 0)
+    assert (r.epochs, dict(r.tricks[0][1])["at"]) == (8, "4/6")
+    r = row_recipe(row["S9.refine.mixup-first"], "short", 0)  # 5 fits of 8 epochs do not fit: 5 of 2
+    assert (r.epochs, fit_epochs(r)) == (2, [2, 2, 2, 2, 2])
+    r = row_recipe(row["S10.refine.gen50"], "short", 0)  # four 50-epoch fits: 4 x 2 epochs
+    assert fit_epochs(r) == [2, 2, 2, 2]
+    r = row_recipe(row["S6.chdrop2.refine.first50.gen50"], "short", 0)
+    assert fit_epochs(r) == [1] * 8
+    r = row_recipe(row["S10.weak"], "short", 0)
+    assert dict(dict(r.tricks)["refine"])["weak"] == 50  # 500 of 5,000 per class -> 50 of 500
+    r = row_recipe(row["S11.wrn28_10"], "short", 0)  # ~128x ResNet-20's multiply-adds: one batch
+    assert (r.epochs, r.subset, r.test_subset) == (1, 256, 100)
+    r = row_recipe(row["S3.wd5e-4"], "short", 0)  # timm ResNet-18 with the 3x3 stride-1 stem, ~13.6x
+    assert (r.epochs, r.subset, r.test_subset) == (8, 367, 147)
+    assert predicted_seconds(row_recipe(row["S9.baseline"], "short", 0), 1.0) == pytest.approx(176.0)
+    assert relative_cost("resnet56") == pytest.approx(3.08, abs=0.01)
+
+
+def test_every_short_row_is_predicted_to_fit(table):
+    rows, _ = table
+    for row in replayable(rows):
+        r = row_recipe(row, "short", 0)
+        cost = max(1.0, relative_cost(r.model, r.stem))
+        assert predicted_seconds(r, cost) <= SHORT_SECONDS or set(fit_epochs(r)) == {1}, row.id
+
+
+def test_smoke_budget_sizes(table):
+    rows, _ = table
+    row = by_id(rows)
+    for rid in ("S9.baseline", "S6.chdrop2.e400", "S11.wrn28_10"):
+        r = row_recipe(row[rid], "smoke", 0)
+        assert (r.epochs, r.subset, r.test_subset, r.bs) == (1, 64, 64, 32)
+    r = row_recipe(row["S6.chdrop2.refine.first50"], "smoke", 0)
+    assert fit_epochs(r) == [1, 1]  # generations capped at 1
+    r = row_recipe(row["S7.mul"], "smoke", 0)  # two milestones need three epochs
+    assert (r.epochs, dict(r.tricks[0][1])["at"]) == (3, "1/2")
+    r = row_recipe(row["S9.cifar100"], "smoke", 0)
+    assert (r.subset, r.test_subset) == (100, 100)  # one image per class at least
+    r = row_recipe(row["S10.weak"], "smoke", 0)
+    assert dict(dict(r.tricks)["refine"])["weak"] == 4  # one batch of 32 for generation 0
+    with pytest.raises(ConfigError, match="budget 'long' is not one of smoke, short, full"):
+        row_recipe(row["S9.baseline"], "long", 0)
+
+
+# ---------------------------------------------------------------- select
+
+
+def test_select_globs(table):
+    rows, _ = table
+    assert select(rows, None) == rows
+    assert [r.id for r in select(rows, "S9.mixup.*")] == ["S9.mixup.a0.1", "S9.mixup.a0.3", "S9.mixup.a0.5"]
+    assert [r.id for r in select(rows, "s9.MIXUP.a0.3")] == ["S9.mixup.a0.3"]  # case-insensitive
+    assert [r.id for r in select(rows, "S1.*,S11.look*")] == ["S1.e120", "S1.e200", "S1.dynarefine",
+                                                               "S11.lookahead"]
+    assert len(select(rows, "S7.sgdr.*")) == 11
+    assert len(select(rows, "S1.*")) == 3  # not S10, S11
+    with pytest.raises(ConfigError, match=r"^no row id matches 'S12\.\*'; ids look like") as e:
+        select(rows, "S12.*")
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- validation
+
+
+ROW = 'id = "S1.a"\nsection = "S1"\nrecipe = "baseline"\nnoted = [90.0]\nstatus = "measured"\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    (f"[[row]]\n{ROW}\n[[row]]\n{ROW}", "row 'S1.a' is defined twice"),
+    (f"[[row]]\n{ROW}baseline = \"S1.b\"\n", "row 'S1.a': baseline 'S1.b' is not a row id"),
+    (f"[[row]]\n{ROW.replace('measured', 'done')}", "row 'S1.a': status 'done' must be one of"),
+    (f"[[row]]\n{ROW}kind = \"many\"\n", "row 'S1.a': kind 'many' must be one of"),
+    (f"[[row]]\n{ROW.replace('[90.0]', '[]')}", "row 'S1.a' is measured but has no noted numbers"),
+    (f"[[row]]\n{ROW.replace('baseline', 'baselin')}", "row 'S1.a': recipe 'baselin' does not parse: unknown"),
+    (f"[[row]]\n{ROW}options = {{epoch = 3}}\n", "row 'S1.a': unknown option(s) epoch"),
+    (f"[[row]]\n{ROW.replace('[90.0]', '[90.0, 91.0]')}", "row 'S1.a': kind 'single' takes one noted number"),
+    (f"[[row]]\n{ROW.replace('baseline', 'baseline+refine:gens=2').replace('[90.0]', '[1.0, 2.0]')}"
+     'kind = "generations"\n', "row 'S1.a': 2 noted generations need refine:gens=1"),
+    (f"[[row]]\n{ROW.replace('S1.a', 'S2.a')}", "row 'S2.a': the id must be its section"),
+    ("[[row]]\n" + ROW.replace('recipe = "baseline"', 'recipe = ""'), "row 'S1.a' has an empty recipe"),
+    (f"[[row]]\n{ROW}colour = \"red\"\n", "row 'S1.a': unknown key(s) colour"),
+    (f"[[row]]\n{ROW}\n[[conclusion]]\nid = \"S1.c\"\nsection = \"S1\"\ntext = \"t\"\nrow = \"S1.a\"\n"
+     "versus = \"S1.x\"\nexpect = \"better\"\n", "conclusion 'S1.c': 'S1.x' is not a row id"),
+    (f"[[row]]\n{ROW}\n[[conclusion]]\nid = \"S1.c\"\nsection = \"S1\"\ntext = \"t\"\nrow = \"S1.a\"\n"
+     "versus = \"S1.a\"\nexpect = \"higher\"\n", "conclusion 'S1.c': expect 'higher' must be one of"),
+    ("[[row]]\nid = \n", "is not valid TOML"),
+])
+def test_validation_errors_name_the_row(tmp_path, text, message):
+    path = tmp_path / "ablations.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_table(path)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_table_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_table(tmp_path / "nope.toml")
