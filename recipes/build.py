@@ -96,7 +96,7 @@ def sgd_param_groups(model: torch.nn.Module, wd: float, wd_bn_bias: bool) -> lis
 
 
 def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
-                  cbs: Iterable[Callback] = ()) -> Learner:
+                  cbs: Iterable[Callback] = (), tricks: list[Callback] | None = None) -> Learner:
     """A fastai Learner: torch SGD (momentum, optional Nesterov, L2 decay) in fastai's OptimWrapper,
     warmup + cosine stepped per iteration or epoch, one-hot cross entropy.
 
@@ -110,7 +110,8 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
         sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
         return OptimWrapper(opt=sgd)
 
-    tricks = build_tricks(recipe)
+    if tricks is None:  # the caller may pass the recipe's tricks it built already
+        tricks = build_tricks(recipe)
     callbacks = [TrainEvalCallback(), *tricks, *cbs]
     if not any(isinstance(cb, LRSchedule) for cb in tricks):
         warmup_pct = recipe.warmup_epochs / recipe.epochs

@@ -22,8 +22,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
-from recipes.build import (build_dataloaders, build_learner, build_model, build_tricks, lr_schedule, normalization,
-                           resolve_device)
+from recipes.build import build_dataloaders, build_learner, build_model, build_tricks, lr_schedule, resolve_device
 from recipes.recipe import Recipe
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
@@ -116,13 +115,14 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     set_seed(recipe.seed, reproducible=True)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
-    for trick in build_tricks(recipe):  # a model a trick cannot change fails before anything is written
+    tricks = build_tricks(recipe)
+    for trick in tricks:  # a model a trick cannot change fails before anything is written
         if isinstance(trick, ModelSurgery):
             trick.check(model)
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
     out.mkdir(parents=True, exist_ok=True)
-    mean, std = normalization(recipe, data)
-    config = {**resolved.to_dict(), "classes": list(data.classes), "mean": mean.tolist(), "std": std.tolist(),
+    config = {**resolved.to_dict(), "classes": list(data.classes), "mean": dls.train.mean.tolist(),
+              "std": dls.train.std.tolist(),
               "num_classes": data.num_classes, "channels": data.channels,
               "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
               "parameters": sum(p.numel() for p in model.parameters()), **info}
@@ -131,7 +131,7 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
 
     writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))  # noqa: E731
     stats = EpochStats(listeners=(writer,))
-    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, *callbacks(stats)])
+    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, *callbacks(stats)], tricks=tricks)
 
     start = time.perf_counter()
     learn.fit(recipe.epochs)
