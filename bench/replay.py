@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -68,11 +67,6 @@ def epoch_accuracies(out: Path, result: dict[str, Any]) -> list[float]:
         return [float(r["test_acc"]) for r in csv.DictReader(f)]
 
 
-def recipe_text(row: Any) -> str:
-    """The row's recipe string, with its options as sorted JSON after a space when it has any."""
-    return f"{row.recipe} {json.dumps(row.options, sort_keys=True)}" if row.options else row.recipe
-
-
 def run_job(job: Job) -> dict[str, Any]:
     """Train one job into its run folder and store its record; returns the record."""
     from bench.table import row_recipe
@@ -87,7 +81,7 @@ def run_job(job: Job) -> dict[str, Any]:
     result = train(recipe, out, data=images)
     gens = result.get("generation_test_acc")
     record = {
-        "row_id": job.row.id, "recipe": recipe_text(job.row), "budget": job.budget, "seed": job.seed,
+        "row_id": job.row.id, "recipe": job.row.stored_recipe, "budget": job.budget, "seed": job.seed,
         "code_version": job.version, "dataset_checksum": checksum, "epoch_acc": epoch_accuracies(out, result),
         "test_acc": float(result["test_acc"]), "best_test_acc": float(result["best_test_acc"]),
         "generation_acc": None if gens is None else [float(a) for a in gens],
@@ -171,7 +165,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int, results_dir: Pa
             for seed in range(seeds):
                 if row.status == "inexpressible":
                     counts["skipped_inexpressible"] += 1
-                elif store.done(row.id, budget, seed, version):
+                elif store.done(row.id, row.stored_recipe, budget, seed, version):
                     counts["done_before"] += 1
                 else:
                     jobs.append(Job(row, budget, seed, results_dir, None if data is None else str(data),

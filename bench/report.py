@@ -158,7 +158,7 @@ def measured_cell(row: Any, recs: list[dict]) -> str:
     return text
 
 
-def recipe_text(row: Any) -> str:
+def recipe_cell(row: Any) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in row.options.items())
     return f"{row.recipe} ({extra})" if extra else row.recipe
 
@@ -205,9 +205,11 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
                              f"{results_dir}` first, or give the results folder it wrote")
     all_records = Store(results_dir).records()
     budget = choose_budget(all_records, budget)
-    used = [r for r in all_records if r["budget"] == budget]
-    by_row = latest(used)
     by_id = {r.id: r for r in rows}
+    # runs of this budget and of each row's current recipe (a row edited in the table since is not mixed in)
+    used = [r for r in all_records if r["budget"] == budget and r["row_id"] in by_id
+            and r["recipe"] == by_id[r["row_id"]].stored_recipe]
+    by_row = latest(used)
     acc = {r.id: [rec["test_acc"] for rec in by_row.get(r.id, [])] if r.status != "inexpressible" else []
            for r in rows}
     sections: dict[str, list[Any]] = defaultdict(list)
@@ -258,7 +260,7 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
                 dv = diff(r.id, r.baseline)
                 dcell = fmt_diff(*dv) if dv else "-"
             noted = "[no result]" if r.status == "unmeasured" or not r.noted else "/".join(f"{v:.2f}" for v in r.noted)
-            lines.append([r.id, recipe_text(r), noted, measured_cell(r, by_row.get(r.id, [])), dcell,
+            lines.append([r.id, recipe_cell(r), noted, measured_cell(r, by_row.get(r.id, [])), dcell,
                           r.why if r.status != "inexpressible" else ""])
         out += table(["row", "recipe", "noted", "measured", "Δ vs baseline", "remark"], lines)
         chart = results_dir / f"report-{section}.png"

@@ -3,12 +3,17 @@
 Why SQLite: it is in the standard library, several worker processes can write to it at once
 (WAL journal, a busy timeout), and a transaction is stored whole or not at all, so a replay killed
 at any moment leaves a readable file holding every run it finished. Table `runs` holds the record
-fields (lists as JSON text) with the UNIQUE key (row_id, budget, seed, code_version); `add` is
-`INSERT OR IGNORE`, so a run is never stored twice.
+fields (lists as JSON text) with the UNIQUE key (row_id, recipe, budget, seed, code_version); `add`
+is `INSERT OR IGNORE`, so a run is never stored twice.
 
-`code_version()` names the code that produced a run (package version + a hash of the sources of
-`tricks/`, `recipes/`, `bench/`), so that changed code replays again; `dataset_checksum(data)` names
-the data, reusing the tensor cache's fingerprint of the dataset's source.
+`code_version()` names the code that produced a run: the package version + a hash of the sources that
+decide what a run trains and measures (`SOURCES`: every .py of `tricks/` and `recipes/`, and
+`bench/table.py`, which turns a row into a recipe under a budget). The replay, store, report and CLI
+modules are left out on purpose: they change no number, and editing them must not force a replay of
+days of results. The row's recipe (its string and options, as in `bench/ablations.toml`) is part of
+the key, so a row whose recipe is edited in the table replays again while the others stay done.
+`dataset_checksum(data)` names the data, reusing the tensor cache's fingerprint of the dataset's
+source.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from tricks.errors import ConfigError, RunFolderError
 
 DB_NAME = "results.sqlite"
 BUSY_TIMEOUT_S = 60.0
-PACKAGES = ("tricks", "recipes", "bench")
+SOURCES = ("tricks", "recipes", "bench/table.py")  # folders (every .py below) or single files
 SOURCE_SUFFIXES = (".py",)
 
 # name -> SQLite type; "json" columns hold lists as JSON text.
@@ -47,7 +52,7 @@ COLUMNS: dict[str, str] = {
 JSON_COLUMNS = ("epoch_acc", "generation_acc")
 SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
           + ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
-          + ", UNIQUE (row_id, budget, seed, code_version))")
+          + ", UNIQUE (row_id, recipe, budget, seed, code_version))")
 
 
 class Store:
@@ -85,12 +90,12 @@ class Store:
             raise RunFolderError(f"results database '{self.path}' cannot be used ({e}); "
                                  "move it aside and replay again") from None
 
-    def done(self, row_id: str, budget: str, seed: int, code_version: str) -> bool:
-        """Whether this run (row, budget, seed) of this code is stored."""
+    def done(self, row_id: str, recipe: str, budget: str, seed: int, code_version: str) -> bool:
+        """Whether this run (row with this recipe, budget, seed) of this code is stored."""
         with closing(self._connect()) as con:
             cur = self._run(con, lambda: con.execute(
-                "SELECT 1 FROM runs WHERE row_id = ? AND budget = ? AND seed = ? AND code_version = ?",
-                (row_id, budget, int(seed), code_version)))
+                "SELECT 1 FROM runs WHERE row_id = ? AND recipe = ? AND budget = ? AND seed = ? AND code_version = ?",
+                (row_id, recipe, budget, int(seed), code_version)))
             return cur.fetchone() is not None
 
     def add(self, record: dict[str, Any]) -> None:
@@ -136,10 +141,10 @@ class Store:
         return out
 
 
-def source_hash(root: Path | None = None, packages: tuple[str, ...] = PACKAGES) -> str:
-    """sha256 (first 12 hex) over the sorted relative paths and bytes of the packages' .py files."""
+def source_hash(root: Path | None = None, sources: tuple[str, ...] = SOURCES) -> str:
+    """sha256 (first 12 hex) over the sorted relative paths and bytes of the sources' .py files."""
     root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
-    files = sorted(p for pkg in packages for p in (root / pkg).rglob("*")
+    files = sorted(p for src in sources for p in ([root / src] if (root / src).is_file() else (root / src).rglob("*"))
                    if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts)
     h = hashlib.sha256()
     for p in files:

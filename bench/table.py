@@ -10,18 +10,20 @@ which tricks run or their other parameters:
 
 - `full`: the row's recipe and options as the notes ran them (200 epochs on the whole training set and
   so on), for a GPU.
-- `short`: a CPU schedule; one row finishes in at most about 5 minutes on 2 cores. A model of
+- `short`: a CPU schedule; one row finishes in at most about 2.5 minutes on 2 cores, a typical row in
+  about 1, so a whole section (S9: 39 rows) replays with 2 seeds in under 1.5 hours. A model of
   ResNet-20's cost trains on a class-balanced `subset` of 5,000 images and is tested on 2,000
-  (`test_subset`); a 200-epoch fit becomes 8 epochs (every run length scaled by 8/200). A model that
+  (`test_subset`); a 200-epoch fit becomes 4 epochs (every run length scaled by 4/200). A model that
   costs c times ResNet-20's multiply-adds on a 3x32x32 image (`relative_cost`, c >= 1) gets 5000/c
   training and 2000/c test images, at least one batch (bs) and 100. The predicted time of the row,
-  sum over its fits of epochs * c * (subset / 250 + test_subset / 1000) seconds, is held to
-  `SHORT_SECONDS` (260 s, leaving 40 s for start-up): when the scaled row (a refinery of 5 or 8 fits, a
-  320- or 400-epoch run) would take longer, the scale factor shrinks until it fits; each fit keeps at
-  least 1 epoch. 250 training and 1,000 test images/s is ResNet-20 on these 2 cores as measured
-  (8 epochs of 4,992 + 2,000 images: 20 to 78 s an epoch while other test runs shared the cores;
-  the 600 and 2,000 images/s first assumed were not reached), so a typical row (8 epochs, 5,000
-  images) is predicted at 176 s.
+  sum over its fits of epochs * c * (subset / 400 + test_subset / 1400) seconds, is held to
+  `SHORT_SECONDS` (150 s): when the scaled row (a refinery of 5 or 8 fits, a 320- or 400-epoch run)
+  would take longer, the scale factor shrinks until it fits; each fit keeps at least 1 epoch. 400
+  training and 1,400 test images/s is ResNet-20 at batch 256 on these 2 idle cores, measured with
+  `recipe run baseline --data cifar10-jpeg.tar.gz --epochs 2 --subset 5000` (401 train img/s, 7 s to
+  test 10,000 images), so a typical row (4 epochs, 5,000 images) is predicted at 56 s plus ~10 s of
+  start-up. Two replay workers of one thread each train ~12% more images per second in all than one
+  of two threads (`--workers 2`).
 - `smoke`: a few batches per row, so that CI replays the whole table in minutes: 64 training and 64
   test images (at least one per class), batch 32, 1 epoch per fit, refinery generations capped at 1.
   The numbers mean nothing beyond 'it runs'.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import json
 import math
 import re
 import tomllib
@@ -66,10 +69,10 @@ SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 SHORT_TRAIN_IMAGES = 5000  # training images for a model of ResNet-20's cost
 SHORT_TEST_IMAGES = 2000
 SHORT_MIN_TEST_IMAGES = 100
-SHORT_EPOCHS_PER_200 = 8  # a 200-epoch fit becomes 8 epochs
-SHORT_SECONDS = 260.0  # predicted train + test seconds of one row at most (leaves 40 s for start-up)
-TRAIN_IMAGES_PER_SECOND = 250.0  # ResNet-20 on 2 CPU cores, measured (see the module docstring)
-TEST_IMAGES_PER_SECOND = 1000.0
+SHORT_EPOCHS_PER_200 = 4  # a 200-epoch fit becomes 4 epochs
+SHORT_SECONDS = 150.0  # predicted train + test seconds of one row at most
+TRAIN_IMAGES_PER_SECOND = 400.0  # ResNet-20, batch 256, on 2 idle CPU cores, measured (module docstring)
+TEST_IMAGES_PER_SECOND = 1400.0
 # smoke budget
 SMOKE_IMAGES = 64
 SMOKE_BS = 32
@@ -93,6 +96,11 @@ class Row:
     status: str  # "measured" | "unmeasured" (the notes' [no result]) | "inexpressible"
     why: str  # for inexpressible: why; for odd replays: what was odd
     baseline: str | None  # id of the row this one is compared with (its section's baseline)
+
+    @property
+    def stored_recipe(self) -> str:
+        """The recipe as the results store keys it: the string, then the options as sorted JSON, if any."""
+        return f"{self.recipe} {json.dumps(self.options, sort_keys=True)}" if self.options else self.recipe
 
 
 @dataclass(frozen=True)

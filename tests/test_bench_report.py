@@ -50,6 +50,9 @@ ROWS = [
 ]
 
 
+BY_ID = {r.id: r for r in ROWS}
+
+
 def con(cid: str, r: str, versus: str, expect: str) -> Conclusion:
     return Conclusion(id=cid, section=r.split(".")[0], text=f"notes on {cid}", row=r, versus=versus, expect=expect)
 
@@ -70,7 +73,7 @@ CONCLUSIONS = [
 
 
 def rec(row_id: str, seed: int, acc: float, budget: str = "short", version: str = "0.1.0+aaaa", gens=None) -> dict:
-    return {"row_id": row_id, "recipe": row_id, "budget": budget, "seed": seed, "code_version": version,
+    return {"row_id": row_id, "recipe": BY_ID[row_id].stored_recipe if row_id in BY_ID else row_id, "budget": budget, "seed": seed, "code_version": version,
             "dataset_checksum": "c" * 24, "epoch_acc": [acc], "test_acc": acc, "best_test_acc": acc,
             "generation_acc": gens, "wall_seconds": 1.0, "finished_at": "2024-01-01T00:00:00+00:00"}
 
@@ -84,6 +87,7 @@ def results(tmp_path):
             store.add(rec(rid, seed, acc, gens=GENS[seed] if rid == "S1.gens" else None))
     store.add(rec("S1.base", 0, 50.0, budget="smoke"))  # another budget: not used
     store.add(rec("S9.elsewhere", 0, 50.0))  # a row not given: not used
+    store.add({**rec("S1.hi", 5, 10.0), "recipe": "baseline+hi:edited"})  # the row's recipe since edited: not used
     return tmp_path
 
 

@@ -15,8 +15,8 @@ from tricks.errors import ConfigError, RunFolderError
 
 
 def record(row_id: str = "S9.baseline", seed: int = 0, budget: str = "smoke", version: str = "0.1.0+abc",
-           acc: float = 90.0, generations: list[float] | None = None) -> dict:
-    return {"row_id": row_id, "recipe": "baseline", "budget": budget, "seed": seed, "code_version": version,
+           acc: float = 90.0, generations: list[float] | None = None, recipe: str = "baseline") -> dict:
+    return {"row_id": row_id, "recipe": recipe, "budget": budget, "seed": seed, "code_version": version,
             "dataset_checksum": "d" * 24, "epoch_acc": [acc - 1.5, acc], "test_acc": acc, "best_test_acc": acc,
             "generation_acc": generations, "wall_seconds": 1.25, "finished_at": "2024-01-01T00:00:00+00:00"}
 
@@ -24,14 +24,14 @@ def record(row_id: str = "S9.baseline", seed: int = 0, budget: str = "smoke", ve
 def test_add_done_records_round_trip(tmp_path):
     store = Store(tmp_path / "results")
     assert (tmp_path / "results" / "results.sqlite").is_file() and store.records() == []
-    assert not store.done("S9.baseline", "smoke", 0, "0.1.0+abc")
+    assert not store.done("S9.baseline", "baseline", "smoke", 0, "0.1.0+abc")
     store.add(record())
     store.add(record(row_id="S9.best", budget="short", acc=93.5, generations=[91.0, 92.25, 93.5]))
     store.add(record(acc=50.0))  # same key: ignored, the first stays
-    assert store.done("S9.baseline", "smoke", 0, "0.1.0+abc")
-    assert not store.done("S9.baseline", "smoke", 1, "0.1.0+abc")
-    assert not store.done("S9.baseline", "smoke", 0, "0.1.0+other")
-    assert not store.done("S9.baseline", "short", 0, "0.1.0+abc")
+    assert store.done("S9.baseline", "baseline", "smoke", 0, "0.1.0+abc")
+    assert not store.done("S9.baseline", "baseline", "smoke", 1, "0.1.0+abc")
+    assert not store.done("S9.baseline", "baseline", "smoke", 0, "0.1.0+other")
+    assert not store.done("S9.baseline", "baseline", "short", 0, "0.1.0+abc")
     assert store.records() == [record(), record(row_id="S9.best", budget="short", acc=93.5,
                                                 generations=[91.0, 92.25, 93.5])]
     assert [r["row_id"] for r in store.records("short")] == ["S9.best"]
@@ -116,16 +116,31 @@ def test_code_version_hashes_sorted_sources_and_changes_with_them(tmp_path):
     for pkg in ("tricks", "recipes", "bench"):
         (tmp_path / pkg / "sub").mkdir(parents=True)
         (tmp_path / pkg / "a.py").write_text(f"A = '{pkg}'\n")
-    (tmp_path / "bench" / "sub" / "b.py").write_text("B = 1\n")
-    (tmp_path / "bench" / "notes.txt").write_text("not source")
+    (tmp_path / "tricks" / "sub" / "b.py").write_text("B = 1\n")
+    (tmp_path / "bench" / "table.py").write_text("T = 1\n")
+    (tmp_path / "tricks" / "notes.txt").write_text("not source")
     before = source_hash(tmp_path)
-    (tmp_path / "bench" / "notes.txt").write_text("still not source")
-    (tmp_path / "bench" / "__pycache__").mkdir()
-    (tmp_path / "bench" / "__pycache__" / "a.py").write_text("cache")
+    (tmp_path / "tricks" / "notes.txt").write_text("still not source")
+    (tmp_path / "tricks" / "__pycache__").mkdir()
+    (tmp_path / "tricks" / "__pycache__" / "a.py").write_text("cache")
+    (tmp_path / "bench" / "a.py").write_text("A = 'report, CLI: no number changes'\n")
     assert source_hash(tmp_path) == before
-    (tmp_path / "bench" / "sub" / "b.py").write_text("B = 2\n")
-    assert source_hash(tmp_path) != before
+    (tmp_path / "tricks" / "sub" / "b.py").write_text("B = 2\n")
+    changed = source_hash(tmp_path)
+    assert changed != before
+    (tmp_path / "bench" / "table.py").write_text("T = 2\n")  # budgets decide what trains
+    assert source_hash(tmp_path) != changed
     assert code_version(tmp_path).endswith("+" + source_hash(tmp_path))
+
+
+def test_the_recipe_is_part_of_the_key(tmp_path):
+    store = Store(tmp_path)
+    store.add(record())
+    assert store.done("S9.baseline", "baseline", "smoke", 0, "0.1.0+abc")
+    assert not store.done("S9.baseline", "baseline+mixup", "smoke", 0, "0.1.0+abc")  # the row was edited
+    store.add(record(recipe="baseline+mixup", acc=12.5))
+    assert [(r["recipe"], r["test_acc"]) for r in store.records()] == [("baseline", record()["test_acc"]),
+                                                                        ("baseline+mixup", 12.5)]
 
 
 def test_dataset_checksum_follows_the_source_files(tmp_path):
