@@ -2,9 +2,12 @@
 
     bench list   [--rows GLOB]                                   the rows, their recipes and noted numbers
     bench replay [--rows GLOB] [--budget smoke|short|full] [--seeds N] [--workers N] [--results DIR]
-                 [--data PATH] [--dataset NAME] [--device D]      train what is not in the results yet
+                 [--data PATH] [--dataset NAME] [--device D] [--ray ADDRESS]
+                                                                 train what is not in the results yet
     bench report [--results DIR] [--budget B]                     report.md and PNG charts
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
+    bench perf   [--quick] [--results DIR] [--data PATH] [--device D]
+                                                                 the trainer's cost over a plain loop, and more
 
 Errors the user can fix print one line on stderr and exit with code 2.
 """
@@ -52,7 +55,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
     rows, _ = load_table()
     rows = select(rows, args.rows)
     counts = replay(rows, budget=args.budget, seeds=args.seeds, workers=args.workers, results_dir=Path(args.results),
-                    data=args.data, dataset=args.dataset, device=args.device,
+                    data=args.data, dataset=args.dataset, device=args.device, ray_address=args.ray,
                     progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()), highlight=False)
     if counts.get("failed"):
@@ -86,6 +89,22 @@ def cmd_load(args: argparse.Namespace, console: Console) -> None:
     print(f"cached / decode: {cached / decode:.3f}")
 
 
+def cmd_perf(args: argparse.Namespace, console: Console) -> None:
+    from bench.perf import run_perf, write_perf
+
+    data = load_dataset(args.dataset, args.data)
+    perf = run_perf(data, quick=args.quick, device=args.device,
+                    log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    json_path, md_path = write_perf(perf, Path(args.results))
+    print(f"results: {json_path}, {md_path}")
+    t, a = perf["trainer"], perf["augmentation"]
+    print(f"ratio 1, trainer / plain loop, train img/s: {t['ratio']:.3f} "
+          f"({max(t['recipe_images_per_second']):.1f} / {max(t['plain_images_per_second']):.1f}; goal >= {t['goal']})")
+    print(f"ratio 2, batched / torchvision augmentation, img/s: {a['ratio']:.1f} "
+          f"({a['batched_images_per_second']:.0f} / {max(a['torchvision_images_per_second'].values()):.0f}); "
+          f"share of a training step {100 * a['share_of_step']:.2f}% (goal < {100 * a['share_goal']:.0f}%)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Replay the notes' ablations; benchmarks of fastai-tricks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -100,6 +119,9 @@ def build_parser() -> Parser:
     rp.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     rp.add_argument("--dataset", default="cifar10")
     rp.add_argument("--device", default="auto")
+    rp.add_argument("--ray", metavar="ADDRESS",
+                    help="run the jobs as tasks of the Ray cluster whose head is ADDRESS (HOST:PORT) instead of "
+                         "--workers local processes")
     rr = sub.add_parser("report", help="write report.md and PNG charts from the results")
     rr.add_argument("--results", default=DEFAULT_RESULTS)
     rr.add_argument("--budget", choices=("smoke", "short", "full"))
@@ -107,6 +129,13 @@ def build_parser() -> Parser:
     load.add_argument("--dataset", default="cifar10")
     load.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     load.add_argument("--repeat", type=int, default=3)
+    pf = sub.add_parser("perf", help="time the trainer against a plain PyTorch loop, augmentation, tricks, memory")
+    pf.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
+    pf.add_argument("--results", default=DEFAULT_RESULTS, help=f"where perf.json and perf.md go "
+                                                               f"(default: {DEFAULT_RESULTS})")
+    pf.add_argument("--dataset", default="cifar10")
+    pf.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
+    pf.add_argument("--device", default="auto")
     return parser
 
 
@@ -116,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "seeds", 1) < 1 or getattr(args, "workers", 1) < 1:
             raise UsageError("--seeds and --workers must be at least 1")
-        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load}[args.command](args, console)
+        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ The store is the truth: a job is done when the store holds its (row, budget, see
 so a replay killed at any moment is started again and runs only what is missing. A run folder left
 by a killed attempt is deleted and that run redone from scratch. Jobs train in-process
 (`recipes.run.train`, no subprocess per row); the dataset is loaded once per process. `workers>1`
-runs a 'spawn' process pool, each worker storing its own results; one replay at a time may use a
-results folder (a lock file, released by the OS when the process dies).
+runs a 'spawn' process pool, each worker storing its own results; `ray_address` sends the jobs to a
+Ray cluster instead (`bench/ray_cluster.py`). One replay at a time may use a results folder (a lock
+file, released by the OS when the process dies).
 """
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ def epoch_accuracies(out: Path, result: dict[str, Any]) -> list[float]:
         return [float(r["test_acc"]) for r in csv.DictReader(f)]
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train one job into its run folder and store its record; returns the record."""
+def train_job(job: Job) -> dict[str, Any]:
+    """Train one job into its run folder under `job.results_dir`; returns its record (not stored)."""
     from bench.table import row_recipe
     from recipes.run import train
 
@@ -80,7 +81,7 @@ def run_job(job: Job) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(recipe, out, data=images)
     gens = result.get("generation_test_acc")
-    record = {
+    return {
         "row_id": job.row.id, "recipe": job.row.stored_recipe, "budget": job.budget, "seed": job.seed,
         "code_version": job.version, "dataset_checksum": checksum, "epoch_acc": epoch_accuracies(out, result),
         "test_acc": float(result["test_acc"]), "best_test_acc": float(result["best_test_acc"]),
@@ -88,6 +89,11 @@ def run_job(job: Job) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - start,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one job into its run folder and store its record; returns the record."""
+    record = train_job(job)
     Store(job.results_dir).add(record)
     return record
 
@@ -137,9 +143,12 @@ def cores() -> int:
 
 
 def replay(rows: list, *, budget: str, seeds: int, workers: int, results_dir: Path, data: str | None,
-           dataset: str = "cifar10", device: str = "auto",
+           dataset: str = "cifar10", device: str = "auto", ray_address: str | None = None,
            progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
     """Run every (row, seed 0..seeds-1) the store does not hold for this budget and code; returns counts.
+
+    With `ray_address` the jobs run as tasks of that Ray cluster (`bench.ray_cluster`) instead of
+    `workers` local processes.
 
     Counts are of (row, seed) jobs: 'done_before' (already stored), 'ran' (trained and stored now),
     'skipped_inexpressible' (rows the notes' setting cannot be expressed for), 'failed' (raised a
@@ -172,7 +181,13 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int, results_dir: Pa
                                     dataset, device, version))
         progress(f"{len(jobs)} runs to do ({counts['done_before']} done before, "
                  f"{counts['skipped_inexpressible']} inexpressible skipped), budget {budget}, code {version}")
-        for i, (job, record, error) in enumerate(_outcomes(jobs, workers), 1):
+        if ray_address is not None and jobs:
+            from bench.ray_cluster import ray_outcomes
+
+            outcomes = ray_outcomes(jobs, ray_address)
+        else:
+            outcomes = _outcomes(jobs, workers)
+        for i, (job, record, error) in enumerate(outcomes, 1):
             name = f"[{i}/{len(jobs)}] {job.row.id} seed {job.seed}"
             if error is None:
                 counts["ran"] += 1

@@ -5,6 +5,7 @@ from typing import Iterable
 
 import torch
 from fastai.callback.core import Callback, TrainEvalCallback
+from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
@@ -65,7 +66,8 @@ def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> 
     mean, std = normalization(recipe, data)
     augment = BatchAugment(crop_pad=recipe.crop_pad, pad_mode=recipe.pad_mode, flip=recipe.flip,
                            resize_crop=recipe.resize_crop)
-    common = dict(bs=recipe.bs, mean=mean, std=std, seed=recipe.seed, device=device)
+    common = dict(bs=recipe.bs, mean=mean, std=std, seed=recipe.seed, device=device,
+                  channels_last=recipe.channels_last)
     train_dl = DeviceLoader(images, labels, shuffle=True, drop_last=True, augment=augment, **common)
     test_images, test_labels = data.test.images, data.test.labels
     if recipe.test_subset is not None:
@@ -95,6 +97,15 @@ def sgd_param_groups(model: torch.nn.Module, wd: float, wd_bn_bias: bool) -> lis
             {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
 
 
+class InferenceLearner(Learner):
+    """fastai's Learner, evaluating under `torch.inference_mode` instead of `no_grad` (no autograd
+    bookkeeping or version counters on the evaluation pass); everything else is fastai's."""
+
+    def _do_epoch_validate(self, ds_idx=1, dl=None):
+        with torch.inference_mode():
+            return super()._do_epoch_validate(ds_idx, dl)
+
+
 def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
                   cbs: Iterable[Callback] = (), tricks: list[Callback] | None = None) -> Learner:
     """A fastai Learner: torch SGD (momentum, optional Nesterov, L2 decay) in fastai's OptimWrapper,
@@ -113,14 +124,38 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
     if tricks is None:  # the caller may pass the recipe's tricks it built already
         tricks = build_tricks(recipe)
     callbacks = [TrainEvalCallback(), *tricks, *cbs]
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if recipe.precision != "fp32":
+        callbacks.append(MixedPrecision(amp_mode=recipe.precision))
+    if recipe.compile:
+        callbacks.append(CompileModel())
     if not any(isinstance(cb, LRSchedule) for cb in tricks):
         warmup_pct = recipe.warmup_epochs / recipe.epochs
         schedule = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=warmup_pct,
                                  start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
         callbacks.insert(1, LRSchedule(schedule, step=recipe.step))
-    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
+    learn = InferenceLearner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
                     wd_bn_bias=recipe.wd_bn_bias, cbs=callbacks, default_cbs=False)
     return learn
+
+
+def check_speed(recipe: Recipe, device: torch.device) -> None:
+    """Refuse speed settings the device cannot run (before anything is written)."""
+    if recipe.precision != "fp32" and device.type != "cuda":
+        raise ConfigError(f"precision={recipe.precision} autocasts on a CUDA GPU (fastai's MixedPrecision), "
+                          f"and the device is {device}; use precision=fp32 here")
+
+
+class CompileModel(Callback):
+    """`torch.compile` the model in place (`nn.Module.compile`: the state_dict keeps its keys) once the
+    tricks that change the model (orders 1-7) have done so; compiled once, at the first fit."""
+
+    order = 8
+
+    def before_fit(self):
+        if getattr(self.learn.model, "_compiled_call_impl", None) is None:
+            self.learn.model.compile()
 
 
 def build_tricks(recipe: Recipe) -> list[Callback]:

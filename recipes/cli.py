@@ -6,7 +6,8 @@
     recipe list                           what is registered
     recipe eval RUN_DIR [--data PATH] [--tta] [--generation N] [--predict FOLDER]
 
-Errors the user can fix print one line on stderr and exit with code 2.
+Errors the user can fix print one line on stderr and exit with code 2; a training that went wrong
+(a NaN or inf loss) prints one line and exits with code 1.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
 from tricks.registry import TRICKS
 from recipes.recipe import Recipe
-from tricks.errors import TricksError
+from tricks.errors import TrainingError, TricksError
 
-OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device")
+OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
+             "precision", "compile")
 
 
 class UsageError(Exception):
@@ -53,6 +55,9 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, help="train on a class-balanced subset of N images")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (CUDA only)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
 
 
 def build_parser() -> Parser:
@@ -132,6 +137,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> None:
     from recipes.progress import RichProgress
+    from recipes.distributed import DistributedEnv
     from recipes.run import train
 
     recipe = recipe_from(args)
@@ -162,6 +168,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
         for p in progress:
             if hasattr(p, "bars"):
                 p.bars.stop()
+    if DistributedEnv.from_environ().rank > 0:  # under torchrun only rank 0 prints (recipes.distributed)
+        return
     if "generation_test_acc" in result:
         console.print("test accuracy by generation: " + " / ".join(f"{a:.2f}" for a in result["generation_test_acc"]),
                       highlight=False, soft_wrap=True)
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args, console)
         else:
             cmd_run(args, console)
+    except TrainingError as e:  # the input was fine: not a usage error
+        print(f"recipe: error: {one_line(e)}", file=sys.stderr)
+        return 1
     except (TricksError, UsageError) as e:
         print(f"recipe: error: {one_line(e)}", file=sys.stderr)
         return 2

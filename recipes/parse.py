@@ -14,6 +14,7 @@ up for 0.5 epochs. A trick named twice, or two tricks that both set the lr sched
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -46,11 +47,24 @@ def coerce(key: str, text: str) -> Any:
         if kind.startswith("int"):
             return int(text)
         if kind.startswith("float"):
-            return float(text)
+            return finite(key, float(text), text)
     except ValueError:
         word = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind.split()[0]]
         raise ConfigError(f"{key}={text!r}: {key} must be {word}") from None
     return text
+
+
+def finite(key: str, value: Any, text: str | None = None) -> Any:
+    """`value`, or a ConfigError when it is a NaN or infinite float (no range check refuses NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        shown = repr(text) if text is not None else value
+        raise ConfigError(f"{key}={shown}: {key} must be a finite number")
+    return value
+
+
+def printable(text: str) -> str:
+    """`text` with each unprintable character (newlines included) escaped, so that a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def apply(recipe: Recipe, values: dict[str, Any]) -> Recipe:
@@ -83,7 +97,17 @@ def parse_term(term: str, coerce=coerce) -> tuple[str, dict[str, Any]]:
 
 
 def parse_recipe(text: str, **overrides: Any) -> Recipe:
-    """The `Recipe` for a recipe string; `overrides` (e.g. from the command line) are applied last."""
+    """The `Recipe` for a recipe string; `overrides` (e.g. from the command line) are applied last.
+
+    Raises ConfigError with a one-line message (the user's text in it escaped) for anything wrong.
+    """
+    try:
+        return _parse_recipe(text, **overrides)
+    except ConfigError as e:
+        raise ConfigError(printable(str(e))) from None
+
+
+def _parse_recipe(text: str, **overrides: Any) -> Recipe:
     text = text.strip()
     if not text:
         raise ConfigError("empty recipe; give a name such as 'baseline' (see `recipe list`)")
@@ -96,7 +120,7 @@ def parse_recipe(text: str, **overrides: Any) -> Recipe:
         name = term.partition(":")[0]
         if name in TRICKS:
             spec = TRICKS.get(name)
-            _, params = parse_term(term, coerce=lambda key, value: spec.param(key).coerce(value))
+            _, params = parse_term(term, coerce=lambda key, value: finite(key, spec.param(key).coerce(value), value))
             if name in chosen and name not in from_preset:
                 raise ConfigError(f"recipe term '{term}': trick '{name}' is named twice; name it once")
             chosen[name] = tuple(spec.resolve(params).items())  # a term after a preset overrides its trick
@@ -122,5 +146,5 @@ def parse_recipe(text: str, **overrides: Any) -> Recipe:
     schedules = [n for n in chosen if "lr" in TRICKS.get(n).touches]
     if len(schedules) > 1:
         raise ConfigError(f"tricks {' and '.join(schedules)} both set the lr schedule; keep one")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: finite(k, v) for k, v in overrides.items() if v is not None}
     return apply(recipe.replace(tricks=recipe.tricks + tuple(chosen.items())), overrides)

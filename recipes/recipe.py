@@ -19,6 +19,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pad_mode": ("zeros", "reflect"),
     "normalize": ("dataset", "cifar", "half", "none"),
     "loss": ("ce",),
+    "precision": ("fp32", "bf16", "fp16"),
 }
 
 # (low, high, low inclusive, high inclusive); None means unbounded.
@@ -76,6 +77,10 @@ class Recipe:
     eta: float = 1e-4  # cosine floor
     step: str = "iter"  # schedule stepped per iteration or per epoch
     loss: str = "ce"  # one-hot cross entropy
+    # speed: how fast a run goes; precision also changes the arithmetic
+    channels_last: bool = False  # model and batches in channels-last memory format
+    precision: str = "fp32"  # bf16 / fp16: autocast on a CUDA GPU (fastai's MixedPrecision)
+    compile: bool = False  # torch.compile the model, after the tricks' model surgery
     # run
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu

@@ -2,7 +2,8 @@
 
 A run folder holds: `config.json` (the resolved recipe), `metrics.csv` (one row per epoch, rewritten
 whole after each epoch), `result.json`, `model.pth` (the weights, a `state_dict`) and `curves.png`.
-Nothing is written into a folder that already holds files.
+Nothing is written into a folder that already holds files. A training loss that becomes NaN or inf
+stops the fit with a `TrainingError` (`recipes.nan_guard`); config.json and metrics.csv stay.
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
-from recipes.build import build_dataloaders, build_learner, build_model, build_tricks, lr_schedule, resolve_device
+from recipes.build import (build_dataloaders, build_learner, build_model, build_tricks, check_speed, lr_schedule,
+                           resolve_device)
+from recipes.distributed import DistributedEnv, ddp_callbacks, is_main_process
+from recipes.nan_guard import StopOnNonFinite
 from recipes.recipe import Recipe
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
-from tricks.errors import RunFolderError
+from tricks.errors import ConfigError, RunFolderError
 from tricks.files import torch_save_atomic, write_atomic
 from tricks.surgery import ModelSurgery
 
@@ -120,24 +124,29 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         if isinstance(trick, ModelSurgery):
             trick.check(model)
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
-    out.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()  # on several processes only rank 0 writes (recipes.distributed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     config = {**resolved.to_dict(), "classes": list(data.classes), "mean": dls.train.mean.tolist(),
               "std": dls.train.std.tolist(),
               "num_classes": data.num_classes, "channels": data.channels,
               "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
               "parameters": sum(p.numel() for p in model.parameters()), **info}
-    write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+    if main:
+        write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
     on_start({**config, "out": str(out)})
 
     writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))  # noqa: E731
-    stats = EpochStats(listeners=(writer,))
-    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, *callbacks(stats)], tricks=tricks)
+    stats = EpochStats(listeners=(writer,) if main else ())
+    guard = StopOnNonFinite(out)  # a NaN/inf loss stops the fit with a TrainingError; the folder stays as written
+    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, guard, *callbacks(stats)], tricks=tricks)
 
     start = time.perf_counter()
     learn.fit(recipe.epochs)
     seconds = time.perf_counter() - start
 
-    torch_save_atomic(model.state_dict(), out / "model.pth")
+    if main:
+        torch_save_atomic(model.state_dict(), out / "model.pth")
     records = stats.records
     result = {
         "recipe": recipe.recipe,
@@ -152,8 +161,10 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         "versions": versions(),
         **info,
     }
-    write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
-    plot_curves(records, lr_schedule(learn).lrs, len(dls.train), out / "curves.png")
+    if main:
+        write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
+        lrs = lr_schedule(learn).lrs  # one per training batch (of this process's shard)
+        plot_curves(records, lrs, len(lrs) // len(records), out / "curves.png")
     return result, model
 
 
@@ -166,16 +177,32 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
     (see `recipes.generations`) and the top `result.json` lists every generation's accuracy.
     `callbacks(stats)` adds display callbacks; `on_start(info)` hears the resolved setup before each
     fit starts. `data` skips loading (tests and the bench pass data they hold already).
+    Started by torchrun on several processes, it trains one model with DistributedDataParallel
+    (`recipes.distributed`): rank 0 alone checks `out`, writes it and hears `callbacks`/`on_start`.
     """
     from recipes.generations import refine_params, train_generations
 
-    out = Path(out) if out is not None else default_out(recipe)
-    check_out(out)
-    device = resolve_device(recipe.device)
-    if data is None:
-        data = load_dataset(recipe.dataset, recipe.data)
+    env = DistributedEnv.from_environ()
     refine = refine_params(recipe)
-    if refine is not None:
-        return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start)
-    result, _ = fit_one(recipe, out, data, device, extra_cbs=[], callbacks=callbacks, on_start=on_start, info={})
+    if env.enabled and refine is not None:
+        raise ConfigError("refine is not supported on several processes (torchrun) yet: its generations train "
+                          "one after the other in one process; run it without torchrun")
+    out = Path(out) if out is not None else default_out(recipe)
+    if env.is_main:
+        check_out(out)
+    else:
+        callbacks, on_start = (lambda stats: []), (lambda info: None)
+    device = env.device(resolve_device(recipe.device))
+    check_speed(recipe, device)
+    env.init(device)
+    try:
+        if data is None:  # each machine's first process fills the data cache, then the others read it
+            data = env.local_first(lambda: load_dataset(recipe.dataset, recipe.data))
+        if refine is not None:
+            return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start)
+        extra, info = (ddp_callbacks(env), {"processes": env.world}) if env.enabled else ([], {})
+        result, _ = fit_one(recipe, out, data, device, extra_cbs=extra, callbacks=callbacks, on_start=on_start,
+                            info=info)
+    finally:
+        env.shutdown()
     return {**result, "out": str(out)}

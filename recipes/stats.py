@@ -7,12 +7,17 @@ from typing import Callable
 import torch
 from fastai.callback.core import Callback
 
+from recipes.distributed import all_reduce_sum, world_size
+
 
 class EpochStats(Callback):
     """Train loss, test loss and accuracy, lr, and timing, one record per epoch.
 
     Sums stay as device tensors during the epoch (no host sync per batch); `after_epoch` reads them
-    once and hands the record to every listener (e.g. the run folder's metrics.csv writer).
+    once and hands the record to every listener (e.g. the run folder's metrics.csv writer). On several
+    processes (`recipes.distributed`) the sums and counts are added over the ranks once per epoch, at
+    after_train and after_validate, so every rank's record is the global one and img/s counts the
+    images of all ranks.
     """
 
     order = 90
@@ -52,9 +57,17 @@ class EpochStats(Callback):
             self.test_n += n
 
     def after_train(self):
+        if world_size() > 1:
+            self.train_loss, n = all_reduce_sum(self.train_loss, self.train_n)
+            self.train_n = int(n.item())
         self._sync()
         self.train_seconds += time.perf_counter() - self.train_start
         self.train_images += self.train_n
+
+    def after_validate(self):
+        if world_size() > 1:
+            self.test_loss, self.test_correct, n = all_reduce_sum(self.test_loss, self.test_correct, self.test_n)
+            self.test_n = int(n.item())
 
     def running_train_loss(self) -> float:
         """The mean train loss of this epoch so far (one host sync)."""

@@ -1,8 +1,8 @@
 """The project's error types.
 
 Library code raises these; only the command-line front ends (`recipes/cli.py`, `bench/cli.py`) turn
-them into one line on stderr and exit code 2. Each message is one line that names what was wrong
-and what would be right.
+them into one line on stderr and exit code 2 (1 for a `TrainingError`: the input was valid, the
+training went wrong). Each message is one line that names what was wrong and what would be right.
 """
 
 
@@ -20,3 +20,7 @@ class DataError(TricksError):
 
 class RunFolderError(TricksError):
     """A run folder that cannot be written without losing what is already there."""
+
+
+class TrainingError(TricksError):
+    """A fit that went wrong on valid input (e.g. a loss that became NaN or inf); the run folder is kept."""

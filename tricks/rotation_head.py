@@ -70,6 +70,8 @@ class RotationHead(ModelSurgery):
     def after_loss(self):
         x = self.learn.xb[0]
         k = torch.randint(0, ROTATIONS, (x.shape[0],), device=x.device)
-        extra = self.weight * rotation_loss(self.learn.model, x, k)
+        model = self.learn.model  # under DistributedDataParallel (recipes.distributed) the head is on .module
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        extra = self.weight * rotation_loss(model, x, k)
         self.learn.loss_grad = self.learn.loss_grad + extra
         self.learn.loss = self.learn.loss + extra.detach()

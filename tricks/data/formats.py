@@ -143,7 +143,9 @@ def _unpickle(file: Path) -> dict:
         with open(file, "rb") as f:
             d = pickle.load(f, encoding="bytes")
     except Exception as e:
-        raise DataError(f"cannot read CIFAR pickle '{file}': {type(e).__name__}: {e}") from None
+        why = (str(e).splitlines() or [""])[0]
+        raise DataError(f"cannot read CIFAR pickle '{file}' ({type(e).__name__}: {why}); replace it with an intact "
+                        "copy of the dataset") from None
     if not isinstance(d, dict):
         raise DataError(f"CIFAR pickle '{file}' does not hold a dict")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
@@ -159,15 +161,23 @@ def _names(values) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
 
 
-def _cifar_split(files: list[Path], label_key: str) -> Split:
+def _cifar_split(files: list[Path], label_key: str, num_classes: int) -> Split:
     images, labels = [], []
     for file in files:
         d = _unpickle(file)
         data = np.asarray(_field(d, "data", file))
-        lab = np.asarray(_field(d, label_key, file), dtype=np.int64)
+        try:
+            lab = np.asarray(_field(d, label_key, file), dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"CIFAR pickle '{file}' has '{label_key}' that are not integers; "
+                            f"expected one integer 0..{num_classes - 1} per image") from None
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or lab.shape != (data.shape[0],):
-            raise DataError(f"CIFAR pickle '{file}' holds data {data.dtype} {data.shape} and {lab.shape[0]} labels; "
+            raise DataError(f"CIFAR pickle '{file}' holds data {data.dtype} {data.shape} and {lab.size} labels; "
                             "expected uint8 (N, 3072) and N labels")
+        if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
+            bad = int(lab.min()) if lab.min() < 0 else int(lab.max())
+            raise DataError(f"labels in '{file}' must be 0..{num_classes - 1}, found {bad} "
+                            f"(the dataset names {num_classes} classes)")
         images.append(torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32))
         labels.append(torch.from_numpy(lab))
     return Split(torch.cat(images).contiguous(), torch.cat(labels))
@@ -176,12 +186,14 @@ def _cifar_split(files: list[Path], label_key: str) -> Split:
 def read_cifar10(folder: Path) -> tuple[tuple[str, ...], Split, Split]:
     classes = _names(_field(_unpickle(folder / "batches.meta"), "label_names", folder / "batches.meta"))
     batches = sorted((int(p.name[11:]), p) for p in folder.glob("data_batch_*") if p.name[11:].isdigit())
-    return classes, _cifar_split([p for _, p in batches], "labels"), _cifar_split([folder / "test_batch"], "labels")
+    n = len(classes)
+    return classes, _cifar_split([p for _, p in batches], "labels", n), _cifar_split([folder / "test_batch"], "labels", n)
 
 
 def read_cifar100(folder: Path) -> tuple[tuple[str, ...], Split, Split]:
     classes = _names(_field(_unpickle(folder / "meta"), "fine_label_names", folder / "meta"))
-    return classes, _cifar_split([folder / "train"], "fine_labels"), _cifar_split([folder / "test"], "fine_labels")
+    n = len(classes)
+    return classes, _cifar_split([folder / "train"], "fine_labels", n), _cifar_split([folder / "test"], "fine_labels", n)
 
 
 # --------------------------------------------------------------------------------------------- idx
@@ -271,7 +283,7 @@ def _same_size(paths: list[str], images: list[torch.Tensor], size: tuple[int, in
     for p, t in zip(paths, images):
         if tuple(t.shape[1:]) != want:
             raise DataError(f"image '{p}' is {t.shape[1]}x{t.shape[2]} but the others are {want[0]}x{want[1]}; "
-                            "pass a size to resize all images")
+                            "resize or remove it (or pass a size to load_dataset to resize all images)")
     return images
 
 
@@ -323,7 +335,10 @@ def read_format(fmt: str, folder: Path, size: tuple[int, int] | None = None) -> 
     else:
         classes, train, test = READERS[fmt](folder)
     for name, s in (("train", train), ("test", test)):
-        if len(s) and (int(s.labels.min()) < 0 or int(s.labels.max()) >= len(classes)):
+        if not len(s):
+            raise DataError(f"'{folder}' holds no {name} images; a dataset needs at least one train and one test "
+                            "image")
+        if int(s.labels.min()) < 0 or int(s.labels.max()) >= len(classes):
             raise DataError(f"{name} labels in '{folder}' range over {int(s.labels.min())}..{int(s.labels.max())} "
                             f"but there are {len(classes)} classes")
     if train.images.shape[1:] != test.images.shape[1:] and size is None:

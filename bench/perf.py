@@ -1,0 +1,391 @@
+"""`bench perf`: what the trainer costs over the plainest PyTorch loop that does the same work.
+
+Every ratio is measured against its reference in the same run, on the same data, one after the other:
+
+1. trainer: training images/s of `recipes.run.train` (what `recipe run` does: the fastai Learner, the
+   recipe's callbacks, the device loaders) over `plain_fit`, a hand-written loop with the same model,
+   batch size, data order, augmentation, SGD parameter groups and per-iteration lr. Both count only
+   the training passes (no evaluation, no file writes); each side runs `repeats` times, alternating
+   which goes first, and the best of each is compared. The two also reach bit-identical weights on
+   the CPU (item 5), which shows the work is the same.
+2. augmentation: images/s of the batched uint8 augmentation (`DeviceLoader`: pad-4 crop, flip,
+   normalise) over torchvision's transforms on PIL images through a `DataLoader` (`RandomCrop(32, 4)`,
+   `RandomHorizontalFlip`, `ToTensor`, `Normalize`, as torchvision's CIFAR10 dataset serves them), with
+   0 and `cores` loader workers, the faster of the two taken as the reference; and the augmentation's
+   share of one training step (its seconds per batch over the plain loop's).
+3. tricks: training images/s of `baseline+<trick>` over `baseline` for every registered trick that
+   composes with the baseline (the refinery's generation 1, the one with a teacher forward).
+4. memory: peak RSS (on a GPU, peak allocated) of a fresh process training ResNet-20 and ResNet-56 at
+   batch 256 for a few steps.
+5. parity: test accuracy of the same short schedule through `recipe` and through the plain loop, for
+   each seed, and the 95% Welch interval of the difference.
+
+`--quick` sizes everything to finish in under 5 minutes on 2 CPU cores; the ratios print last.
+Written by hand: no library compares a fastai Learner with its own plain-loop equivalent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fastai.torch_core import set_seed
+
+from recipes.build import build_dataloaders, build_model, resolve_device, sgd_param_groups
+from recipes.parse import parse_recipe
+from recipes.recipe import Recipe
+from tricks.data import ImageData
+from tricks.errors import TricksError
+from tricks.files import write_atomic
+from tricks.registry import TRICKS
+from tricks.schedules import warmup_cosine
+
+TRAINER_GOAL = 0.97  # issue 6: recipe / plain loop images/s at least this
+AUG_SHARE_GOAL = 0.03  # the augmentation's share of a training step at most this
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each measurement trains (images are class-balanced subsets of the training split)."""
+
+    subset: int  # training images for the trainer ratio, the trick costs and parity
+    test_subset: int  # test images for parity
+    epochs: int  # epochs per trainer-ratio fit
+    repeats: int  # fits per side for the trainer ratio (best taken)
+    trick_subset: int
+    trick_epochs: int
+    aug_images: int  # images pushed through each augmentation path
+    memory_steps: int
+    parity_seeds: int
+    parity_epochs: int
+    bs: int = 256  # the baseline's batch size
+    memory_bs: int = 256
+
+
+QUICK = Sizes(subset=2560, test_subset=1000, epochs=2, repeats=2, trick_subset=1280, trick_epochs=1,
+              aug_images=5120, memory_steps=3, parity_seeds=2, parity_epochs=2)
+FULL = Sizes(subset=10240, test_subset=10000, epochs=3, repeats=3, trick_subset=4096, trick_epochs=2,
+             aug_images=25600, memory_steps=5, parity_seeds=3, parity_epochs=10)
+
+
+def perf_recipe(text: str, *, sizes: Sizes, epochs: int, subset: int, test_subset: int, seed: int = 0,
+                device: str = "auto") -> Recipe:
+    return parse_recipe(text, epochs=epochs, subset=subset, test_subset=test_subset, seed=seed, device=device,
+                        bs=sizes.bs)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str, Any]:
+    """The recipe's baseline training as the plainest PyTorch loop: no fastai, no callbacks.
+
+    Same seed handling, loaders, model, SGD groups and per-iteration warmup + cosine lr as
+    `recipes.run.fit_one` (a recipe without tricks). Returns train images/s (training passes only),
+    per-epoch test accuracy and the final weights.
+    """
+    if recipe.tricks:
+        raise ValueError("plain_fit replays recipes without tricks only")
+    set_seed(recipe.seed, reproducible=True)
+    dls = build_dataloaders(recipe, data, device)
+    model = build_model(recipe, data).to(device)
+    opt = torch.optim.SGD(sgd_param_groups(model, recipe.wd, recipe.wd_bn_bias), lr=recipe.lr,
+                          momentum=recipe.momentum, nesterov=recipe.nesterov)
+    lr_at = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=recipe.warmup_epochs / recipe.epochs,
+                          start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
+    n_iter, step, seconds, images, accs = len(dls.train), 0, 0.0, 0, []
+    for epoch in range(recipe.epochs):
+        model.train()
+        _sync(device)
+        start = time.perf_counter()
+        for x, y in dls.train:
+            p = step / (recipe.epochs * n_iter) if recipe.step == "iter" else epoch / recipe.epochs
+            for group in opt.param_groups:
+                group["lr"] = lr_at(p)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            step, images = step + 1, images + len(y)
+        _sync(device)
+        seconds += time.perf_counter() - start
+        model.eval()
+        correct = torch.zeros((), device=device)
+        with torch.no_grad():
+            for x, y in dls.valid:
+                correct += (model(x).argmax(1) == y).sum()
+        accs.append(100.0 * correct.item() / dls.valid.n)
+    return {"train_images_per_second": images / seconds, "epoch_acc": accs, "test_acc": accs[-1],
+            "state_dict": model.state_dict()}
+
+
+def recipe_fit(recipe: Recipe, data: ImageData) -> dict[str, Any]:
+    """`recipes.run.train` into a temporary run folder: its result.json, and the final weights."""
+    from recipes.run import train
+
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
+        result = train(recipe, Path(tmp) / "run", data=data)
+        folder = Path(result["out"])
+        if "generations" in result:
+            last = result["generations"][-1]
+            result = {**json.loads((folder / last["folder"] / "result.json").read_text()), "out": str(folder)}
+            folder = folder / last["folder"]
+        state = torch.load(folder / "model.pth", map_location="cpu", weights_only=True)
+    return {**result, "state_dict": state}
+
+
+def trainer_ratio(data: ImageData, sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
+    recipe = perf_recipe("baseline", sizes=sizes, epochs=sizes.epochs, subset=sizes.subset,
+                         test_subset=sizes.test_subset, device=str(device))
+    plain, trainer = [], []
+    for r in range(sizes.repeats):
+        for side in (("plain", "recipe") if r % 2 == 0 else ("recipe", "plain")):
+            if side == "plain":
+                plain.append(plain_fit(recipe, data, device)["train_images_per_second"])
+            else:
+                trainer.append(recipe_fit(recipe, data)["train_images_per_second"])
+            log(f"trainer ratio: repeat {r + 1}, {side}: {(plain if side == 'plain' else trainer)[-1]:.1f} img/s")
+    return {"recipe_images_per_second": trainer, "plain_images_per_second": plain,
+            "ratio": max(trainer) / max(plain), "goal": TRAINER_GOAL,
+            "setup": f"ResNet-20, batch {recipe.bs}, {sizes.subset} images x {sizes.epochs} epochs, best of "
+                     f"{sizes.repeats} per side"}
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """uint8 CHW images served as torchvision's CIFAR10 dataset serves them: a PIL image, then transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, like torchvision's CIFAR10.data
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.data[i] if self.data.shape[-1] > 1 else self.data[i][..., 0])
+        return self.transform(img), self.targets[i]
+
+
+def augmentation_ratio(data: ImageData, sizes: Sizes, device: torch.device, step_seconds: float,
+                       log) -> dict[str, Any]:
+    import torchvision.transforms as T
+
+    from tricks.data.loaders import DeviceLoader
+
+    recipe = perf_recipe("baseline", sizes=sizes, epochs=1, subset=sizes.aug_images, test_subset=100,
+                         device=str(device))
+    dls = build_dataloaders(recipe, data, device)
+    train = dls.train
+    mean, std = train.mean.cpu(), train.std.cpu()
+    images, labels = train.images.cpu(), train.labels.cpu()
+    loader = DeviceLoader(images, labels, bs=recipe.bs, mean=mean, std=std, shuffle=True, drop_last=True,
+                          augment=train.augment, seed=0, device=device)
+    for _ in loader:  # warm up once
+        break
+    _sync(device)
+    start = time.perf_counter()
+    n = sum(len(y) for _, y in loader)
+    _sync(device)
+    batched = n / (time.perf_counter() - start)
+    log(f"augmentation: batched {batched:.0f} img/s")
+    tf = T.Compose([T.RandomCrop(tuple(data.size), padding=recipe.crop_pad), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(mean.tolist(), std.tolist())])
+    ds = PILDataset(images, labels, tf)
+    reference = {}
+    for workers in sorted({0, min(2, os.cpu_count() or 1)}):
+        dl = torch.utils.data.DataLoader(ds, batch_size=recipe.bs, shuffle=True, drop_last=True,
+                                         num_workers=workers, persistent_workers=False)
+        start = time.perf_counter()
+        m = 0
+        for x, y in dl:
+            x, y = x.to(device), y.to(device)
+            m += len(y)
+        _sync(device)
+        reference[workers] = m / (time.perf_counter() - start)
+        log(f"augmentation: torchvision DataLoader, {workers} workers: {reference[workers]:.0f} img/s")
+    best = max(reference.values())
+    per_batch = recipe.bs / batched
+    return {"batched_images_per_second": batched,
+            "torchvision_images_per_second": {str(k): v for k, v in reference.items()},
+            "ratio": batched / best, "seconds_per_batch": per_batch, "step_seconds": step_seconds,
+            "share_of_step": per_batch / step_seconds, "share_goal": AUG_SHARE_GOAL}
+
+
+def composable_tricks() -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(trick, recipe) for every registered trick that composes with the baseline and its ResNet-20 (the
+    refinery as gens=1), and {trick: why not} for the others."""
+    from recipes.build import build_tricks, model_for
+    from tricks.surgery import ModelSurgery
+
+    out, skipped = [], {}
+    for name in sorted(TRICKS.names()):
+        text = "baseline+refine:gens=1" if name == "refine" else f"baseline+{name}"
+        try:
+            recipe = parse_recipe(text)
+            model = model_for(recipe, 10, 3)
+            for trick in build_tricks(recipe):
+                if isinstance(trick, ModelSurgery):
+                    trick.check(model)
+        except TricksError as e:
+            skipped[name] = " ".join(str(e).split())
+            continue
+        out.append((name, text))
+    return out, skipped
+
+
+def trick_costs(data: ImageData, sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
+    from bench.table import scaled
+
+    def ips(text: str) -> float:  # run lengths (milestones, cycles, generations) scaled as the bench does
+        full = parse_recipe(text, device=str(device), bs=sizes.bs)
+        r = scaled(full, factor=sizes.trick_epochs / full.epochs, subset=sizes.trick_subset,
+                   test_subset=min(100, len(data.test)))
+        return recipe_fit(r, data)["train_images_per_second"]
+
+    base = [ips("baseline")]
+    costs = {}
+    tricks, skipped = composable_tricks()
+    for name, text in tricks:
+        costs[name] = {"recipe": text, "images_per_second": ips(text)}
+        log(f"trick {name}: {costs[name]['images_per_second']:.1f} img/s")
+    base.append(ips("baseline"))
+    reference = statistics.fmean(base)
+    for c in costs.values():
+        c["ratio"] = c["images_per_second"] / reference
+    return {"baseline_images_per_second": base, "tricks": costs, "skipped": skipped,
+            "setup": f"{sizes.trick_subset} images x {sizes.trick_epochs} epochs each; baseline before and after"}
+
+
+def _memory_child(model_name: str, bs: int, steps: int, device: str, queue) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from tricks.models import create_model
+
+    dev = torch.device(device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = create_model(model_name, num_classes=10, in_chans=3).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(bs, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (bs,), device=dev)
+    for _ in range(steps):
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_before_model_mib": before / 1024}
+    if dev.type == "cuda":
+        out["peak_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    queue.put(out)
+
+
+def peak_memory(sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
+    bs = sizes.memory_bs
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for name in ("resnet20", "resnet56"):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_memory_child, args=(name, bs, sizes.memory_steps, str(device), queue))
+        proc.start()
+        out[name] = queue.get(timeout=600)
+        proc.join()
+        log(f"memory {name}: peak RSS {out[name]['peak_rss_mib']:.0f} MiB")
+    return {"batch": bs, "models": out}
+
+
+def parity(data: ImageData, sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
+    from bench.report import welch
+
+    recipe_acc, plain_acc, identical = [], [], []
+    for seed in range(sizes.parity_seeds):
+        r = perf_recipe("baseline", sizes=sizes, epochs=sizes.parity_epochs, subset=sizes.subset,
+                        test_subset=sizes.test_subset, seed=seed, device=str(device))
+        a, b = recipe_fit(r, data), plain_fit(r, data, device)
+        recipe_acc.append(a["test_acc"])
+        plain_acc.append(b["test_acc"])
+        identical.append(all(torch.equal(a["state_dict"][k].cpu(), v.cpu()) for k, v in b["state_dict"].items()))
+        log(f"parity seed {seed}: recipe {a['test_acc']:.2f}, plain {b['test_acc']:.2f}, "
+            f"identical weights {identical[-1]}")
+    d, interval = welch(recipe_acc, plain_acc)
+    return {"seeds": list(range(sizes.parity_seeds)), "recipe_test_acc": recipe_acc, "plain_test_acc": plain_acc,
+            "difference": d, "interval95": interval, "identical_weights": identical,
+            "setup": f"baseline, {sizes.subset} images x {sizes.parity_epochs} epochs, {sizes.test_subset} test"}
+
+
+def run_perf(data: ImageData, *, quick: bool, device: str = "auto", log=print,
+             sizes: Sizes | None = None) -> dict[str, Any]:
+    """All five measurements; the dict written to perf.json. `sizes` overrides QUICK / FULL (tests)."""
+    sizes = sizes or (QUICK if quick else FULL)
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    trainer = trainer_ratio(data, sizes, dev, log)
+    step_seconds = sizes.bs / max(trainer["plain_images_per_second"])
+    out = {
+        "quick": quick, "device": str(dev), "threads": torch.get_num_threads(), "sizes": dataclasses.asdict(sizes),
+        "trainer": trainer,
+        "augmentation": augmentation_ratio(data, sizes, dev, step_seconds, log),
+        "tricks": trick_costs(data, sizes, dev, log),
+        "memory": peak_memory(sizes, dev, log),
+        "parity": parity(data, sizes, dev, log),
+    }
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def markdown(perf: dict[str, Any]) -> str:
+    t, a, m, p = perf["trainer"], perf["augmentation"], perf["memory"], perf["parity"]
+    ref = ", ".join(f"{v:.0f} ({k} workers)" for k, v in a["torchvision_images_per_second"].items())
+    lines = [
+        f"# bench perf ({'quick' if perf['quick'] else 'full'}, {perf['device']}, {perf['threads']} threads, "
+        f"{perf['seconds']:.0f} s)", "",
+        "| measurement | measured | reference (same run) | ratio | goal |", "|---|---|---|---|---|",
+        f"| 1. trainer: `recipe run baseline` vs a plain PyTorch loop, train img/s ({t['setup']}) | "
+        f"{max(t['recipe_images_per_second']):.1f} | {max(t['plain_images_per_second']):.1f} | "
+        f"**{t['ratio']:.3f}** | >= {t['goal']} |",
+        f"| 2. batched augmentation vs torchvision transforms on PIL images in a DataLoader, img/s | "
+        f"{a['batched_images_per_second']:.0f} | {ref} | **{a['ratio']:.1f}** | - |",
+        f"| 2b. augmentation's share of a training step | {1000 * a['seconds_per_batch']:.1f} ms per batch | "
+        f"{1000 * a['step_seconds']:.0f} ms per step | **{100 * a['share_of_step']:.2f}%** | "
+        f"< {100 * a['share_goal']:.0f}% |", "",
+        f"Trick costs: train img/s of `baseline+<trick>` over `baseline` ({perf['tricks']['setup']}; "
+        f"baseline {' / '.join(f'{v:.1f}' for v in perf['tricks']['baseline_images_per_second'])} img/s).", "",
+        "| trick | recipe | img/s | over baseline |", "|---|---|---|---|",
+    ]
+    for name, c in perf["tricks"]["tricks"].items():
+        lines.append(f"| {name} | `{c['recipe']}` | {c['images_per_second']:.1f} | {c['ratio']:.2f} |")
+    for name, why in perf["tricks"]["skipped"].items():
+        lines.append(f"| {name} | not measured: {why} | - | - |")
+    lines += ["", f"Peak memory, training at batch {m['batch']} (a fresh process each):", "",
+              "| model | peak RSS (MiB) | RSS before the model (MiB) | peak GPU allocated (MiB) |", "|---|---|---|---|"]
+    for name, v in m["models"].items():
+        gpu = f"{v['peak_allocated_mib']:.0f}" if "peak_allocated_mib" in v else "-"
+        lines.append(f"| {name} | {v['peak_rss_mib']:.0f} | {v['rss_before_model_mib']:.0f} | {gpu} |")
+    interval = p["interval95"]
+    ci = f"[{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "(n<2)"
+    lines += ["", f"Accuracy parity ({p['setup']}): seeds {p['seeds']}: recipe "
+              f"{' / '.join(f'{v:.2f}' for v in p['recipe_test_acc'])}, plain loop "
+              f"{' / '.join(f'{v:.2f}' for v in p['plain_test_acc'])}; difference {p['difference']:+.2f} "
+              f"points, 95% interval {ci}; bit-identical weights: {p['identical_weights']}.", ""]
+    return "\n".join(lines)
+
+
+def write_perf(perf: dict[str, Any], results_dir: Path) -> tuple[Path, Path]:
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    j, md = results_dir / "perf.json", results_dir / "perf.md"
+    write_atomic(j, json.dumps(perf, indent=2) + "\n")
+    write_atomic(md, markdown(perf))
+    return j, md

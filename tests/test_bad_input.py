@@ -1,0 +1,256 @@
+"""Issue 7, "Bad input": every input a user can get wrong, through the real command line.
+
+One test per bad input. Each asserts exit code 2, exactly one line on stderr that starts with
+`recipe: error:` (or `bench: error:`) and names what was wrong and what would be right, no traceback,
+and that nothing already written is lost: an earlier run folder (with a sentinel file) and an earlier
+results folder (results.sqlite with one stored record) sit beside the `--out` / `--results` given,
+and every file and folder of the test's tree is compared before and after (so no new run folder either).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from fixtures import pixels, write_cifar10, write_image
+
+SENTINEL = bytes(random.Random(7).randbytes(256))
+
+
+def record() -> dict:
+    return {"row_id": "S9.baseline", "recipe": "baseline", "budget": "smoke", "seed": 0, "code_version": "0.1.0+abc",
+            "dataset_checksum": "d" * 24, "epoch_acc": [88.5, 90.0], "test_acc": 90.0, "best_test_acc": 90.0,
+            "generation_acc": None, "wall_seconds": 1.25, "finished_at": "2024-01-01T00:00:00+00:00"}
+
+
+@dataclass
+class World:
+    root: Path
+    data: Path      # a valid cifar-10-batches-py folder
+    out: Path       # a new run folder beside runs/old-run
+    results: Path   # a results folder holding results.sqlite with one record
+
+
+@pytest.fixture
+def world(tmp_path, data_env, monkeypatch) -> World:
+    from bench.store import Store
+
+    monkeypatch.chdir(tmp_path)  # a default runs/<recipe>-<time> would land in the compared tree
+    data = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar10(data, per_batch=2, n_test=2)
+    old = tmp_path / "runs" / "old-run"
+    old.mkdir(parents=True)
+    (old / "keep.bin").write_bytes(SENTINEL)
+    (old / "metrics.csv").write_text("epoch,train_loss\n1,2.3\n")
+    Store(tmp_path / "results").add(record())
+    return World(tmp_path, data, tmp_path / "runs" / "new-run", tmp_path / "results")
+
+
+def snapshot(root: Path, skip: Path) -> dict[str, str]:
+    """Every folder and file under `root` (but `skip`, the data cache), files with a hash of their bytes."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        if d == skip or skip in d.parents:
+            continue
+        out[str(d.relative_to(root)) + "/"] = "dir"
+        for name in filenames:
+            out[str((d / name).relative_to(root))] = hashlib.sha256((d / name).read_bytes()).hexdigest()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- bad data
+
+def copy_cifar(w: World, name: str) -> Path:
+    bad = w.root / "bad" / name / "cifar-10-batches-py"
+    shutil.copytree(w.data, bad)
+    return bad
+
+
+def truncated_pickle(w: World) -> Path:
+    bad = copy_cifar(w, "truncated")
+    raw = (bad / "data_batch_1").read_bytes()
+    (bad / "data_batch_1").write_bytes(raw[: len(raw) // 2])
+    return bad
+
+
+def corrupt_pickle(w: World) -> Path:
+    bad = copy_cifar(w, "corrupt")
+    (bad / "data_batch_1").write_bytes(random.Random(0).randbytes(4096))
+    return bad
+
+
+def labels(value: int) -> Callable[[World], Path]:
+    def make(w: World) -> Path:
+        bad = copy_cifar(w, f"labels{value}")
+        with open(bad / "data_batch_1", "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        d[b"labels"][-1] = value
+        with open(bad / "data_batch_1", "wb") as f:
+            pickle.dump(d, f, protocol=2)
+        return bad
+
+    return make
+
+
+def zero_image_pickle(w: World) -> Path:
+    bad = copy_cifar(w, "zero")
+    for name in [f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]:
+        with open(bad / name, "wb") as f:
+            pickle.dump({b"batch_label": b"empty", b"labels": [], b"data": np.zeros((0, 3072), np.uint8),
+                         b"filenames": []}, f, protocol=2)
+    return bad
+
+
+def image_folder(w: World, sizes: dict[str, list[int]], name: str) -> Path:
+    """train/ and test/ with classes a and b; `sizes[split/class]` lists the side of each square image."""
+    root = w.root / "bad" / name
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i, side in enumerate(sizes.get(f"{split}/{c}", [])):
+                write_image(root / split / c / f"{i}.png", pixels(1, 3, side, side, seed=i)[0])
+    return root
+
+
+def wrong_size_image(w: World) -> Path:
+    return image_folder(w, {"train/a": [32, 32, 40], "train/b": [32, 32], "test/a": [32], "test/b": [32]}, "sizes")
+
+
+def empty_image_folder(w: World) -> Path:
+    return image_folder(w, {}, "empty")
+
+
+def unwritable_out(w: World) -> Path:
+    """A folder of mode 0o500; as root (who may write there anyway) a path below a regular file."""
+    locked = w.root / "locked"
+    locked.mkdir(mode=0o500)
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):
+        return locked / "run"
+    (w.root / "a-file").write_text("not a folder")
+    return w.root / "a-file" / "run"
+
+
+# ---------------------------------------------------------------------------------------------- cases
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[World], list[str]]
+    message: str                          # a distinctive part of the one error line
+    prog: str = "recipe"
+    subprocess: bool = False
+
+
+def run(recipe: str, *extra: str, data: Callable[[World], Path] | None = None, out=None,
+        dataset: str = "cifar10") -> Callable[[World], list[str]]:
+    """`recipe run` on the valid data (or `data(world)`) into a new run folder beside the old one; tiny and on
+    the CPU, so that an input that is wrongly accepted fails the test quickly instead of training for long."""
+
+    def argv(w: World) -> list[str]:
+        where = data(w) if data else w.data
+        to = out(w) if out else w.out
+        return ["run", recipe, "--dataset", dataset, "--data", str(where), "--out", str(to), "--device", "cpu",
+                "--epochs", "1", "--bs", "4", *extra]
+
+    return argv
+
+
+def bench(*args: str, results: Callable[[World], Path] | None = None) -> Callable[[World], list[str]]:
+    def argv(w: World) -> list[str]:
+        return [*args, "--results", str(results(w) if results else w.results)]
+
+    return argv
+
+
+def empty_results(w: World) -> Path:
+    (w.root / "no-results").mkdir()
+    return w.root / "no-results"
+
+
+MODULES = {"recipe": "recipes.cli", "bench": "bench.cli"}
+CASES = [
+    # names
+    Case("unknown-trick", run("baseline+mixupp"), "unknown recipe term 'mixupp'; did you mean 'mixup'"),
+    Case("unknown-key", run("baseline+mixup:alfa=0.2"),
+         "trick 'mixup' has no parameter 'alfa'; its parameters: alpha, mix"),
+    Case("unknown-model", run("baseline", "--model", "resnet21"), "unknown model 'resnet21'; did you mean"),
+    # types
+    Case("trick-value-not-a-number", run("baseline+mixup:alpha=abc"), "alpha='abc': alpha must be a number"),
+    Case("epochs-not-an-integer", run("baseline", "--epochs", "two"), "argument --epochs: invalid int value: 'two'"),
+    # ranges
+    Case("mixup-alpha-negative", run("baseline+mixup:alpha=-0.5"), "alpha=-0.5 is out of range; allowed: (0, inf)"),
+    Case("dropout-p-one", run("baseline+resdrop:p=1"), "p=1.0 is out of range; allowed: [0, 1)"),
+    Case("refine-gens-negative", run("baseline+refine:gens=-1"), "gens=-1 is out of range; allowed: [0, inf)"),
+    Case("epochs-zero", run("baseline", "--epochs", "0"), "epochs=0 is out of range; allowed: [1, inf)"),
+    # conflicts
+    Case("onehot-and-lsmooth", run("baseline+onehot+lsmooth"),
+         "tricks lsmooth and onehot both make the soft targets; keep one"),
+    Case("mixup-and-klmixup", run("baseline+mixup+klmixup"), "tricks klmixup and mixup both mix the batch; keep one"),
+    # data
+    Case("missing-data-path", run("baseline", data=lambda w: w.root / "nope"), "/nope' does not exist; pass --data"),
+    Case("truncated-pickle", run("baseline", data=truncated_pickle),
+         "truncated/cifar-10-batches-py/data_batch_1' (UnpicklingError: pickle data was truncated); replace it"),
+    Case("corrupt-pickle", run("baseline", data=corrupt_pickle),
+         "cannot read CIFAR pickle '", subprocess=True),
+    Case("image-of-wrong-size", run("baseline", data=wrong_size_image, dataset="folder"),
+         "/train/a/2.png' is 40x40 but the others are 32x32; resize or remove it"),
+    Case("label-ten", run("baseline", data=labels(10)), "labels10/cifar-10-batches-py/data_batch_1' must be 0..9, found 10"),
+    Case("label-minus-one", run("baseline", data=labels(-1)),
+         "labels-1/cifar-10-batches-py/data_batch_1' must be 0..9, found -1"),
+    Case("image-folder-without-images", run("baseline", data=empty_image_folder, dataset="folder"),
+         "empty/train/a' has no images (.png, .jpg, .jpeg)"),
+    Case("pickle-without-images", run("baseline", data=zero_image_pickle),
+         "zero/cifar-10-batches-py' holds no train images; a dataset needs"),
+    # the run folder
+    Case("unwritable-out", run("baseline", out=unwritable_out), "cannot be created: '"),
+    # bench
+    Case("bench-budget-huge", bench("replay", "--budget", "huge"),
+         "argument --budget: invalid choice: 'huge' (choose from", prog="bench", subprocess=True),
+    Case("bench-seeds-zero", bench("replay", "--seeds", "0"), "--seeds and --workers must be at least 1", prog="bench"),
+    Case("bench-report-without-results", bench("report", results=empty_results),
+         "(no results.sqlite); run `bench replay --results", prog="bench"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, world, data_env, capsys):
+    from bench.store import Store
+
+    argv = case.argv(world)
+    before = snapshot(world.root, skip=data_env)
+    try:
+        if case.subprocess:
+            proc = subprocess.run([sys.executable, "-m", MODULES[case.prog], *argv], capture_output=True, text=True, cwd=world.root,
+                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+            code, err = proc.returncode, proc.stderr
+        else:
+            if case.prog == "recipe":
+                from recipes.cli import main
+            else:
+                from bench.cli import main
+            code, err = main(argv), capsys.readouterr().err
+        after = snapshot(world.root, skip=data_env)
+    finally:
+        for locked in world.root.glob("locked"):
+            locked.chmod(0o700)
+
+    assert "Traceback" not in err
+    assert code == 2, err
+    assert err.startswith(f"{case.prog}: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert case.message in err, err
+    assert after == before  # the old run folder's bytes, the results db, and no new folder or file
+    assert (world.root / "runs" / "old-run" / "keep.bin").read_bytes() == SENTINEL
+    assert not world.out.exists()
+    assert Store(world.results).records() == [record()]
