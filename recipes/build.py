@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from fastai.callback.core import Callback, TrainEvalCallback
+from fastai.callback.core import Callback, CancelEpochException, TrainEvalCallback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
@@ -97,9 +97,22 @@ def sgd_param_groups(model: torch.nn.Module, wd: float, wd_bn_bias: bool) -> lis
             {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
 
 
-class InferenceLearner(Learner):
-    """fastai's Learner, evaluating under `torch.inference_mode` instead of `no_grad` (no autograd
-    bookkeeping or version counters on the evaluation pass); everything else is fastai's."""
+class TricksLearner(Learner):
+    """fastai's Learner with two changes, everything else fastai's: evaluation runs under
+    `torch.inference_mode` instead of `no_grad` (no autograd bookkeeping or version counters on the
+    evaluation pass), and a resumed fit starts at `resume_epoch`.
+
+    `resume_epoch` (0 unless a callback sets it at before_fit: `recipes.checkpoint.Checkpoint`) is the
+    first epoch the fit runs; the epochs before it are not run at all, no event fires for them (fastai's
+    own `fit(start_epoch=)` cancels them one by one, and their after_epoch events still fire).
+    """
+
+    resume_epoch = 0
+
+    def _do_fit(self):
+        for epoch in range(self.resume_epoch, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, 'epoch', CancelEpochException)
 
     def _do_epoch_validate(self, ds_idx=1, dl=None):
         with torch.inference_mode():
@@ -135,7 +148,7 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
         schedule = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=warmup_pct,
                                  start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
         callbacks.insert(1, LRSchedule(schedule, step=recipe.step))
-    learn = InferenceLearner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
+    learn = TricksLearner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=opt_func, lr=recipe.lr,
                     wd_bn_bias=recipe.wd_bn_bias, cbs=callbacks, default_cbs=False)
     return learn
 

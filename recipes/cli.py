@@ -1,13 +1,14 @@
 """The `recipe` command: run, show and list recipes.
 
     recipe run RECIPE [--dataset NAME] [--data PATH] [--model NAME] [--epochs N] [--bs N] [--lr X]
-                      [--wd X] [--subset N] [--seed N] [--out DIR] [--device D]
+                      [--wd X] [--subset N] [--seed N] [--out DIR] [--device D] [--resume]
     recipe show RECIPE [same options]     the resolved config as JSON, without training
     recipe list                           what is registered
     recipe eval RUN_DIR [--data PATH] [--tta] [--generation N] [--predict FOLDER]
 
 Errors the user can fix print one line on stderr and exit with code 2; a training that went wrong
-(a NaN or inf loss) prints one line and exits with code 1.
+(a NaN or inf loss) prints one line and exits with code 1; a fit stopped by SIGTERM or SIGINT prints
+one line and exits with 128 + the signal (143, 130): `recipe run ... --resume` continues it.
 """
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def build_parser() -> Parser:
     run = sub.add_parser("run", help="train a recipe into a run folder")
     add_recipe_options(run)
     run.add_argument("--out", help="run folder (default: a new runs/<recipe>-<time>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the stopped run in --out from its last checkpoint (give the same recipe and "
+                          "options as when it started)")
     show = sub.add_parser("show", help="print the resolved config as JSON")
     add_recipe_options(show)
     sub.add_parser("list", help="list registered recipes, tricks and models")
@@ -161,14 +165,23 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
                       f"of {info['channels']}x{info['image_size'][0]}x{info['image_size'][1]}, "
                       f"{info['epochs']} epochs, device {info['device']}\nrun folder: {info['out']}",
                       highlight=False, soft_wrap=True)
+        if "resume" in info:
+            if info["resume"]["note"]:
+                print(f"recipe: warning: {info['resume']['note']}", file=sys.stderr)
+            console.print(f"resuming after epoch {info['resume']['epoch']} of {info['epochs']}", highlight=False,
+                          soft_wrap=True)
 
     try:
-        result = train(recipe, args.out, callbacks=display, on_start=started)
+        result = train(recipe, args.out, callbacks=display, on_start=started, resume=args.resume)
     finally:
         for p in progress:
             if hasattr(p, "bars"):
                 p.bars.stop()
     if DistributedEnv.from_environ().rank > 0:  # under torchrun only rank 0 prints (recipes.distributed)
+        return
+    if result.get("already_finished"):
+        console.print(f"--resume: the run in '{result['out']}' has finished already (result.json); nothing to do: "
+                      f"test accuracy {result['test_acc']:.2f}%", highlight=False, soft_wrap=True)
         return
     if "generation_test_acc" in result:
         console.print("test accuracy by generation: " + " / ".join(f"{a:.2f}" for a in result["generation_test_acc"]),
@@ -197,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cmd_run(args, console)
     except TrainingError as e:  # the input was fine: not a usage error
+        signum = getattr(e, "signum", None)  # recipes.checkpoint.Interrupted: SIGTERM / SIGINT during a fit
+        if signum is not None:  # 128 + the signal, as a shell reports it
+            print(f"recipe: {one_line(e)}", file=sys.stderr)
+            return 128 + signum
         print(f"recipe: error: {one_line(e)}", file=sys.stderr)
         return 1
     except (TricksError, UsageError) as e:

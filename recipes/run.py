@@ -2,11 +2,15 @@
 
 A run folder holds: `config.json` (the resolved recipe), `metrics.csv` (one row per epoch, rewritten
 whole after each epoch), `result.json`, `model.pth` (the weights, a `state_dict`) and `curves.png`.
-Nothing is written into a folder that already holds files. A training loss that becomes NaN or inf
-stops the fit with a `TrainingError` (`recipes.nan_guard`); config.json and metrics.csv stay.
+Nothing is written into a folder that already holds files, except by `--resume` (`resume=True`),
+which continues the run a folder holds from its `checkpoint.pth` (`recipes.checkpoint`: written at
+the start of the fit and after every epoch, removed once the run has finished). A training loss that
+becomes NaN or inf stops the fit with a `TrainingError` (`recipes.nan_guard`); config.json,
+metrics.csv and the checkpoint stay.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,17 +18,26 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
-from recipes.build import (build_dataloaders, build_learner, build_model, build_tricks, check_speed, lr_schedule,
-                           resolve_device)
+from recipes import checkpoint as ckpt
+from recipes.build import (
+    build_dataloaders,
+    build_learner,
+    build_model,
+    build_tricks,
+    check_speed,
+    lr_schedule,
+    resolve_device,
+)
 from recipes.distributed import DistributedEnv, ddp_callbacks, is_main_process
 from recipes.nan_guard import StopOnNonFinite
 from recipes.recipe import Recipe
@@ -114,8 +127,13 @@ def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, pat
 
 def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *, extra_cbs: list[Callback],
             callbacks: Callable[[EpochStats], list[Callback]], on_start: Callable[[dict], None],
-            info: dict[str, Any]) -> tuple[dict[str, Any], torch.nn.Module]:
-    """One fit into one run folder; returns (result.json's content, the trained model)."""
+            info: dict[str, Any], checkpoint: bool = False,
+            resume: bool = False) -> tuple[dict[str, Any], torch.nn.Module]:
+    """One fit into one run folder; returns (result.json's content, the trained model).
+
+    `checkpoint`: write `checkpoint.pth` (one process only); `resume`: continue from the folder's
+    checkpoint, whose config must be this run's (`recipes.checkpoint`).
+    """
     set_seed(recipe.seed, reproducible=True)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
@@ -132,18 +150,29 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
               "num_classes": data.num_classes, "channels": data.channels,
               "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
               "parameters": sum(p.numel() for p in model.parameters()), **info}
-    if main:
+    state, started = None, {}
+    if resume:  # everything is checked before anything in the folder changes
+        state, note, damaged = ckpt.load_for_resume(out)
+        ckpt.check_config(state, config, out)
+        if damaged is not None:
+            ckpt.set_aside(damaged)
+        ckpt.remove_temporaries(out)
+        started = {"resume": {"epoch": int(state["epoch"]), "note": note}}
+    elif main:
         write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
-    on_start({**config, "out": str(out)})
+    on_start({**config, "out": str(out), **started})
 
-    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))  # noqa: E731
+    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))
     stats = EpochStats(listeners=(writer,) if main else ())
     guard = StopOnNonFinite(out)  # a NaN/inf loss stops the fit with a TrainingError; the folder stays as written
-    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, guard, *callbacks(stats)], tricks=tricks)
+    saver = ckpt.Checkpoint(out, config, resume=state) if checkpoint and main else None
+    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, guard, *callbacks(stats),
+                                                   *([saver] if saver else [])], tricks=tricks)
 
     start = time.perf_counter()
-    learn.fit(recipe.epochs)
-    seconds = time.perf_counter() - start
+    with saver.signals() if saver else contextlib.nullcontext():
+        learn.fit(recipe.epochs)
+    seconds = saver.seconds if saver else time.perf_counter() - start
 
     if main:
         torch_save_atomic(model.state_dict(), out / "model.pth")
@@ -165,12 +194,14 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
         lrs = lr_schedule(learn).lrs  # one per training batch (of this process's shard)
         plot_curves(records, lrs, len(lrs) // len(records), out / "curves.png")
+    if saver:
+        ckpt.remove_checkpoints(out)  # the run has finished: model.pth and result.json hold it
     return result, model
 
 
 def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageData | None = None,
           callbacks: Callable[[EpochStats], list[Callback]] = lambda stats: [],
-          on_start: Callable[[dict], None] = lambda info: None) -> dict[str, Any]:
+          on_start: Callable[[dict], None] = lambda info: None, resume: bool = False) -> dict[str, Any]:
     """Train `recipe`, write its run folder, and return `result.json`'s content.
 
     With a `refine` term, generation 0 and each refinement generation get a sub-folder `gen<N>`
@@ -179,6 +210,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
     fit starts. `data` skips loading (tests and the bench pass data they hold already).
     Started by torchrun on several processes, it trains one model with DistributedDataParallel
     (`recipes.distributed`): rank 0 alone checks `out`, writes it and hears `callbacks`/`on_start`.
+
+    On one process and without `refine`, the fit writes `checkpoint.pth` after every epoch, and
+    `resume=True` continues the stopped run in `out` from it (`recipes.checkpoint`); a run that has
+    finished already is not trained again: its result.json is returned with `already_finished`.
     """
     from recipes.generations import refine_params, train_generations
 
@@ -187,8 +222,22 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
     if env.enabled and refine is not None:
         raise ConfigError("refine is not supported on several processes (torchrun) yet: its generations train "
                           "one after the other in one process; run it without torchrun")
+    if resume:
+        if env.enabled:
+            raise ConfigError("--resume runs on one process: a torchrun run writes no checkpoint to resume; "
+                              "run it without torchrun")
+        if refine is not None:
+            raise ConfigError("--resume does not support refine recipes yet (their generations write no "
+                              "checkpoint); start the run again in a new --out")
+        if out is None:
+            raise ConfigError("--resume needs --out: the folder of the run to continue")
     out = Path(out) if out is not None else default_out(recipe)
-    if env.is_main:
+    if resume:
+        finished = ckpt.finished_result(out)
+        if finished is not None:
+            return {**finished, "out": str(out), "already_finished": True}
+        ckpt.check_resumable(out)
+    elif env.is_main:
         check_out(out)
     else:
         callbacks, on_start = (lambda stats: []), (lambda info: None)
@@ -202,7 +251,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
             return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start)
         extra, info = (ddp_callbacks(env), {"processes": env.world}) if env.enabled else ([], {})
         result, _ = fit_one(recipe, out, data, device, extra_cbs=extra, callbacks=callbacks, on_start=on_start,
-                            info=info)
+                            info=info, checkpoint=not env.enabled, resume=resume)
     finally:
         env.shutdown()
     return {**result, "out": str(out)}

@@ -29,6 +29,15 @@ class EpochStats(Callback):
     def before_fit(self):
         self.records, self.train_images, self.train_seconds = [], 0, 0.0
 
+    def checkpoint_state(self) -> dict:
+        """What `recipes.checkpoint` saves to resume a run: the records so far and the img/s sums."""
+        return {"records": [dict(r) for r in self.records], "train_images": self.train_images,
+                "train_seconds": self.train_seconds}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.records = [dict(r) for r in state["records"]]
+        self.train_images, self.train_seconds = int(state["train_images"]), float(state["train_seconds"])
+
     def _sync(self):
         if self.dls.device.type == "cuda":
             torch.cuda.synchronize(self.dls.device)

@@ -111,8 +111,10 @@ def test_recipe_run_exits_1_with_one_line_and_keeps_the_run_folder(tmp_path, dat
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err == (f"recipe: error: loss became inf at epoch 2, batch 1 of 2; what the earlier epochs wrote is kept "
                    f"in '{out}'; lower the learning rate or check the data\n")
-    # epoch 1's files stay; the fit stopped before its weights or result were written
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.csv"]
+    # epoch 1's files stay (with its checkpoint and the one of the fit's start, recipes.checkpoint); the fit
+    # stopped before its weights or result were written
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.prev.pth", "checkpoint.pth", "config.json",
+                                                     "metrics.csv"]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1"] and re.fullmatch(r"[0-9.e+-]+", rows[0]["train_loss"])
     assert (tmp_path / "runs" / "old" / "keep.txt").read_text() == "precious"

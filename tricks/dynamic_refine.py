@@ -123,6 +123,15 @@ class DynamicRefine(Callback):
             p.grad = None
         self.snapshot = snapshot
 
+    def checkpoint_state(self) -> dict:
+        """What `recipes.checkpoint` saves to resume a run: the snapshot of the previous epoch, if any."""
+        return {"snapshot": None if self.snapshot is None else self.snapshot.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        if state["snapshot"] is not None:
+            self.take_snapshot()  # a frozen copy of the model, then the saved snapshot's values
+            self.snapshot.load_state_dict(state["snapshot"])
+
     def after_fit(self):
         self.snapshot, self.teacher_probs = None, None
         if self.previous_loss is not None:

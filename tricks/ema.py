@@ -102,6 +102,16 @@ class EMA(Callback):
         self.decayed = [e for p, e in zip(model.parameters(), self.average.module.parameters())
                         if p.requires_grad and id(p) not in no_decay]
 
+    def checkpoint_state(self) -> dict:
+        """What `recipes.checkpoint` saves to resume a run: the average and the step counter."""
+        return {"average": self.average.module.state_dict(), "steps": self.steps,
+                "sr_generator": self.average._sr_generator.get_state()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.average.module.load_state_dict(state["average"])
+        self.average._sr_generator.set_state(state["sr_generator"])
+        self.steps = int(state["steps"])
+
     def before_batch(self):
         if self.mode == "noschedule" and self.training:
             self.learn.opt.set_hyper("lr", self.peak_lr)

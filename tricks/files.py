@@ -1,4 +1,5 @@
-"""Writing files whole or not at all: a temporary file beside the target, fsync, then rename."""
+"""Writing files whole or not at all: a temporary file beside the target, fsync, rename, then fsync of
+the folder (so that the rename itself survives a power loss)."""
 from __future__ import annotations
 
 import io
@@ -23,6 +24,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -30,6 +32,20 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             pass
         raise
     return path
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder, so that the renames and removals in it are on disk (a no-op where not supported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:

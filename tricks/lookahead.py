@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from fastai.callback.core import Callback
 from fastai.optimizer import Lookahead as FastaiLookahead
+from fastcore.foundation import L
 
 from tricks.registry import Param, register_trick
 
@@ -29,6 +30,23 @@ class LookaheadOptimizer(FastaiLookahead):
 
     def zero_grad(self):
         self.opt.zero_grad()
+
+    def state_dict(self) -> dict:
+        """The SGD's state, the step count and the slow weights as plain lists (loadable with
+        `torch.load(weights_only=True)`, which fastai's `L` is not)."""
+        state = self.opt.state_dict()
+        slow = None if self.slow_weights is None else [list(pg) for pg in self.slow_weights]
+        return {**state, "count": self.count, "slow_weights": slow}
+
+    def load_state_dict(self, sd: dict) -> None:
+        sd = dict(sd)
+        self.count, slow = int(sd.pop("count")), sd.pop("slow_weights")
+        if slow is None:
+            self.slow_weights = None
+        else:
+            self.slow_weights = L(L(s.detach().clone().to(p.device) for s, p in zip(spg, pg))
+                                  for spg, pg in zip(slow, self.param_lists))
+        self.opt.load_state_dict(sd)
 
 
 @register_trick(

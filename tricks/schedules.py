@@ -60,6 +60,13 @@ class LRSchedule(Callback):
     def before_fit(self):
         self.lrs = []
 
+    def checkpoint_state(self) -> dict:
+        """What `recipes.checkpoint` saves to resume a run: the lrs set so far (for the curves)."""
+        return {"lrs": list(self.lrs)}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.lrs = [float(v) for v in state["lrs"]]
+
     def progress(self) -> float:
         if self.step == "epoch":
             return self.learn.epoch / self.learn.n_epoch
