@@ -39,3 +39,14 @@ def cifar10_jpeg(cifar10_jpeg_cache):
     if not archive.is_file():
         pytest.skip(f"shared archive not found at {archive} (set TRICKS_SHARED to the shared folder)")
     return load_dataset("cifar10", archive, cache_dir=cifar10_jpeg_cache, download=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: tiny fits gain nothing from two, and lose much when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -172,6 +172,14 @@ def toy_data(seed: int = 0, n_train: int = 128, n_test: int = 64):
     return ImageData("folder", ("a", "b", "c", "d"), split(n_train), split(n_test), "toy", "image-folder")
 
 
+def write_toy_folder(root: Path, n_train: int, n_test: int) -> Path:
+    """`toy_data` written as a PNG image folder (`train/<class>/`, `test/<class>/`), as a user's data would be."""
+    data = toy_data(n_train=n_train, n_test=n_test)
+    write_image_folder(root, {split: {c: list(s.images[s.labels == i]) for i, c in enumerate(data.classes)}
+                              for split, s in (("train", data.train), ("test", data.test))})
+    return root
+
+
 def cancel_at_train():
     """A callback that cancels the fit as training starts (after the model surgery of before_fit)."""
     from fastai.callback.core import Callback, CancelFitException

@@ -23,12 +23,7 @@ def tiny(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_plain_loop_does_exactly_the_recipes_work(tiny, tmp_path):

@@ -30,15 +30,7 @@ def kill_rows() -> list[Row]:
             row("S1.f", "baseline+finalbn", epochs=100, warmup_epochs=5), row("S1.x", status="inexpressible")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny fits gain nothing from two, and lose much when other jobs share the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import toy_data, write_image_folder
+from fixtures import toy_data, write_toy_folder
 from recipes.distributed import DistributedEnv
 from recipes.parse import parse_recipe
 from recipes.run import train
@@ -124,11 +124,7 @@ N_TRAIN, N_TEST, EPOCHS, BS = 512, 256, 2, 64
 
 @pytest.fixture(scope="module")
 def toy_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy") / "toy"
-    data = toy_data(n_train=N_TRAIN, n_test=N_TEST)
-    write_image_folder(root, {split: {c: list(s.images[s.labels == i]) for i, c in enumerate(data.classes)}
-                              for split, s in (("train", data.train), ("test", data.test))})
-    return root
+    return write_toy_folder(tmp_path_factory.mktemp("toy") / "toy", N_TRAIN, N_TEST)
 
 
 def test_torchrun_trains_baseline_like_one_process(toy_folder, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastai.callback.core import Callback
-from fixtures import simple_image_folder, toy_data, write_image_folder
+from fixtures import simple_image_folder, toy_data, write_toy_folder
 
 from recipes.checkpoint import CHECKPOINT, DAMAGED, PREVIOUS, Damaged, read_checkpoint
 from recipes.parse import parse_recipe
@@ -29,11 +29,7 @@ N_TRAIN, N_TEST, BS, EPOCHS = 640, 64, 32, 3  # 20 batches an epoch: about a sec
 
 @pytest.fixture(scope="module")
 def toy_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy") / "toy"
-    data = toy_data(n_train=N_TRAIN, n_test=N_TEST)
-    write_image_folder(root, {split: {c: list(s.images[s.labels == i]) for i, c in enumerate(data.classes)}
-                              for split, s in (("train", data.train), ("test", data.test))})
-    return root
+    return write_toy_folder(tmp_path_factory.mktemp("toy") / "toy", N_TRAIN, N_TEST)
 
 
 def command(recipe: str, data: Path, out: Path, *extra: str) -> list[str]:
