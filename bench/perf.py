@@ -14,7 +14,8 @@ Every ratio is measured against its reference in the same run, on the same data,
    0 and `cores` loader workers, the faster of the two taken as the reference; and the augmentation's
    share of one training step (its seconds per batch over the plain loop's).
 3. tricks: training images/s of `baseline+<trick>` over `baseline` for every registered trick that
-   composes with the baseline (the refinery's generation 1, the one with a teacher forward).
+   composes with the baseline (the refinery's generation 1, the one with a teacher forward); the
+   baseline runs at the start, the middle and the end, and its spread is the noise of these ratios.
 4. memory: peak RSS (on a GPU, peak allocated) of a fresh process training ResNet-20 and ResNet-56 at
    batch 256 for a few steps.
 5. parity: test accuracy of the same short schedule through `recipe` and through the plain loop, for
@@ -29,7 +30,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -72,7 +72,7 @@ class Sizes:
     memory_bs: int = 256
 
 
-QUICK = Sizes(subset=2560, test_subset=1000, epochs=2, repeats=2, trick_subset=1280, trick_epochs=1,
+QUICK = Sizes(subset=2560, test_subset=1000, epochs=2, repeats=3, trick_subset=1280, trick_epochs=1,
               aug_images=5120, memory_steps=3, parity_seeds=2, parity_epochs=2)
 FULL = Sizes(subset=10240, test_subset=10000, epochs=3, repeats=3, trick_subset=4096, trick_epochs=2,
              aug_images=25600, memory_steps=5, parity_seeds=3, parity_epochs=10)
@@ -260,7 +260,9 @@ def trick_costs(data: ImageData, sizes: Sizes, device: torch.device, log) -> dic
     base = [ips("baseline")]
     costs = {}
     tricks, skipped = composable_tricks()
-    for name, text in tricks:
+    for i, (name, text) in enumerate(tricks):
+        if i == len(tricks) // 2:  # the machine's speed drifts: the baseline at the start, middle and end
+            base.append(ips("baseline"))
         costs[name] = {"recipe": text, "images_per_second": ips(text)}
         log(f"trick {name}: {costs[name]['images_per_second']:.1f} img/s")
     base.append(ips("baseline"))
@@ -268,7 +270,18 @@ def trick_costs(data: ImageData, sizes: Sizes, device: torch.device, log) -> dic
     for c in costs.values():
         c["ratio"] = c["images_per_second"] / reference
     return {"baseline_images_per_second": base, "tricks": costs, "skipped": skipped,
-            "setup": f"{sizes.trick_subset} images x {sizes.trick_epochs} epochs each; baseline before and after"}
+            "setup": f"{sizes.trick_subset} images x {sizes.trick_epochs} epochs each; the baseline at the start, "
+                     "the middle and the end, the tricks over their mean"}
+
+
+def _status_mib(key: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MiB. VmHWM (peak RSS) starts afresh at
+    exec, unlike getrusage's ru_maxrss, which a spawned child inherits from its parent on Linux."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def _memory_child(model_name: str, bs: int, steps: int, device: str, queue) -> None:
@@ -276,7 +289,7 @@ def _memory_child(model_name: str, bs: int, steps: int, device: str, queue) -> N
     from tricks.models import create_model
 
     dev = torch.device(device)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_mib("VmRSS")
     model = create_model(model_name, num_classes=10, in_chans=3).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(bs, 3, 32, 32, device=dev)
@@ -285,8 +298,7 @@ def _memory_child(model_name: str, bs: int, steps: int, device: str, queue) -> N
         F.cross_entropy(model(x), y).backward()
         opt.step()
         opt.zero_grad()
-    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_before_model_mib": before / 1024}
+    out = {"peak_rss_mib": _status_mib("VmHWM"), "rss_before_model_mib": before}
     if dev.type == "cuda":
         out["peak_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
     queue.put(out)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -62,9 +63,13 @@ def test_bench_perf_measures_everything_writes_json_and_markdown_and_prints_the_
     assert sorted([*perf["tricks"]["tricks"], *skipped]) == sorted(TRICKS.names())  # every trick, one or the other
     assert "lastbn" in skipped and "pre-activation" in skipped["lastbn"] and len(measured) >= 17
     assert all(c["images_per_second"] > 0 for c in perf["tricks"]["tricks"].values())
+    base = perf["tricks"]["baseline_images_per_second"]
+    assert len(base) == 3 and all(c["ratio"] == c["images_per_second"] / statistics.fmean(base)
+                                  for c in perf["tricks"]["tricks"].values())
     mem = perf["memory"]["models"]
     assert set(mem) == {"resnet20", "resnet56"} and all(v["peak_rss_mib"] >= v["rss_before_model_mib"] > 0
                                                         for v in mem.values())
+    assert mem["resnet56"]["peak_rss_mib"] > mem["resnet20"]["peak_rss_mib"]  # each child's own peak, not the parent's
     p = perf["parity"]
     assert p["identical_weights"] == [True, True] and p["recipe_test_acc"] == p["plain_test_acc"]
     assert p["difference"] == 0.0
