@@ -22,6 +22,10 @@ that the resolved config is the one of the checkpoint, and restores the states a
 fit's setup (`before_fit`), so the first resumed epoch starts where the saved one ended.
 SIGTERM and SIGINT during a fit stop it at the end of the current batch (`Interrupted`); what the
 last checkpoint holds is kept, the partial epoch is not saved and runs again on resume.
+
+A refine run (`recipes.generations`) has no checkpoint in its top folder: each generation's fit
+checkpoints its own `gen<N>` folder as above. Resuming checks the top config.json, takes each
+finished generation (its result.json) as it is, and resumes the first unfinished one.
 """
 from __future__ import annotations
 
@@ -104,7 +108,24 @@ def check_config(state: dict, config: dict, out: Path) -> None:
     """Refuse a resume whose resolved config differs from the checkpoint's, naming the first difference."""
     if state["config_hash"] == config_hash(config):
         return
-    saved = json.loads(state["config"])
+    refuse_difference(json.loads(state["config"]), config, out)
+
+
+def check_folder_config(out: Path, config: dict) -> None:
+    """Refuse a resume whose config differs from the one in `out/config.json` (a folder that holds no
+    checkpoint of its own: the top folder of a refine run), naming the first difference."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"--resume: the config.json in '{out}' cannot be read ({type(e).__name__}); start "
+                             "the run again in a new --out") from None
+    now = json.loads(json.dumps(config))  # as config.json holds it (lists, not tuples)
+    if saved != now:
+        refuse_difference(saved, now, out)
+
+
+def refuse_difference(saved: dict, config: dict, out: Path) -> None:
+    """The one-line refusal of a resume whose config is not the saved one."""
     keys = config_difference(saved, config)
     if not keys:  # same values, different hash: a config written by another version
         raise RunFolderError(f"--resume: the checkpoint in '{out}' was made with another config format; "
@@ -203,12 +224,23 @@ def finished_result(out: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def check_resumable(out: Path) -> None:
-    """Refuse (one line) an `--out` that holds no run that could be resumed."""
+def check_resumable(out: Path, *, generations: bool = False) -> None:
+    """Refuse (one line) an `--out` that holds no run that could be resumed.
+
+    `generations`: the top folder of a refine run, which holds config.json and the `gen<N>` folders
+    (each with its own checkpoint) but no checkpoint of its own.
+    """
     if not out.exists():
         raise RunFolderError(f"--resume: '{out}' does not exist; give the --out of the run to continue")
     if not out.is_dir():
         raise RunFolderError(f"--resume: '{out}' is a file; give the --out folder of the run to continue")
+    if generations:
+        if not (out / "config.json").is_file():
+            raise RunFolderError(f"--resume: '{out}' holds no run (no config.json); give the --out of the run to "
+                                 "continue")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise RunFolderError(f"--resume: '{out}' is not writable")
+        return
     if not (out / "config.json").is_file() and not any((out / n).exists() for n in (CHECKPOINT, PREVIOUS)):
         raise RunFolderError(f"--resume: '{out}' holds no run (no config.json, no {CHECKPOINT}); give the --out "
                              "of the run to continue")

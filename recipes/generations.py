@@ -13,7 +13,15 @@ notes' variants are the parameters of the `refine` term:
 | `weak=K` | generation 0 sees K labelled images per class; refinements train on all the images with their labels replaced by -1, so they are never read | S10 |
 | `temperature`, `loss` | the refinery's softmax temperature and KL / soft cross entropy | S9 |
 
-Each generation's run folder is `gen<N>/`; the top `result.json` lists every generation.
+Each generation's run folder is `gen<N>/`, with its own `checkpoint.pth` while it trains
+(`recipes.checkpoint`); the top `result.json` lists every generation.
+
+Resuming (`resume=True`) checks the top config.json, then for each generation in turn: a finished one
+(`gen<N>/result.json`) is not trained again: its `model.pth` is loaded into a model built as its own
+was (the model surgery of its tricks, channels_last, compile), the next generation's teacher; the first
+unfinished one resumes from its checkpoint (or starts afresh without one) and the later ones train as
+usual. Every fit starts with `set_seed(seed)`, so a skipped generation changes no random state the
+next one sees: the resumed run ends with the weights of a run never stopped.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from typing import Any, Callable
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
+from recipes import checkpoint as ckpt
+from recipes.build import build_model, build_tricks
 from recipes.recipe import Recipe
 from recipes.run import fit_one, versions
 from recipes.stats import EpochStats
@@ -32,6 +42,7 @@ from tricks.data import ImageData, Split, class_balanced_subset
 from tricks.errors import ConfigError
 from tricks.files import write_atomic
 from tricks.label_refinery import LabelRefinery
+from tricks.surgery import ModelSurgery
 
 MIXUP_TRICKS = ("mixup", "klmixup")
 LABEL_TRICKS = ("onehot", "lsmooth", *MIXUP_TRICKS)  # tricks that read the labels of a batch
@@ -92,29 +103,71 @@ def generation_data(recipe: Recipe, refine: dict[str, Any], data: ImageData) -> 
     return first, unlabelled
 
 
+def trained_model(recipe: Recipe, data: ImageData, device: torch.device, path: Path) -> torch.nn.Module:
+    """The model a finished generation trained, from its `model.pth`: built as `fit_one` built it
+    (then channels_last, as `build_learner`; the model surgery of its tricks, as their before_fit;
+    compiled, as `CompileModel`), with the saved weights."""
+    model = build_model(recipe, data).to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    for trick in build_tricks(recipe):  # in their order, as before_fit runs them
+        if isinstance(trick, ModelSurgery):
+            trick.edit(model, trick.check(model))
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    if recipe.compile:
+        model.compile()
+    return model
+
+
+def generation_entry(g: int, gen_recipe: Recipe, result: dict[str, Any]) -> dict[str, Any]:
+    return {"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
+            "epochs": result["epochs"], "seconds": result["seconds"],
+            "train_images_per_second": result["train_images_per_second"],
+            "tricks": [n for n, _ in gen_recipe.tricks], "folder": f"gen{g}"}
+
+
 def train_generations(recipe: Recipe, refine: dict[str, Any], out: Path, data: ImageData, device: torch.device, *,
                       callbacks: Callable[[EpochStats], list[Callback]],
-                      on_start: Callable[[dict], None]) -> dict[str, Any]:
-    """Generation 0, then `gens` refinements, each into `out/gen<N>`; writes the top result.json."""
+                      on_start: Callable[[dict], None], resume: bool = False) -> dict[str, Any]:
+    """Generation 0, then `gens` refinements, each into `out/gen<N>`; writes the top result.json.
+
+    `resume`: continue the stopped run in `out` (see the module docstring); its top `seconds` is then
+    the sum of the generations' training seconds (their stopped parts included), not the wall time.
+    """
     plan = generation_plan(recipe, refine)
     first_data, later_data = generation_data(recipe, refine, data)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.json", json.dumps({**recipe.to_dict(), "generations": len(plan)}, indent=2) + "\n")
+    config = {**recipe.to_dict(), "generations": len(plan)}
+    if resume:
+        ckpt.check_folder_config(out, config)  # before anything in the folder changes
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
     start, generations, teacher = time.perf_counter(), [], None
+    resuming = resume  # until the first generation that has not finished
     for g, gen_recipe in enumerate(plan):
+        gen_out, gen_data = out / f"gen{g}", first_data if g == 0 else later_data
+        if resuming:
+            finished = ckpt.finished_result(gen_out)
+            if finished is not None:
+                teacher = trained_model(gen_recipe, gen_data, device, gen_out / "model.pth")
+                generations.append(generation_entry(g, gen_recipe, finished))
+                continue
+            resuming = False
+            gen_resume = any((gen_out / n).exists() for n in (ckpt.CHECKPOINT, ckpt.PREVIOUS))
+            if not gen_resume and gen_out.exists():  # stopped before its first checkpoint: it starts afresh
+                ckpt.remove_temporaries(gen_out)
+        else:
+            gen_resume = False
         extra: list[Callback] = []
         if g == 0 and refine["early_stop"]:
             extra.append(StopAfter(refine["early_stop"]))
         if g > 0:
             extra.append(LabelRefinery(teacher, temperature=refine["temperature"], loss=refine["loss"]))
         info = {"generation": g, "generations": len(plan) - 1}
-        result, teacher = fit_one(gen_recipe, out / f"gen{g}", first_data if g == 0 else later_data, device,
-                                  extra_cbs=extra, callbacks=callbacks, on_start=on_start, info=info)
-        generations.append({"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
-                            "epochs": result["epochs"], "seconds": result["seconds"],
-                            "train_images_per_second": result["train_images_per_second"],
-                            "tricks": [n for n, _ in gen_recipe.tricks], "folder": f"gen{g}"})
-    seconds = time.perf_counter() - start
+        result, teacher = fit_one(gen_recipe, gen_out, gen_data, device, extra_cbs=extra, callbacks=callbacks,
+                                  on_start=on_start, info=info, checkpoint=True, resume=gen_resume)
+        generations.append(generation_entry(g, gen_recipe, result))
+    seconds = sum(g["seconds"] for g in generations) if resume else time.perf_counter() - start
     result = {
         "recipe": recipe.recipe,
         "test_acc": generations[-1]["test_acc"],

@@ -211,9 +211,10 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
     Started by torchrun on several processes, it trains one model with DistributedDataParallel
     (`recipes.distributed`): rank 0 alone checks `out`, writes it and hears `callbacks`/`on_start`.
 
-    On one process and without `refine`, the fit writes `checkpoint.pth` after every epoch, and
-    `resume=True` continues the stopped run in `out` from it (`recipes.checkpoint`); a run that has
-    finished already is not trained again: its result.json is returned with `already_finished`.
+    On one process, the fit writes `checkpoint.pth` after every epoch (with `refine`, each generation
+    into its own `gen<N>`), and `resume=True` continues the stopped run in `out` from it
+    (`recipes.checkpoint`; `recipes.generations` for refine); a run that has finished already is not
+    trained again: its result.json is returned with `already_finished`.
     """
     from recipes.generations import refine_params, train_generations
 
@@ -226,9 +227,6 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         if env.enabled:
             raise ConfigError("--resume runs on one process: a torchrun run writes no checkpoint to resume; "
                               "run it without torchrun")
-        if refine is not None:
-            raise ConfigError("--resume does not support refine recipes yet (their generations write no "
-                              "checkpoint); start the run again in a new --out")
         if out is None:
             raise ConfigError("--resume needs --out: the folder of the run to continue")
     out = Path(out) if out is not None else default_out(recipe)
@@ -236,7 +234,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         finished = ckpt.finished_result(out)
         if finished is not None:
             return {**finished, "out": str(out), "already_finished": True}
-        ckpt.check_resumable(out)
+        ckpt.check_resumable(out, generations=refine is not None)
     elif env.is_main:
         check_out(out)
     else:
@@ -248,7 +246,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         if data is None:  # each machine's first process fills the data cache, then the others read it
             data = env.local_first(lambda: load_dataset(recipe.dataset, recipe.data))
         if refine is not None:
-            return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start)
+            return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start,
+                                     resume=resume)
         extra, info = (ddp_callbacks(env), {"processes": env.world}) if env.enabled else ([], {})
         result, _ = fit_one(recipe, out, data, device, extra_cbs=extra, callbacks=callbacks, on_start=on_start,
                             info=info, checkpoint=not env.enabled, resume=resume)

@@ -19,7 +19,7 @@ from fixtures import simple_image_folder, toy_data, write_toy_folder
 from recipes.checkpoint import CHECKPOINT, DAMAGED, PREVIOUS, Damaged, read_checkpoint
 from recipes.parse import parse_recipe
 from recipes.run import train
-from tricks.errors import ConfigError
+from tricks.errors import ConfigError, RunFolderError
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST, BS, EPOCHS = 640, 64, 32, 3  # 20 batches an epoch: about a second or two on one CPU thread
@@ -258,12 +258,102 @@ def test_resume_of_missing_empty_unstarted_and_finished_runs(images, tmp_path, c
     assert snapshot(tmp_path / "done") == before
 
 
-def test_resume_is_refused_for_refine_and_torchrun(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="^--resume does not support refine recipes yet"):
-        train(parse_recipe("baseline+refine", epochs=1, device="cpu"), tmp_path / "r", data=toy_data(), resume=True)
+def test_resume_is_refused_under_torchrun(tmp_path, monkeypatch):
     for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match="^--resume runs on one process"):
         train(parse_recipe("baseline", epochs=1, device="cpu"), tmp_path / "r", data=toy_data(), resume=True)
+    with pytest.raises(ConfigError, match="^refine is not supported on several processes"):
+        train(parse_recipe("baseline+refine", epochs=1, device="cpu"), tmp_path / "r", data=toy_data(), resume=True)
     assert not (tmp_path / "r").exists()
+
+
+# ---- refine: each generation checkpoints its own gen<N> folder ----
+
+REFINE, REFINE_EPOCHS = "baseline+refine:gens=2", 2
+
+
+def refine_command(data: Path, out: Path, *extra: str) -> list[str]:
+    args = command(REFINE, data, out, *extra)
+    args[args.index("--epochs") + 1] = str(REFINE_EPOCHS)
+    return args
+
+
+def assert_same_generations(out: Path, reference: Path) -> None:
+    import json
+
+    for g in range(3):
+        a, b = final_weights(out / f"gen{g}"), final_weights(reference / f"gen{g}")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"gen{g}"
+        assert not any((out / f"gen{g}" / n).exists() for n in (CHECKPOINT, PREVIOUS))  # removed once finished
+    result, expected = (json.loads((p / "result.json").read_text()) for p in (out, reference))
+    assert result["generation_test_acc"] == expected["generation_test_acc"] and len(result["generations"]) == 3
+    assert (out / "config.json").read_bytes() == (reference / "config.json").read_bytes()
+
+
+def test_refine_sigkill_in_generation_1_then_resume_is_bit_identical(toy_folder, tmp_path, tmp_path_factory):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    proc = subprocess.Popen(refine_command(toy_folder, out), cwd=REPO, env=environ(cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not rows(out / "gen1") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.5 * float(rows(out / "gen1")[0]["seconds"]))  # half-way through gen1's epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "gen0" / "result.json").exists() and not (out / "gen1" / "result.json").exists()
+    assert not (out / "gen2").exists() and not (out / "result.json").exists()
+    assert read_checkpoint(out / "gen1" / CHECKPOINT)["epoch"] == 1
+
+    resumed = run(refine_command(toy_folder, out, "--resume"), cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming after epoch 1 of {REFINE_EPOCHS}" in resumed.stdout
+    assert "generation 0 of 0..2" not in resumed.stdout and "generation 2 of 0..2" in resumed.stdout
+
+    ref = tmp_path_factory.mktemp("reference") / "run"
+    proc = run(refine_command(toy_folder, ref), ref.parent / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_generations(out, ref)
+
+
+def test_refine_resume_after_generation_0_and_a_changed_config(tmp_path, monkeypatch):
+    import json
+
+    import recipes.generations
+
+    torch.set_num_threads(1)
+    recipe = lambda **kw: parse_recipe(REFINE, **{"epochs": 1, "bs": 32, "device": "cpu", **kw})
+    data = toy_data()
+    train(recipe(), tmp_path / "full", data=data)
+
+    real = recipes.generations.fit_one
+
+    def stop_at_gen1(*args, info, **kw):
+        if info["generation"] == 1:
+            raise KeyboardInterrupt  # after generation 0 finished, before generation 1 wrote anything
+        return real(*args, info=info, **kw)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(recipes.generations, "fit_one", stop_at_gen1)
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe(), out, data=data)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "gen0"]
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunFolderError, match=f"^--resume: the run in '{out}' was lr=0.2, this is lr=0.1; "):
+        train(recipe(lr=0.1), out, data=data, resume=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    seen = []
+    result = train(recipe(), out, data=data, resume=True, on_start=lambda info: seen.append(info["generation"]))
+    assert seen == [1, 2]  # generation 0 is taken as it is
+    for g in range(3):
+        a, b = final_weights(out / f"gen{g}"), final_weights(tmp_path / "full" / f"gen{g}")
+        assert all(torch.equal(a[k], b[k]) for k in a), f"gen{g}"
+    expected = json.loads((tmp_path / "full" / "result.json").read_text())
+    assert result["generation_test_acc"] == expected["generation_test_acc"]
+    again = train(recipe(), out, data=data, resume=True)
+    assert again["already_finished"] and again["generation_test_acc"] == expected["generation_test_acc"]
