@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "seeds", 1) < 1 or getattr(args, "workers", 1) < 1:
-            raise UsageError("--seeds and --workers must be at least 1")
+            raise UsageError(f"--seeds and --workers must be at least 1, got --seeds {args.seeds} "
+                             f"--workers {args.workers}")
         {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
