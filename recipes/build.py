@@ -1,6 +1,7 @@
 """`Recipe` + data -> a fastai `Learner`: device loaders, model, SGD param groups, lr schedule."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -20,6 +21,7 @@ from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.registry import TRICKS
 from tricks.schedules import LRSchedule, warmup_cosine
+from tricks.surgery import ModelSurgery
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -169,6 +171,21 @@ class CompileModel(Callback):
     def before_fit(self):
         if getattr(self.learn.model, "_compiled_call_impl", None) is None:
             self.learn.model.compile()
+
+
+def trained_model(recipe: Recipe, num_classes: int, in_chans: int, weights: Path,
+                  device: torch.device) -> torch.nn.Module:
+    """The model a fit of `recipe` left in `weights` (a model.pth): built as `fit_one` builds it, in
+    channels-last format when the recipe asks (as `build_learner`), changed by the recipe's model-surgery
+    tricks in their order (as their before_fit), then the saved weights loaded."""
+    model = model_for(recipe, num_classes, in_chans).to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    for trick in build_tricks(recipe):
+        if isinstance(trick, ModelSurgery):
+            trick.edit(model, trick.check(model))
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    return model
 
 
 def build_tricks(recipe: Recipe) -> list[Callback]:

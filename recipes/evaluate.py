@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 
-from recipes.build import build_tricks, model_for, resolve_device
+from recipes.build import resolve_device, trained_model
 from recipes.recipe import FIELDS, Recipe
 from tricks.data import load_dataset
 from tricks.data.augment import normalize
 from tricks.data.formats import read_images
 from tricks.errors import ConfigError, RunFolderError
-from tricks.surgery import ModelSurgery
 
 
 @dataclass
@@ -57,12 +56,8 @@ def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, dic
     and the run's config."""
     config = json.loads((folder / "config.json").read_text())
     recipe = recipe_of(config)
-    model = model_for(recipe, config["num_classes"], config["channels"])
-    for trick in build_tricks(recipe):
-        if isinstance(trick, ModelSurgery):
-            trick.edit(model, trick.check(model))
-    model.load_state_dict(torch.load(folder / "model.pth", map_location="cpu", weights_only=True))
-    return model.to(device).eval(), config
+    model = trained_model(recipe, config["num_classes"], config["channels"], folder / "model.pth", device)
+    return model.eval(), config
 
 
 @torch.inference_mode()

@@ -34,7 +34,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 
 from recipes import checkpoint as ckpt
-from recipes.build import build_model, build_tricks
+from recipes.build import trained_model
 from recipes.recipe import Recipe
 from recipes.run import fit_one, versions
 from recipes.stats import EpochStats
@@ -42,7 +42,6 @@ from tricks.data import ImageData, Split, class_balanced_subset
 from tricks.errors import ConfigError
 from tricks.files import write_atomic
 from tricks.label_refinery import LabelRefinery
-from tricks.surgery import ModelSurgery
 
 MIXUP_TRICKS = ("mixup", "klmixup")
 LABEL_TRICKS = ("onehot", "lsmooth", *MIXUP_TRICKS)  # tricks that read the labels of a batch
@@ -103,22 +102,6 @@ def generation_data(recipe: Recipe, refine: dict[str, Any], data: ImageData) -> 
     return first, unlabelled
 
 
-def trained_model(recipe: Recipe, data: ImageData, device: torch.device, path: Path) -> torch.nn.Module:
-    """The model a finished generation trained, from its `model.pth`: built as `fit_one` built it
-    (then channels_last, as `build_learner`; the model surgery of its tricks, as their before_fit;
-    compiled, as `CompileModel`), with the saved weights."""
-    model = build_model(recipe, data).to(device)
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    for trick in build_tricks(recipe):  # in their order, as before_fit runs them
-        if isinstance(trick, ModelSurgery):
-            trick.edit(model, trick.check(model))
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    if recipe.compile:
-        model.compile()
-    return model
-
-
 def generation_entry(g: int, gen_recipe: Recipe, result: dict[str, Any]) -> dict[str, Any]:
     return {"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
             "epochs": result["epochs"], "seconds": result["seconds"],
@@ -149,7 +132,10 @@ def train_generations(recipe: Recipe, refine: dict[str, Any], out: Path, data: I
         if resuming:
             finished = ckpt.finished_result(gen_out)
             if finished is not None:
-                teacher = trained_model(gen_recipe, gen_data, device, gen_out / "model.pth")
+                teacher = trained_model(gen_recipe, gen_data.num_classes, gen_data.channels, gen_out / "model.pth",
+                                        device)
+                if gen_recipe.compile:  # as CompileModel compiled it
+                    teacher.compile()
                 generations.append(generation_entry(g, gen_recipe, finished))
                 continue
             resuming = False
