@@ -2,9 +2,11 @@
 
     bench list   [--rows GLOB]                                   the rows, their recipes and noted numbers
     bench replay [--rows GLOB] [--budget smoke|short|full] [--seeds N] [--workers N] [--results DIR]
+                 [--until SECONDS] [--results-file PATH]
                  [--data PATH] [--dataset NAME] [--device D] [--ray ADDRESS]
                                                                  train what is not in the results yet
-    bench report [--results DIR] [--budget B]                     report.md and PNG charts
+    bench report [--results DIR] [--budget B] [--results-file PATH] [--readme PATH]
+                                                                 report.md and PNG charts; the README table
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
     bench perf   [--quick] [--results DIR] [--data PATH] [--device D]
                                                                  the trainer's cost over a plain loop, and more
@@ -14,6 +16,7 @@ Errors the user can fix print one line on stderr and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -26,6 +29,7 @@ from rich.table import Table
 from recipes.cli import Parser, UsageError, one_line
 from tricks.data import load_dataset
 from tricks.errors import TricksError
+from tricks.files import write_atomic
 
 DEFAULT_RESULTS = "bench-results"
 
@@ -54,8 +58,11 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
 
     rows, _ = load_table()
     rows = select(rows, args.rows)
+    from bench.results_file import DEFAULT_PATH
+
     counts = replay(rows, budget=args.budget, seeds=args.seeds, workers=args.workers, results_dir=Path(args.results),
                     data=args.data, dataset=args.dataset, device=args.device, ray_address=args.ray,
+                    until=args.until, results_path=Path(args.results_file) if args.results_file else DEFAULT_PATH,
                     progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()), highlight=False)
     if counts.get("failed"):
@@ -63,12 +70,18 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> None:
-    from bench.report import write_report
+    from bench.report import headline_markdown, load_records, replace_between_markers, write_report
+    from bench.results_file import DEFAULT_PATH
     from bench.table import load_table
 
     rows, conclusions = load_table()
-    path = write_report(Path(args.results), rows, conclusions, budget=args.budget)
+    results, results_file = Path(args.results), Path(args.results_file or DEFAULT_PATH)
+    path = write_report(results, rows, conclusions, budget=args.budget, results_file=results_file)
     console.print(f"report: {path}", highlight=False, soft_wrap=True)
+    if args.readme:
+        replace_between_markers(Path(args.readme), headline_markdown(load_records(results, results_file), rows,
+                                                                     conclusions))
+        console.print(f"full-budget table: {args.readme}", highlight=False, soft_wrap=True)
 
 
 def cmd_load(args: argparse.Namespace, console: Console) -> None:
@@ -91,7 +104,12 @@ def cmd_load(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_perf(args: argparse.Namespace, console: Console) -> None:
     from bench.perf import run_perf, write_perf
+    from recipes.build import resolve_device
 
+    if resolve_device(args.device).type == "cuda":
+        return cmd_perf_cuda(args, console)
+    if args.only:
+        raise UsageError("--only chooses among the GPU measurements; give --device cuda")
     data = load_dataset(args.dataset, args.data)
     perf = run_perf(data, quick=args.quick, device=args.device,
                     log=lambda line: console.print(line, highlight=False, soft_wrap=True))
@@ -105,6 +123,25 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> None:
           f"share of a training step {100 * a['share_of_step']:.2f}% (goal < {100 * a['share_goal']:.0f}%)")
 
 
+def cmd_perf_cuda(args: argparse.Namespace, console: Console) -> None:
+    from bench.gpu_perf import MEASUREMENTS, GpuSizes, markdown, run_gpu_perf
+
+    only = tuple(args.only.split(",")) if args.only else MEASUREMENTS
+    unknown = [m for m in only if m not in MEASUREMENTS]
+    if unknown:
+        raise UsageError(f"--only {args.only}: unknown measurement {unknown[0]!r}; choose among {', '.join(MEASUREMENTS)}")
+    data = load_dataset(args.dataset, args.data)
+    sizes = GpuSizes(dataset=args.dataset, parity_epochs=args.parity_epochs)
+    perf = run_gpu_perf(data, args.data, device=args.device, only=only, sizes=sizes,
+                        log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_atomic(results / "perf-cuda.json", json.dumps(perf, indent=2) + "\n")
+    write_atomic(results / "perf-cuda.md", markdown(perf))
+    print(markdown(perf))
+    print(f"results: {results / 'perf-cuda.json'}, {results / 'perf-cuda.md'}")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Replay the notes' ablations; benchmarks of fastai-tricks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -114,7 +151,13 @@ def build_parser() -> Parser:
     rp.add_argument("--rows", help="a glob over row ids, e.g. 'S9.*'")
     rp.add_argument("--budget", choices=("smoke", "short", "full"), default="short")
     rp.add_argument("--seeds", type=int, default=1)
-    rp.add_argument("--workers", type=int, default=1)
+    rp.add_argument("--workers", type=int, default=None,
+                    help="runs at once (default: 4 on a CUDA GPU, the count measured fastest; 1 on the CPU)")
+    rp.add_argument("--until", type=float, metavar="SECONDS",
+                    help="start no run that would not finish within SECONDS from now; stop running ones then "
+                         "(after their epoch's checkpoint; the next replay resumes them)")
+    rp.add_argument("--results-file", metavar="PATH",
+                    help="the text file full-budget runs are also appended to (default: bench/results/full.jsonl)")
     rp.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
     rp.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     rp.add_argument("--dataset", default="cifar10")
@@ -123,8 +166,13 @@ def build_parser() -> Parser:
                     help="run the jobs as tasks of the Ray cluster whose head is ADDRESS (HOST:PORT) instead of "
                          "--workers local processes")
     rr = sub.add_parser("report", help="write report.md and PNG charts from the results")
-    rr.add_argument("--results", default=DEFAULT_RESULTS)
+    rr.add_argument("--results", default=DEFAULT_RESULTS, help="local results folder, if any "
+                                                               f"(default: {DEFAULT_RESULTS})")
     rr.add_argument("--budget", choices=("smoke", "short", "full"))
+    rr.add_argument("--results-file", metavar="PATH",
+                    help="the repository's full-budget records, merged in (default: bench/results/full.jsonl)")
+    rr.add_argument("--readme", metavar="PATH", help="put the full-budget table between the lines "
+                                                     "<!-- full-budget:start --> and <!-- full-budget:end --> of PATH")
     load = sub.add_parser("load", help="time a dataset's decode and its cached load")
     load.add_argument("--dataset", default="cifar10")
     load.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
@@ -136,6 +184,8 @@ def build_parser() -> Parser:
     pf.add_argument("--dataset", default="cifar10")
     pf.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     pf.add_argument("--device", default="auto")
+    pf.add_argument("--only", help="on a CUDA device: a comma list of speed, concurrency, parity, modes (default: all)")
+    pf.add_argument("--parity-epochs", type=int, default=30, help="on a CUDA device: epochs of the bf16/fp32 parity runs")
     return parser
 
 
@@ -143,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "seeds", 1) < 1 or getattr(args, "workers", 1) < 1:
+        if getattr(args, "seeds", 1) < 1 or (getattr(args, "workers", 1) or 1) < 1:
             raise UsageError(f"--seeds and --workers must be at least 1, got --seeds {args.seeds} "
                              f"--workers {args.workers}")
         {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)

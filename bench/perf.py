@@ -44,6 +44,7 @@ from fastai.torch_core import set_seed
 from recipes.build import build_dataloaders, build_model, resolve_device, sgd_param_groups
 from recipes.parse import parse_recipe
 from recipes.recipe import Recipe
+from recipes.speed import resolve_speed
 from tricks.data import ImageData
 from tricks.errors import TricksError
 from tricks.files import write_atomic
@@ -92,20 +93,31 @@ def _sync(device: torch.device) -> None:
 def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str, Any]:
     """The recipe's baseline training as the plainest PyTorch loop: no fastai, no callbacks.
 
-    Same seed handling, loaders, model, SGD groups and per-iteration warmup + cosine lr as
+    Same seed handling, loaders, model, SGD groups, per-iteration warmup + cosine lr and speed settings
+    (`recipes.speed.resolve_speed`: channels-last, bf16 autocast with the loss on fp32 logits,
+    torch.compile in the same mode, fused SGD on CUDA, eager evaluation in `eval_bs` batches) as
     `recipes.run.fit_one` (a recipe without tricks). Returns train images/s (training passes only),
-    per-epoch test accuracy and the final weights.
+    each epoch's training and evaluation seconds, per-epoch test accuracy and the final weights.
     """
     if recipe.tricks:
         raise ValueError("plain_fit replays recipes without tricks only")
+    recipe, _ = resolve_speed(recipe, device)
+    if recipe.precision == "fp16":
+        raise ValueError("plain_fit runs fp32 and bf16 (fp16 needs a gradient scaler)")
     set_seed(recipe.seed, reproducible=True)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if recipe.compile:
+        model.compile(mode=recipe.compile_mode)
     opt = torch.optim.SGD(sgd_param_groups(model, recipe.wd, recipe.wd_bn_bias), lr=recipe.lr,
-                          momentum=recipe.momentum, nesterov=recipe.nesterov)
+                          momentum=recipe.momentum, nesterov=recipe.nesterov,
+                          fused=True if device.type == "cuda" else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     lr_at = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=recipe.warmup_epochs / recipe.epochs,
                           start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
-    n_iter, step, seconds, images, accs = len(dls.train), 0, 0.0, 0, []
+    n_iter, step, images, accs, train_s, eval_s = len(dls.train), 0, 0, [], [], []
     for epoch in range(recipe.epochs):
         model.train()
         _sync(device)
@@ -114,36 +126,43 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str
             p = step / (recipe.epochs * n_iter) if recipe.step == "iter" else epoch / recipe.epochs
             for group in opt.param_groups:
                 group["lr"] = lr_at(p)
-            loss = F.cross_entropy(model(x), y)
+            with autocast:
+                pred = model(x)
+            loss = F.cross_entropy(pred.float(), y)
             loss.backward()
             opt.step()
             opt.zero_grad()
             step, images = step + 1, images + len(y)
         _sync(device)
-        seconds += time.perf_counter() - start
+        train_s.append(time.perf_counter() - start)
         model.eval()
+        start = time.perf_counter()
         correct = torch.zeros((), device=device)
-        with torch.no_grad():
+        with torch.inference_mode(), torch.compiler.set_stance("force_eager"), autocast:
             for x, y in dls.valid:
                 correct += (model(x).argmax(1) == y).sum()
         accs.append(100.0 * correct.item() / dls.valid.n)
-    return {"train_images_per_second": images / seconds, "epoch_acc": accs, "test_acc": accs[-1],
+        eval_s.append(time.perf_counter() - start)
+    return {"train_images_per_second": images / sum(train_s), "epoch_acc": accs, "test_acc": accs[-1],
+            "train_seconds": train_s, "eval_seconds": eval_s, "train_images": dls.train.n // recipe.bs * recipe.bs,
             "state_dict": model.state_dict()}
 
 
 def recipe_fit(recipe: Recipe, data: ImageData) -> dict[str, Any]:
-    """`recipes.run.train` into a temporary run folder: its result.json, and the final weights."""
+    """`recipes.run.train` into a temporary run folder: its result.json, the final weights, and the last
+    fit's per-epoch records (`recipes.stats.EpochStats`, training seconds included)."""
     from recipes.run import train
 
+    stats = []
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
-        result = train(recipe, Path(tmp) / "run", data=data)
+        result = train(recipe, Path(tmp) / "run", data=data, callbacks=lambda s: stats.append(s) or [])
         folder = Path(result["out"])
         if "generations" in result:
             last = result["generations"][-1]
             result = {**json.loads((folder / last["folder"] / "result.json").read_text()), "out": str(folder)}
             folder = folder / last["folder"]
         state = torch.load(folder / "model.pth", map_location="cpu", weights_only=True)
-    return {**result, "state_dict": state}
+    return {**result, "state_dict": state, "records": [dict(r) for r in stats[-1].records]}
 
 
 def trainer_ratio(data: ImageData, sizes: Sizes, device: torch.device, log) -> dict[str, Any]:

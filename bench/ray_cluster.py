@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.replay import Job, run_folder, train_job
-from bench.store import Store
+from bench.replay import Job, keep_record, run_folder, train_job
 from tricks.errors import ConfigError, TricksError
 from tricks.files import write_atomic
 
@@ -82,7 +81,7 @@ def keep(job: Job, record: dict[str, Any], files: dict[str, bytes]) -> None:
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)
-    Store(job.results_dir).add(record)
+    keep_record(job, record)
 
 
 def ray_outcomes(jobs: list[Job], address: str) -> Iterator[tuple[Job, dict[str, Any] | None, str | None]]:

@@ -1,17 +1,28 @@
-"""Replay the ablation table: train every (row, seed) not yet in the results store, storing each at once.
+"""Replay the ablation table: train every (row, seed) not yet in the results, storing each at once.
 
-The store is the truth: a job is done when the store holds its (row, budget, seed, code version),
-so a replay killed at any moment is started again and runs only what is missing. A run folder left
-by a killed attempt is deleted and that run redone from scratch. Jobs train in-process
+The store is the truth: a job is done when the store holds its (row, budget, seed, code version) or,
+for the full budget, when the repository's results file (`bench.results_file`, `bench/results/full.jsonl`)
+holds it trained on the same data (its dataset checksum), so a replay killed at any moment is started
+again and runs only what is missing. A run folder left by a stopped attempt is resumed from its
+checkpoint (`recipes.checkpoint`) when it holds one, else deleted and redone. Jobs train in-process
 (`recipes.run.train`, no subprocess per row); the dataset is loaded once per process. `workers>1`
-runs a 'spawn' process pool, each worker storing its own results; `ray_address` sends the jobs to a
-Ray cluster instead (`bench/ray_cluster.py`). One replay at a time may use a results folder (a lock
-file, released by the OS when the process dies).
+runs that many 'spawn' processes (on a CUDA GPU they share the one device: `CUDA_WORKERS` is the
+default there, the count that measured fastest), each storing its own results; `ray_address` sends the
+jobs to a Ray cluster instead (`bench/ray_cluster.py`). One replay at a time may use a results folder
+(a lock file, released by the OS when the process dies).
+
+Order and time: jobs run in `priority` order (`PRIORITY`: the S9 rows the notes argue most about
+first, then S9's other rows, then S8, S7, ... S1, then the rest), each row's seeds together. With
+`until` (seconds) no job starts once the time left is shorter than the finished jobs predict for it
+(seconds per epoch of the jobs so far, times its epochs), and a job still training at the deadline
+stops at the end of its epoch, after its checkpoint: it is 'abandoned', and the next replay on the same
+results folder resumes it.
 """
 from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -23,11 +34,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.store import Store, code_version, dataset_checksum, short_version
+from fastai.callback.core import Callback
+
+from bench import results_file
+from bench.store import COLUMNS, Store, code_version, dataset_checksum, short_version
 from tricks.data import ImageData, load_dataset
 from tricks.errors import ConfigError, RunFolderError, TricksError
 
 LOCK_NAME = "replay.lock"
+CUDA_WORKERS = 4  # runs at once on one GPU by default: the best aggregate img/s of `bench perf --device cuda`
+PRIORITY = ("S9.baseline", "S9.mixup.a0.3", "S9.finalbn", "S9.lastgamma.off", "S9.v2.base",
+            "S9.refine.mixup-first", "S9.refine.mixup-all")  # then S9's other rows, S8, S7, ... (`priority`)
 _LOADED: dict[tuple[str, str | None], tuple[ImageData, str]] = {}  # (dataset, data) -> (data, checksum)
 
 
@@ -43,6 +60,9 @@ class Job:
     dataset: str
     device: str
     version: str
+    workers: int = 1  # runs training at once where this one trains (recorded with the result)
+    deadline: float | None = None  # `_now()` at which a job still training stops (abandoned)
+    results_file: Path | None = None  # where a full-budget record is also appended (bench.results_file)
 
 
 def run_folder(results_dir: Path, row_id: str, budget: str, seed: int, version: str) -> Path:
@@ -68,19 +88,66 @@ def epoch_accuracies(out: Path, result: dict[str, Any]) -> list[float]:
         return [float(r["test_acc"]) for r in csv.DictReader(f)]
 
 
+def _now() -> float:
+    """The clock of deadlines (wall time: a deadline is shared by processes)."""
+    return time.time()
+
+
+class Abandoned(TricksError):
+    """A job still training at the replay's deadline (`until`): stopped after its epoch's checkpoint."""
+
+
+class Deadline(Callback):
+    """Stop the fit at the end of the first epoch that ends after `deadline` (a time.time()), once the
+    checkpoint of that epoch is written (`recipes.checkpoint.Checkpoint`, order 200)."""
+
+    order = 210
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def after_epoch(self):
+        if _now() >= self.deadline and self.epoch + 1 < self.n_epoch:
+            raise Abandoned(f"stopped at the deadline after epoch {self.epoch + 1} of {self.n_epoch}; "
+                            "the next replay on this results folder resumes it")
+
+
+def _resumable(out: Path, refine: bool) -> bool:
+    """Whether a run folder left by a stopped attempt can be resumed (else it is redone from scratch)."""
+    from recipes import checkpoint as ckpt
+
+    try:
+        ckpt.check_resumable(out, generations=refine)
+    except TricksError:
+        return False
+    return True
+
+
+def speed_of(out: Path) -> dict[str, Any]:
+    """The speed settings the run in `out` trained with (its config.json; the top one for refine runs)."""
+    config = json.loads((out / "config.json").read_text())
+    return {k: config.get(k) for k in ("channels_last", "precision", "compile", "compile_mode", "eval_bs")}
+
+
 def train_job(job: Job) -> dict[str, Any]:
     """Train one job into its run folder under `job.results_dir`; returns its record (not stored)."""
+    import torch
+
     from bench.table import row_recipe
+    from recipes.generations import refine_params
     from recipes.run import train
 
     recipe = row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset, device=job.device)
     images, checksum = loaded(recipe.dataset, recipe.data)  # a row may name its own dataset
     out = run_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
-    if out.exists():  # left by a killed attempt: the store does not hold it, so it is redone from scratch
+    resume = out.exists() and _resumable(out, refine_params(recipe) is not None)
+    if out.exists() and not resume:  # left by a killed attempt before its first checkpoint
         shutil.rmtree(out)
+    extra = (lambda stats: [Deadline(job.deadline)]) if job.deadline is not None else (lambda stats: [])
     start = time.perf_counter()
-    result = train(recipe, out, data=images)
+    result = train(recipe, out, data=images, callbacks=extra, resume=resume)
     gens = result.get("generation_test_acc")
+    device = str(result.get("device", job.device))
     return {
         "row_id": job.row.id, "recipe": job.row.stored_recipe, "budget": job.budget, "seed": job.seed,
         "code_version": job.version, "dataset_checksum": checksum, "epoch_acc": epoch_accuracies(out, result),
@@ -88,22 +155,46 @@ def train_job(job: Job) -> dict[str, Any]:
         "generation_acc": None if gens is None else [float(a) for a in gens],
         "wall_seconds": time.perf_counter() - start,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # kept in the results file only (the SQLite store holds the columns above)
+        "options": dict(job.row.options), "train_images_per_second": float(result.get("train_images_per_second", 0.0)),
+        "device": device, "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+        "torch": torch.__version__, "workers": job.workers, "resumed": resume, "speed": speed_of(out),
+        "epochs": len(epoch_accuracies(out, result)),
     }
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Train one job into its run folder and store its record; returns the record."""
+    """Train one job into its run folder and store its record (and append a full-budget one to the results
+    file); returns the record."""
     record = train_job(job)
-    Store(job.results_dir).add(record)
+    keep_record(job, record)
     return record
 
 
+def keep_record(job: Job, record: dict[str, Any]) -> None:
+    """Store a finished run's record; a full-budget one also goes to the results file."""
+    Store(job.results_dir).add({k: v for k, v in record.items() if k in COLUMNS})
+    if job.budget == "full" and job.results_file is not None:
+        results_file.append(job.results_file, record)
+
+
 def _attempt(job: Job) -> tuple[Job, dict[str, Any] | None, str | None]:
-    """(job, record, None) when it ran, (job, None, the error's one line) when it raised a TricksError."""
+    """(job, record, None) when it ran, (job, None, the error's one line) when it raised a TricksError
+    (an `Abandoned` job's line starts with 'abandoned:')."""
     try:
         return job, run_job(job), None
+    except Abandoned as e:
+        return job, None, "abandoned: " + one_line(e)
     except TricksError as e:
-        return job, None, " ".join(str(e).split())
+        return job, None, one_line(e)
+    except Exception as e:  # a bug or a device error in one run must not stop the others: reported as failed
+        return job, None, f"{type(e).__name__}: {one_line(e)}"
+
+
+def one_line(e: Exception) -> str:
+    """The last non-empty line (fastai prefixes errors raised in callbacks with a line naming the event)."""
+    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -142,73 +233,179 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def replay(rows: list, *, budget: str, seeds: int, workers: int, results_dir: Path, data: str | None,
-           dataset: str = "cifar10", device: str = "auto", ray_address: str | None = None,
-           progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
-    """Run every (row, seed 0..seeds-1) the store does not hold for this budget and code; returns counts.
+def priority(rows: list) -> list:
+    """`rows` in the order a time-limited replay takes them: `PRIORITY`'s rows, then S9's others, then the
+    sections S8, S7, ... S1, then any other section (S10, S11, ...); the table's order within each."""
+    first = {row_id: i for i, row_id in enumerate(PRIORITY)}
 
-    With `ray_address` the jobs run as tasks of that Ray cluster (`bench.ray_cluster`) instead of
-    `workers` local processes.
+    def section_rank(section: str) -> tuple[int, int]:
+        n = int(re.sub(r"\D", "", section) or 0)
+        return (0, -n) if 1 <= n <= 9 else (1, n)
+
+    def key(item: tuple[int, Any]) -> tuple:
+        i, row = item
+        return (0, first[row.id], 0, 0) if row.id in first else (1, *section_rank(row.section), i)
+
+    return [row for _, row in sorted(enumerate(rows), key=key)]
+
+
+def default_workers(device: str) -> int:
+    """`CUDA_WORKERS` runs at once on a CUDA GPU, one elsewhere (a CPU run uses every core already)."""
+    from recipes.build import resolve_device
+
+    return CUDA_WORKERS if resolve_device(device).type == "cuda" else 1
+
+
+def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_dir: Path, data: str | None,
+           dataset: str = "cifar10", device: str = "auto", ray_address: str | None = None,
+           until: float | None = None, results_path: Path | None = results_file.DEFAULT_PATH,
+           progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
+    """Run every (row, seed 0..seeds-1) the results do not hold for this budget, code and data; returns counts.
+
+    Rows run in `priority` order. With `ray_address` the jobs run as tasks of that Ray cluster
+    (`bench.ray_cluster`) instead of `workers` local processes (None: `default_workers(device)`).
+    `until`: seconds from now after which no job starts and running ones stop (module docstring).
+    `results_path`: the results file a full-budget record is also appended to (None: none).
 
     Counts are of (row, seed) jobs: 'done_before' (already stored), 'ran' (trained and stored now),
     'skipped_inexpressible' (rows the notes' setting cannot be expressed for), 'failed' (raised a
-    TricksError: reported through `progress`, not stored, so tried again by the next replay).
+    TricksError: reported through `progress`, not stored, so tried again by the next replay),
+    'abandoned' (stopped at the deadline, resumed by the next replay), 'not_started' (left for lack of time).
     """
     from bench.table import BUDGETS
 
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget '{budget}'; choose one of {', '.join(BUDGETS)}")
+    workers = default_workers(device) if workers is None else workers
     if seeds < 1 or workers < 1:
         raise ConfigError(f"seeds and workers must be at least 1, got seeds={seeds}, workers={workers}")
+    if until is not None and until <= 0:
+        raise ConfigError(f"--until must be a positive number of seconds, got {until:g}")
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(f"row ids must be unique, got {', '.join(dup)} more than once")
+    deadline = None if until is None else _now() + until
     results_dir = Path(results_dir)
     lock = _lock(results_dir)
     try:
         store, version = Store(results_dir), code_version()
-        counts = {"done_before": 0, "ran": 0, "skipped_inexpressible": 0, "failed": 0}
+        in_file = _file_keys(results_path, budget, data, dataset, version) if budget == "full" else set()
+        counts = {"done_before": 0, "ran": 0, "skipped_inexpressible": 0, "failed": 0, "abandoned": 0,
+                  "not_started": 0}
         jobs = []
-        for row in rows:
+        for row in priority(rows):
             for seed in range(seeds):
                 if row.status == "inexpressible":
                     counts["skipped_inexpressible"] += 1
-                elif store.done(row.id, row.stored_recipe, budget, seed, version):
+                elif (store.done(row.id, row.stored_recipe, budget, seed, version)
+                      or (row.id, row.stored_recipe, seed) in in_file):
                     counts["done_before"] += 1
                 else:
                     jobs.append(Job(row, budget, seed, results_dir, None if data is None else str(data),
-                                    dataset, device, version))
+                                    dataset, device, version, workers=workers, deadline=deadline,
+                                    results_file=results_path))
         progress(f"{len(jobs)} runs to do ({counts['done_before']} done before, "
-                 f"{counts['skipped_inexpressible']} inexpressible skipped), budget {budget}, code {version}")
+                 f"{counts['skipped_inexpressible']} inexpressible skipped), budget {budget}, code {version}"
+                 + (f", {workers} at once" if workers > 1 else "") + (f", until {until:g} s from now" if until else ""))
         if ray_address is not None and jobs:
             from bench.ray_cluster import ray_outcomes
 
             outcomes = ray_outcomes(jobs, ray_address)
         else:
-            outcomes = _outcomes(jobs, workers)
+            outcomes = _outcomes(jobs, workers, deadline, counts)
         for i, (job, record, error) in enumerate(outcomes, 1):
             name = f"[{i}/{len(jobs)}] {job.row.id} seed {job.seed}"
             if error is None:
                 counts["ran"] += 1
                 progress(f"{name}: test_acc {record['test_acc']:.2f} ({record['wall_seconds']:.0f} s)")
+            elif error.startswith("abandoned: "):
+                counts["abandoned"] += 1
+                progress(f"{name}: {error}")
             else:
                 counts["failed"] += 1
                 progress(f"{name}: failed: {error}")
+        if counts["not_started"]:
+            progress(f"{counts['not_started']} runs not started: too little time left before the deadline")
         return counts
     finally:
         lock.close()
 
 
-def _outcomes(jobs: list[Job], workers: int):
-    """The jobs' outcomes as they finish: in this process for one worker, else from a spawn pool."""
+def _file_keys(path: Path | None, budget: str, data: str | None, dataset: str, version: str) -> set[tuple]:
+    """(row_id, recipe, seed) of the results file's records of this budget and code, trained on this data."""
+    if path is None:
+        return set()
+    records = [r for r in results_file.read(path) if r["budget"] == budget and r["code_version"] == version]
+    if not records:
+        return set()
+    _, checksum = loaded(dataset, data)
+    return {(r["row_id"], r["recipe"], r["seed"]) for r in records if r["dataset_checksum"] == checksum}
+
+
+def _units(job: Job) -> float:
+    """A job's length in training epochs (every generation's), for predicting its seconds."""
+    from bench.table import fit_epochs, row_recipe
+
+    try:
+        return float(sum(fit_epochs(row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset,
+                                               device=job.device))))
+    except TricksError:
+        return 1.0
+
+
+def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dict[str, int]):
+    """The jobs' outcomes as they finish: in this process for one worker, else from `workers` spawned
+    processes. A job starts only while the time left is at least what the finished jobs predict for it
+    (their seconds per epoch, the slowest of them, times its epochs); the rest count as 'not_started'."""
+    per_unit: list[float] = []
+
+    def fits(job: Job) -> bool:
+        if deadline is None or not per_unit:
+            return True
+        return _now() + max(per_unit) * _units(job) <= deadline
+
+    def learn(job: Job, record: dict | None) -> None:
+        if record is not None:
+            per_unit.append(record["wall_seconds"] / max(_units(job), 1.0))
+
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
-            yield _attempt(job)
+            if not fits(job) or (deadline is not None and _now() >= deadline):
+                counts["not_started"] += 1
+                continue
+            outcome = _attempt(job)
+            learn(job, outcome[1])
+            yield outcome
         return
     import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     n = min(workers, len(jobs))
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(n, initializer=_init_worker, initargs=(max(1, cores() // workers), os.getpid())) as pool:
-        yield from pool.imap_unordered(_attempt, jobs)
+    pending = list(jobs)
+    while pending:  # a new pool when a worker process died (a crash in native code breaks the pool)
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(max(1, cores() // workers), os.getpid())) as pool:
+            running = {}
+            broken = False
+            while (pending and not broken) or running:
+                while pending and not broken and len(running) < n:
+                    job = pending.pop(0)
+                    if not fits(job) or (deadline is not None and _now() >= deadline):
+                        counts["not_started"] += 1
+                        continue
+                    running[pool.submit(_attempt, job)] = job
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = running.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        outcome = (job, None, "its worker process died (see the log above)")
+                    learn(job, outcome[1])
+                    yield outcome

@@ -1,47 +1,60 @@
 """The bench report: the notes' numbers beside the measured ones, per section, and a verdict per conclusion.
 
-`write_report(results_dir, rows, conclusions, budget)` reads the results store and writes
-`<results_dir>/report.md` and one chart per section, `<results_dir>/report-<section>.png` (noted vs
-measured bars; error bars are the standard deviation over runs / seeds).
+`write_report(results_dir, rows, conclusions, budget, results_file)` reads the records of the local
+results store (`<results_dir>/results.sqlite`, when there is one) and of the results file kept in the
+repository (`bench/results/full.jsonl`, full-budget runs; see `bench.results_file`), merged, and
+writes `<results_dir>/report.md` and one chart per section, `<results_dir>/report-<section>.png`: per
+row, its measured difference from the section baseline as a dot with its 95% interval, and the noted
+difference as an 'x', on a scale of points. `headline_markdown` gives the README's table of the
+full-budget runs and `replace_between_markers` puts it between the README's markers.
 
 Definitions (all accuracies in %, differences in points):
 
 - Records used: those of `budget`; with `budget=None`, the largest budget in `bench.table.BUDGETS`
-  that the store holds. For each (row, seed) only the newest record counts (a replay after a code
-  change replaces the old numbers as it goes).
+  that the records hold (so the repository's full-budget runs, when there are any). Only records of
+  the row's current recipe count. For each (row, seed) only the record finished last counts (a replay
+  after a code change replaces the old numbers as it goes; on equal `finished_at`, the later record).
+- Provenance: the report lists each (code version, dataset checksum, budget, GPU) group of the records
+  used with its run count. The newest code version is that of the record finished last; a row with a
+  record of another code version is marked 'older code'.
 - measured: mean ± sample standard deviation (ddof 1) over seeds of each run's final `test_acc`
   (for refine rows the last generation's); n is the number of seeds.
 - noted value of a row: the single number ('single'), the mean of the runs ('runs'), the last
   generation's number ('generations'). The headline's "mean |measured - noted|" averages over the
-  section's rows that have both.
+  section's rows that have both. Noted Δ = noted value of the row - noted value of its baseline.
 - difference: mean(row) - mean(other) with a 95% Welch interval
   d ± q · sqrt(s1²/n1 + s2²/n2), q = the 0.975 quantile of Student's t at the Welch-Satterthwaite
   df = (s1²/n1 + s2²/n2)² / ((s1²/n1)²/(n1-1) + (s2²/n2)²/(n2-1)). With both variances 0 the
   interval is [d, d]. With n < 2 on either side there is no interval ('n<2').
   q comes from `scipy.stats.t.ppf` when scipy is importable (it is a dependency of fastai); else
   from `T_TABLE` (exact to 6 decimals for df 1..30, at df rounded down, which widens the interval)
-  and the normal quantile 1.959964 beyond df 30.
+  and the normal quantile 1.959964 beyond df 30. Δ vs baseline is this difference against the row's
+  `baseline` row.
 - verdict of a conclusion (row vs versus, interval [lo, hi] of row - versus):
   no interval (a side unmeasured or n < 2): 'cannot tell';
   expect 'better': 'supports' if lo > 0, 'contradicts' if hi < 0, else 'cannot tell';
   expect 'worse': 'supports' if hi < 0, 'contradicts' if lo > 0, else 'cannot tell';
   expect 'same' (an equivalence test with margin SAME_MARGIN = 0.5 points): 'supports' if
   -0.5 <= lo and hi <= 0.5, 'contradicts' if hi < -0.5 or lo > 0.5 (a difference larger than the
-  margin is certain), else 'cannot tell'.
+  margin is certain), else 'cannot tell'. A row's verdicts are those of the conclusions whose `row` it
+  is (the claim is about it), with the other side named when it is not the row's baseline.
 """
 from __future__ import annotations
 
 import io
 import math
+import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.results_file import DEFAULT_PATH, finished, merge, read
 from bench.store import DB_NAME, Store
 from tricks.errors import ConfigError, RunFolderError
 from tricks.files import write_atomic
 
+START, END = "<!-- full-budget:start -->", "<!-- full-budget:end -->"
 SAME_MARGIN = 0.5  # points: 'same' is supported when the whole 95% interval lies within ±SAME_MARGIN
 LEVEL = 0.95
 NORMAL_Q = 1.959964
@@ -121,12 +134,38 @@ def choose_budget(records: list[dict], budget: str | None) -> str | None:
 
 
 def latest(records: list[dict]) -> dict[str, list[dict]]:
-    """row id -> its records, the newest per seed, in seed order (records come oldest first)."""
-    by_key = {(r["row_id"], r["seed"]): r for r in records}
+    """row id -> its records, per seed the one finished last (on a tie the later one), in seed order."""
+    by_key: dict[tuple, dict] = {}
+    for r in records:
+        k = (r["row_id"], r["seed"])
+        if k not in by_key or finished(r) >= finished(by_key[k]):
+            by_key[k] = r
     out: dict[str, list[dict]] = defaultdict(list)
     for (row_id, _), r in sorted(by_key.items()):
         out[row_id].append(r)
     return out
+
+
+def load_records(results_dir: Path, results_file: Path = DEFAULT_PATH) -> list[dict]:
+    """The local store's records (when `results_dir` holds one) merged with the results file's.
+
+    Neither a store nor a record in the file is a one-line RunFolderError.
+    """
+    results_dir = Path(results_dir)
+    has_store = (results_dir / DB_NAME).is_file()
+    held = read(results_file)
+    if not has_store and not held:
+        raise RunFolderError(f"no results in '{results_dir}' (no {DB_NAME}); run `bench replay --results "
+                             f"{results_dir}` first, or give the results folder it wrote ('{results_file}' holds "
+                             "no runs either)")
+    return merge(Store(results_dir).records() if has_store else [], held)
+
+
+def used_records(records: list[dict], rows: list, budget: str | None) -> dict[str, list[dict]]:
+    """row id -> the records that count for it (module docstring: budget, current recipe, latest per seed)."""
+    by_id = {r.id: r for r in rows}
+    return latest([r for r in records if r["budget"] == budget and r["row_id"] in by_id
+                   and r["recipe"] == by_id[r["row_id"]].stored_recipe])
 
 
 def fmt_diff(d: float, interval: tuple[float, float] | None) -> str:
@@ -163,33 +202,120 @@ def recipe_cell(row: Any) -> str:
     return f"{row.recipe} ({extra})" if extra else row.recipe
 
 
-def section_chart(section: str, rows: list[Any], acc: dict[str, list[float]], path: Path) -> None:
-    """Grouped bars per row: noted (std of several runs) and measured mean (std over seeds)."""
+
+def gpu_label(record: dict) -> str:
+    """The GPU a record ran on: its name, 'none (CPU)', or 'not recorded' (local store records)."""
+    if "gpu" not in record:
+        return "not recorded"
+    return record["gpu"] or "none (CPU)"
+
+
+def newest_version(kept: list[dict]) -> str | None:
+    """The code version of the record finished last."""
+    return max(kept, key=finished)["code_version"] if kept else None
+
+
+def provenance(kept: list[dict], newest: str | None) -> list[str]:
+    """One markdown list line per (code version, dataset checksum, budget, GPU) group, with its run count."""
+    groups = Counter((r["code_version"], r["dataset_checksum"], r["budget"], gpu_label(r)) for r in kept)
+    return [f"- code {v}{'' if v == newest else ' (older code)'}, data {c}, budget {b}, GPU {g}: "
+            f"{n} run{'s' if n != 1 else ''}" for (v, c, b, g), n in sorted(groups.items())]
+
+
+class Measures:
+    """The numbers of one report: accuracies per row, differences, noted differences, verdicts."""
+
+    def __init__(self, rows: list, conclusions: list, by_row: dict[str, list[dict]]):
+        self.by_id = {r.id: r for r in rows}
+        for c in conclusions:
+            for rid in (c.row, c.versus):
+                if rid not in self.by_id:
+                    raise ConfigError(f"conclusion '{c.id}' names row '{rid}', which is not among the rows given")
+        self.conclusions = conclusions
+        self.by_row = by_row
+        self.acc = {r.id: [rec["test_acc"] for rec in by_row.get(r.id, [])] if r.status != "inexpressible" else []
+                    for r in rows}
+        self.kept = [rec for r in rows for rec in by_row.get(r.id, [])]
+        self.newest = newest_version(self.kept)
+        self.verdicts = {c.id: verdict(c.expect, d[1] if (d := self.diff(c.row, c.versus)) else None)
+                         for c in conclusions}
+
+    def diff(self, a: str, b: str) -> tuple[float, tuple[float, float] | None] | None:
+        """Welch difference of row a - row b, None when either is not measured."""
+        if not self.acc.get(a) or not self.acc.get(b):
+            return None
+        return welch(self.acc[a], self.acc[b])
+
+    def baseline_cell(self, row: Any) -> str:
+        if row.baseline is None or row.baseline == row.id:
+            return "baseline" if row.baseline == row.id else "-"
+        d = self.diff(row.id, row.baseline)
+        return fmt_diff(*d) if d else "-"
+
+    def noted_diff(self, row: Any) -> float | None:
+        """noted value of the row - noted value of its baseline; None when either has none."""
+        base = self.by_id.get(row.baseline) if row.baseline else None
+        a, b = noted_value(row), noted_value(base) if base else None
+        return None if a is None or b is None else a - b
+
+    def noted_diff_cell(self, row: Any) -> str:
+        d = self.noted_diff(row)
+        return "-" if d is None or row.baseline == row.id else f"{d:+.2f}"
+
+    def verdict_cell(self, row: Any) -> str:
+        return "; ".join(f"{c.id}: {self.verdicts[c.id]}" + (f" (vs {c.versus})" if c.versus != row.baseline else "")
+                         for c in self.conclusions if c.row == row.id) or "-"
+
+    def older(self, row: Any) -> list[str]:
+        """The code versions other than the newest among the row's records."""
+        return sorted({r["code_version"] for r in self.by_row.get(row.id, [])} - {self.newest})
+
+    def remark(self, row: Any) -> str:
+        old = self.older(row)
+        parts = [row.why] if row.why and row.status != "inexpressible" else []
+        return "; ".join(parts + ([f"older code {', '.join(old)}"] if old else []))
+
+    def chart_points(self, rows: list) -> list[tuple[str, float | None, tuple[float, float] | None, float | None]]:
+        """Per row (label, measured Δ, its 95% interval or None, noted Δ) against its baseline; the baseline at 0."""
+        out = []
+        for r in rows:
+            label = r.id[len(r.section) + 1:] if r.id.startswith(r.section + ".") else r.id
+            label += " (baseline)" if r.baseline == r.id else " (older code)" if self.older(r) else ""
+            if r.baseline == r.id:
+                out.append((label, 0.0 if self.acc.get(r.id) else None, None,
+                            0.0 if noted_value(r) is not None else None))
+                continue
+            d = self.diff(r.id, r.baseline) if r.baseline else None
+            out.append((label, d[0] if d else None, d[1] if d else None, self.noted_diff(r)))
+        return out
+
+
+def section_chart(section: str, points: list[tuple], path: Path) -> None:
+    """One line per row: measured Δ from the baseline (dot, 95% interval bar) and noted Δ ('x'), in points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.id[len(section) + 1:] if r.id.startswith(section + ".") else r.id for r in rows]
-    noted, noted_err, meas, meas_err = [], [], [], []
-    for r in rows:
-        nv = noted_value(r)
-        noted.append(math.nan if nv is None else nv)
-        noted_err.append(statistics.stdev(r.noted) if r.kind == "runs" and len(r.noted) > 1 else 0.0)
-        m, s = mean_std(acc[r.id]) if acc.get(r.id) else (math.nan, None)
-        meas.append(m)
-        meas_err.append(s or 0.0)
-    x = list(range(len(rows)))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 2), 5.0))
-    ax.bar([i - 0.2 for i in x], noted, 0.4, yerr=noted_err, capsize=3, label="noted")
-    ax.bar([i + 0.2 for i in x], meas, 0.4, yerr=meas_err, capsize=3, label="measured")
-    values = [v for v in noted + meas if not math.isnan(v)]
-    if values:
-        ax.set_ylim(max(0.0, min(values) - 3), min(100.0, max(values) + 2))
-    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    ax.set(ylabel="test accuracy (%)", title=f"{section}: noted vs measured")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    fig, ax = plt.subplots(figsize=(8.0, 1.2 + 0.32 * len(points)))
+    ys = list(range(len(points)))[::-1]  # first row on top
+    first = {"measured": True, "noted": True}
+    for y, (_, d, interval, noted) in zip(ys, points):
+        if d is not None:
+            xerr = [[d - interval[0]], [interval[1] - d]] if interval else None
+            ax.errorbar([d], [y], xerr=xerr, fmt="o", color="tab:blue", capsize=3,
+                        label="measured Δ, 95% interval" if first.pop("measured", False) else None)
+        if noted is not None:
+            ax.plot([noted], [y], "x", color="tab:red", markersize=8,
+                    label="noted Δ" if first.pop("noted", False) else None)
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(ys, [p[0] for p in points], fontsize=8)
+    ax.set_ylim(-0.7, len(points) - 0.3)
+    ax.set(xlabel="difference from the section baseline (points of test accuracy)",
+           title=f"{section}: difference from the baseline, measured vs noted")
+    ax.grid(axis="x", alpha=0.3)
+    if len(first) < 2:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -197,55 +323,38 @@ def section_chart(section: str, rows: list[Any], acc: dict[str, list[float]], pa
     write_atomic(path, buf.getvalue())
 
 
-def write_report(results_dir: Path, rows: list, conclusions: list, budget: str | None = None) -> Path:
+def write_report(results_dir: Path, rows: list, conclusions: list, budget: str | None = None,
+                 results_file: Path = DEFAULT_PATH) -> Path:
     """Write report.md and report-<section>.png into `results_dir`; returns report.md's path."""
     results_dir = Path(results_dir)
-    if not (results_dir / DB_NAME).is_file():
-        raise RunFolderError(f"no results in '{results_dir}' (no {DB_NAME}); run `bench replay --results "
-                             f"{results_dir}` first, or give the results folder it wrote")
-    all_records = Store(results_dir).records()
-    budget = choose_budget(all_records, budget)
-    by_id = {r.id: r for r in rows}
-    # runs of this budget and of each row's current recipe (a row edited in the table since is not mixed in)
-    used = [r for r in all_records if r["budget"] == budget and r["row_id"] in by_id
-            and r["recipe"] == by_id[r["row_id"]].stored_recipe]
-    by_row = latest(used)
-    acc = {r.id: [rec["test_acc"] for rec in by_row.get(r.id, [])] if r.status != "inexpressible" else []
-           for r in rows}
+    records = load_records(results_dir, results_file)
+    budget = choose_budget(records, budget)
+    m = Measures(rows, conclusions, used_records(records, rows, budget))
     sections: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
         sections[r.section].append(r)
 
-    def diff(a: str, b: str) -> tuple[float, tuple[float, float] | None] | None:
-        if not acc.get(a) or not acc.get(b):
-            return None
-        return welch(acc[a], acc[b])
-
-    verdicts = {}
-    for c in conclusions:
-        for rid in (c.row, c.versus):
-            if rid not in by_id:
-                raise ConfigError(f"conclusion '{c.id}' names row '{rid}', which is not among the rows given")
-        dv = diff(c.row, c.versus)
-        verdicts[c.id] = verdict(c.expect, dv[1] if dv else None)
-
-    kept = [rec for recs in by_row.values() for rec in recs if rec["row_id"] in by_id]
     out = ["# Bench report: the notes' numbers replayed", ""]
     if budget is None:
         out += ["No results stored yet: run `bench replay` first.", ""]
-    versions = sorted({r["code_version"] for r in kept})
-    checksums = sorted({r["dataset_checksum"] for r in kept})
-    out += [(f"Budget: **{budget or '-'}**; {len(kept)} runs; code "
-             f"{', '.join(versions) or '-'}; data {', '.join(checksums) or '-'}."), "",
-            ("Accuracy is test top-1 in %; measured is mean ± std over seeds (n); Δ is in points with a 95% "
+    versions = sorted({r["code_version"] for r in m.kept})
+    checksums = sorted({r["dataset_checksum"] for r in m.kept})
+    out += [(f"Budget: **{budget or '-'}**; {len(m.kept)} runs; code "
+             f"{', '.join(versions) or '-'}; data {', '.join(checksums) or '-'}."), ""]
+    if m.kept:
+        out += ["The numbers come from (code version, dataset checksum, budget, GPU: runs):", ""]
+        out += provenance(m.kept, m.newest) + [""]
+        if len(versions) > 1:
+            out += [f"Rows marked 'older code' hold runs of a code version other than the newest, {m.newest}.", ""]
+    out += [("Accuracy is test top-1 in %; measured is mean ± std over seeds (n); Δ is in points with a 95% "
              f"Welch interval; a 'same' conclusion is supported when the interval lies within ±{SAME_MARGIN} points."),
             "", "## Headline", ""]
     head = []
     for section, srows in sections.items():
-        gaps = [abs(statistics.fmean(acc[r.id]) - noted_value(r)) for r in srows
-                if acc[r.id] and noted_value(r) is not None]
-        sv = [verdicts[c.id] for c in conclusions if c.section == section]
-        head.append([section, str(len(srows)), str(sum(1 for r in srows if acc[r.id])),
+        gaps = [abs(statistics.fmean(m.acc[r.id]) - noted_value(r)) for r in srows
+                if m.acc[r.id] and noted_value(r) is not None]
+        sv = [m.verdicts[c.id] for c in conclusions if c.section == section]
+        head.append([section, str(len(srows)), str(sum(1 for r in srows if m.acc[r.id])),
                      f"{statistics.fmean(gaps):.2f}" if gaps else "-",
                      str(sv.count("supports")), str(sv.count("contradicts")), str(sv.count("cannot tell"))])
     out += table(["section", "rows", "measured", "mean \\|measured - noted\\|", "supports", "contradicts",
@@ -254,27 +363,63 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
         out += ["", f"## {section}", ""]
         lines = []
         for r in srows:
-            if r.baseline is None or r.baseline == r.id:
-                dcell = "baseline" if r.baseline == r.id else "-"
-            else:
-                dv = diff(r.id, r.baseline)
-                dcell = fmt_diff(*dv) if dv else "-"
             noted = "[no result]" if r.status == "unmeasured" or not r.noted else "/".join(f"{v:.2f}" for v in r.noted)
-            lines.append([r.id, recipe_cell(r), noted, measured_cell(r, by_row.get(r.id, [])), dcell,
-                          r.why if r.status != "inexpressible" else ""])
-        out += table(["row", "recipe", "noted", "measured", "Δ vs baseline", "remark"], lines)
+            lines.append([r.id, recipe_cell(r), noted, measured_cell(r, m.by_row.get(r.id, [])), m.baseline_cell(r),
+                          m.noted_diff_cell(r), m.verdict_cell(r), m.remark(r)])
+        out += table(["row", "recipe", "noted", "measured", "Δ vs baseline", "noted Δ", "verdicts", "remark"], lines)
         chart = results_dir / f"report-{section}.png"
-        section_chart(section, srows, acc, chart)
-        out += ["", f"![{section}: noted vs measured]({chart.name})"]
+        section_chart(section, m.chart_points(srows), chart)
+        out += ["", f"![{section}: difference from the baseline, measured vs noted]({chart.name})"]
         scon = [c for c in conclusions if c.section == section]
         if scon:
             clines = []
             for c in scon:
-                dv = diff(c.row, c.versus)
+                dv = m.diff(c.row, c.versus)
                 clines.append([c.text, c.row, c.versus, c.expect, fmt_diff(*dv) if dv else "not measured",
-                               verdicts[c.id]])
+                               m.verdicts[c.id]])
             out += ["", "Conclusions:", ""]
             out += table(["the notes say", "row", "versus", "expected", "measured Δ", "verdict"], clines)
     path = results_dir / "report.md"
     write_atomic(path, "\n".join(out) + "\n")
     return path
+
+
+def headline_markdown(records: list[dict], rows: list, conclusions: list, budget: str = "full") -> str:
+    """The README's table of the `budget` records: one line per row that has runs, then their provenance."""
+    m = Measures(rows, conclusions, used_records(records, rows, budget))
+    if not m.kept:
+        return f"No {budget}-budget runs recorded yet.\n"
+    lines = []
+    for r in rows:
+        recs = m.by_row.get(r.id)
+        if not recs:
+            continue
+        mean, std = mean_std(m.acc[r.id])
+        old = m.older(r)
+        lines.append([r.id + (f" (older code {', '.join(old)})" if old else ""), str(len(recs)),
+                      ", ".join(sorted({gpu_label(rec) for rec in recs})),
+                      "/".join(f"{v:.2f}" for v in r.noted) or "-",
+                      f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}",
+                      m.baseline_cell(r), m.noted_diff_cell(r), m.verdict_cell(r)])
+    out = table(["row", "seeds", "GPU", "noted", "measured mean ± std", "measured Δ vs baseline [95%]",
+                 "noted Δ", "verdicts"], lines)
+    out += ["", f"{len(m.kept)} {budget}-budget runs; the numbers come from:", ""] + provenance(m.kept, m.newest)
+    return "\n".join(out) + "\n"
+
+
+def replace_between_markers(path: Path, text: str) -> None:
+    """Replace the lines between the lines START and END of `path` by `text` (atomically; nothing else changes)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path} ({e.strerror}); give a file with the lines {START} and {END}") from None
+    lines = raw.decode("utf-8").splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip() == START]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ConfigError(f"{path} needs one line {START} and after it one line {END}, around the full-budget table")
+    body = "\n" + text.rstrip("\n") + "\n\n"
+    mode = os.stat(path).st_mode
+    write_atomic(path, "".join(lines[:starts[0] + 1]) + body + "".join(lines[ends[0]:]))
+    os.chmod(path, mode & 0o7777)  # write_atomic's temporary file is 0600

@@ -75,7 +75,7 @@ def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> 
     if recipe.test_subset is not None:
         idx = class_balanced_subset(test_labels, recipe.test_subset, recipe.seed)
         test_images, test_labels = test_images[idx], test_labels[idx]
-    test_dl = DeviceLoader(test_images, test_labels, **common)
+    test_dl = DeviceLoader(test_images, test_labels, **{**common, "bs": recipe.eval_bs})
     return device_dataloaders(train_dl, test_dl)
 
 
@@ -117,7 +117,9 @@ class TricksLearner(Learner):
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
 
     def _do_epoch_validate(self, ds_idx=1, dl=None):
-        with torch.inference_mode():
+        # a compiled model evaluates eagerly: a few large batches need no graphs of their own (no second
+        # compile, no CUDA-graph memory for them); torch's own switch for it is set_stance("force_eager")
+        with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
             return super()._do_epoch_validate(ds_idx, dl)
 
 
@@ -133,7 +135,9 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
     def opt_func(_params, lr):
         # groups from the model as it is now: tricks that add modules at before_fit call create_opt again
         groups = sgd_param_groups(learn.model, recipe.wd, recipe.wd_bn_bias)
-        sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        # fused: one kernel for the whole update on a CUDA GPU (torch's default elsewhere: foreach)
+        fused = True if dls.device.type == "cuda" else None
+        sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=fused)
         return OptimWrapper(opt=sgd)
 
     if tricks is None:  # the caller may pass the recipe's tricks it built already
@@ -141,10 +145,10 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
     callbacks = [TrainEvalCallback(), *tricks, *cbs]
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    if recipe.precision != "fp32":
+    if recipe.precision not in ("fp32", "auto"):
         callbacks.append(MixedPrecision(amp_mode=recipe.precision))
     if recipe.compile:
-        callbacks.append(CompileModel())
+        callbacks.append(CompileModel(mode=None if recipe.compile_mode == "auto" else recipe.compile_mode))
     if not any(isinstance(cb, LRSchedule) for cb in tricks):
         warmup_pct = recipe.warmup_epochs / recipe.epochs
         schedule = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=warmup_pct,
@@ -157,20 +161,24 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
 
 def check_speed(recipe: Recipe, device: torch.device) -> None:
     """Refuse speed settings the device cannot run (before anything is written)."""
-    if recipe.precision != "fp32" and device.type != "cuda":
+    if recipe.precision not in ("fp32", "auto") and device.type != "cuda":
         raise ConfigError(f"precision={recipe.precision} autocasts on a CUDA GPU (fastai's MixedPrecision), "
                           f"and the device is {device}; use precision=fp32 here")
 
 
 class CompileModel(Callback):
     """`torch.compile` the model in place (`nn.Module.compile`: the state_dict keeps its keys) once the
-    tricks that change the model (orders 1-7) have done so; compiled once, at the first fit."""
+    tricks that change the model (orders 1-7) have done so; compiled once, at the first fit. `mode` is
+    torch.compile's (None: its default; "reduce-overhead": CUDA graphs of the forward and backward)."""
 
     order = 8
 
+    def __init__(self, mode: str | None = None):
+        self.mode = mode
+
     def before_fit(self):
         if getattr(self.learn.model, "_compiled_call_impl", None) is None:
-            self.learn.model.compile()
+            self.learn.model.compile(mode=self.mode)
 
 
 def trained_model(recipe: Recipe, num_classes: int, in_chans: int, weights: Path,

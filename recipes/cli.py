@@ -26,11 +26,11 @@ from rich.table import Table
 from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
 from tricks.registry import TRICKS
-from recipes.recipe import Recipe
+from recipes.recipe import CHOICES, Recipe
 from tricks.errors import TrainingError, TricksError
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
-             "precision", "compile")
+             "precision", "compile", "compile_mode")
 
 
 class UsageError(Exception):
@@ -56,9 +56,14 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, help="train on a class-balanced subset of N images")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (CUDA only)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on)")
+    p.add_argument("--precision", choices=CHOICES["precision"],
+                   help="autocast precision: auto (default: bf16 on a CUDA GPU, fp32 elsewhere), fp32, bf16, fp16")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on a CUDA GPU only)")
+    p.add_argument("--compile-mode", choices=CHOICES["compile_mode"],
+                   help="torch.compile mode (default auto: reduce-overhead, i.e. CUDA graphs, on CUDA)")
 
 
 def build_parser() -> Parser:
@@ -165,6 +170,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
                       f"of {info['channels']}x{info['image_size'][0]}x{info['image_size'][1]}, "
                       f"{info['epochs']} epochs, device {info['device']}\nrun folder: {info['out']}",
                       highlight=False, soft_wrap=True)
+        for note in info.get("speed_notes", ()):
+            console.print(note, highlight=False, soft_wrap=True)
         if "resume" in info:
             if info["resume"]["note"]:
                 print(f"recipe: warning: {info['resume']['note']}", file=sys.stderr)

@@ -19,7 +19,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pad_mode": ("zeros", "reflect"),
     "normalize": ("dataset", "cifar", "half", "none"),
     "loss": ("ce",),
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "compile_mode": ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 # (low, high, low inclusive, high inclusive); None means unbounded.
@@ -37,6 +38,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "drop_rate": (0, 1, True, False),
     "subset": (1, None, True, True),
     "test_subset": (1, None, True, True),
+    "eval_bs": (1, None, True, True),
     "seed": (0, None, True, True),
 }
 
@@ -77,10 +79,13 @@ class Recipe:
     eta: float = 1e-4  # cosine floor
     step: str = "iter"  # schedule stepped per iteration or per epoch
     loss: str = "ce"  # one-hot cross entropy
-    # speed: how fast a run goes; precision also changes the arithmetic
-    channels_last: bool = False  # model and batches in channels-last memory format
-    precision: str = "fp32"  # bf16 / fp16: autocast on a CUDA GPU (fastai's MixedPrecision)
-    compile: bool = False  # torch.compile the model, after the tricks' model surgery
+    # speed: how fast a run goes; precision also changes the arithmetic. "auto" / None resolve per device
+    # (`recipes.speed.resolve_speed`: the fastest measured setting there) and config.json holds the result.
+    channels_last: bool = True  # model and batches in channels-last memory format (faster on CPU and GPU)
+    precision: str = "auto"  # auto = bf16 on a CUDA GPU, fp32 elsewhere; bf16 / fp16 autocast on CUDA only
+    compile: bool | None = None  # torch.compile the model after the tricks' model surgery; None = on CUDA only
+    compile_mode: str = "auto"  # torch.compile mode; auto = reduce-overhead (CUDA graphs) on CUDA
+    eval_bs: int = 1000  # images per evaluation batch (evaluation keeps no activations for a backward pass)
     # run
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu

@@ -41,6 +41,7 @@ from recipes.build import (
 from recipes.distributed import DistributedEnv, ddp_callbacks, is_main_process
 from recipes.nan_guard import StopOnNonFinite
 from recipes.recipe import Recipe
+from recipes.speed import resolve_speed
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
 from tricks.errors import ConfigError, RunFolderError
@@ -241,6 +242,7 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         callbacks, on_start = (lambda stats: []), (lambda info: None)
     device = env.device(resolve_device(recipe.device))
     check_speed(recipe, device)
+    recipe, speed_notes = resolve_speed(recipe, device)  # config.json holds what runs, not "auto"
     env.init(device)
     try:
         if data is None:  # each machine's first process fills the data cache, then the others read it
@@ -249,6 +251,8 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
             return train_generations(recipe, refine, out, data, device, callbacks=callbacks, on_start=on_start,
                                      resume=resume)
         extra, info = (ddp_callbacks(env), {"processes": env.world}) if env.enabled else ([], {})
+        if speed_notes:
+            info["speed_notes"] = speed_notes
         result, _ = fit_one(recipe, out, data, device, extra_cbs=extra, callbacks=callbacks, on_start=on_start,
                             info=info, checkpoint=not env.enabled, resume=resume)
     finally:

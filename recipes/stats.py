@@ -70,7 +70,8 @@ class EpochStats(Callback):
             self.train_loss, n = all_reduce_sum(self.train_loss, self.train_n)
             self.train_n = int(n.item())
         self._sync()
-        self.train_seconds += time.perf_counter() - self.train_start
+        self.epoch_train_seconds = time.perf_counter() - self.train_start
+        self.train_seconds += self.epoch_train_seconds
         self.train_images += self.train_n
 
     def after_validate(self):
@@ -90,6 +91,8 @@ class EpochStats(Callback):
             "test_acc": 100.0 * self.test_correct.item() / max(self.test_n, 1),
             "lr": self.learn.opt.hypers[0]["lr"],
             "seconds": time.perf_counter() - self.epoch_start,
+            "train_seconds": self.epoch_train_seconds,  # the training pass alone (not in metrics.csv)
+            "train_images": self.train_n,
         }
         self.records.append(record)
         for listener in self.listeners:

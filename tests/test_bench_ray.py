@@ -50,7 +50,7 @@ def test_replay_over_a_local_ray_head_stores_every_run_once(tmp_path, ray_head):
     results = tmp_path / "results"
     counts = replay(rows, budget="smoke", seeds=2, workers=1, results_dir=results, data=str(data), device="cpu",
                     ray_address=ray_head)
-    assert counts == {"done_before": 0, "ran": 6, "skipped_inexpressible": 2, "failed": 2}
+    assert counts == {"done_before": 0, "ran": 6, "skipped_inexpressible": 2, "failed": 2, "abandoned": 0, "not_started": 0}
     records = Store(results).records()
     assert sorted((r["row_id"], r["seed"]) for r in records) == [(f"S1.{c}", s) for c in "abc" for s in (0, 1)]
     assert {r["code_version"] for r in records} == {code_version()}
@@ -63,7 +63,7 @@ def test_replay_over_a_local_ray_head_stores_every_run_once(tmp_path, ray_head):
             assert (out / "model.pth").is_file() and (out / "metrics.csv").is_file()
     again = replay(rows, budget="smoke", seeds=2, workers=1, results_dir=results, data=str(data), device="cpu",
                    ray_address=ray_head)
-    assert again == {"done_before": 6, "ran": 0, "skipped_inexpressible": 2, "failed": 2}
+    assert again == {"done_before": 6, "ran": 0, "skipped_inexpressible": 2, "failed": 2, "abandoned": 0, "not_started": 0}
     assert len(Store(results).records()) == 6
 
 

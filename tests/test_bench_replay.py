@@ -72,7 +72,7 @@ def test_a_killed_replay_resumes_and_redoes_nothing_it_finished(tmp_path, tiny):
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     counts = json.loads(out.strip().splitlines()[-1])
-    assert counts == {"done_before": len(stored), "ran": 6 - len(stored), "skipped_inexpressible": 1, "failed": 0}
+    assert counts == {"done_before": len(stored), "ran": 6 - len(stored), "skipped_inexpressible": 1, "failed": 0, "abandoned": 0, "not_started": 0}
     records = Store(results).records()
     assert sorted((r["row_id"], r["seed"]) for r in records) == [(f"S1.{c}", 0) for c in "abcdef"]
     assert {r["code_version"] for r in records} == {code_version()}
@@ -95,13 +95,13 @@ def test_replay_in_process_counts_failures_and_redoes_a_stale_run_folder(tmp_pat
     lines: list[str] = []
     counts = replay(rows, budget="smoke", seeds=2, workers=1, results_dir=results, data=str(tiny), device="cpu",
                     progress=lines.append)
-    assert counts == {"done_before": 0, "ran": 2, "skipped_inexpressible": 2, "failed": 2}
+    assert counts == {"done_before": 0, "ran": 2, "skipped_inexpressible": 2, "failed": 2, "abandoned": 0, "not_started": 0}
     assert keys(results) == [("S2.a", 0), ("S2.a", 1)]
     assert "metrics.csv" in os.listdir(stale) and "left by" not in (stale / "metrics.csv").read_text()
     assert lines[0].startswith("4 runs to do (0 done before, 2 inexpressible skipped), budget smoke")
     assert sum(": failed: " in line and "S2.bad" in line for line in lines) == 2
     again = replay(rows, budget="smoke", seeds=2, workers=1, results_dir=results, data=str(tiny), device="cpu")
-    assert again == {"done_before": 2, "ran": 0, "skipped_inexpressible": 2, "failed": 2}
+    assert again == {"done_before": 2, "ran": 0, "skipped_inexpressible": 2, "failed": 2, "abandoned": 0, "not_started": 0}
 
 
 def test_replay_with_two_workers_stores_every_run_once(tmp_path, tiny, monkeypatch):
@@ -110,9 +110,74 @@ def test_replay_with_two_workers_stores_every_run_once(tmp_path, tiny, monkeypat
     monkeypatch.setenv("TRICKS_DATA", str(tmp_path / "shelf"))  # where a row naming its own dataset finds it
     rows = [row("S3.a"), row("S3.b", "baseline+onehot"), row("S3.c100", dataset="cifar100")]
     counts = replay(rows, budget="smoke", seeds=1, workers=2, results_dir=results, data=str(tiny), device="cpu")
-    assert counts == {"done_before": 0, "ran": 3, "skipped_inexpressible": 0, "failed": 0}
+    assert counts == {"done_before": 0, "ran": 3, "skipped_inexpressible": 0, "failed": 0, "abandoned": 0, "not_started": 0}
     assert keys(results) == [("S3.a", 0), ("S3.b", 0), ("S3.c100", 0)]
     checksums = {r["row_id"]: r["dataset_checksum"] for r in Store(results).records()}
     assert checksums["S3.a"] == checksums["S3.b"] != checksums["S3.c100"]
     config = json.loads((run_folder(results, "S3.c100", "smoke", 0, code_version()) / "config.json").read_text())
     assert config["num_classes"] == 100
+
+
+def test_priority_puts_the_argued_s9_rows_first_then_sections_downwards():
+    from bench.replay import PRIORITY, priority
+
+    rows = [row("S1.a"), row("S10.a"), row("S9.x"), row("S8.a"), row("S9.lastgamma.off"), row("S9.baseline"),
+            row("S2.a"), row("S9.y"), row("S8.b")]
+    assert [r.id for r in priority(rows)] == ["S9.baseline", "S9.lastgamma.off", "S9.x", "S9.y", "S8.a", "S8.b",
+                                              "S2.a", "S1.a", "S10.a"]
+    assert PRIORITY[:4] == ("S9.baseline", "S9.mixup.a0.3", "S9.finalbn", "S9.lastgamma.off")
+
+
+def test_until_abandons_at_the_deadline_and_the_next_replay_resumes_into_the_results_file(tmp_path, tiny,
+                                                                                          monkeypatch):
+    import bench.replay
+    from bench import results_file
+
+    calls = []
+
+    def clock():  # the deadline is set (1), the first job may start (2), then its first epoch ends past it (3, ...)
+        calls.append(1)
+        return time.time() + (0 if len(calls) <= 2 else 10_000)
+
+    monkeypatch.setattr(bench.replay, "_now", clock)
+    results, path = tmp_path / "results", tmp_path / "full.jsonl"
+    short = dict(epochs=3, warmup_epochs=1, subset=64, test_subset=64)
+    rows = [row("S9.baseline", **short), row("S9.finalbn", "baseline+finalbn", **short)]
+    lines: list[str] = []
+    counts = replay(rows, budget="full", seeds=1, workers=1, results_dir=results, data=str(tiny), device="cpu",
+                    until=600, results_path=path, progress=lines.append)
+    monkeypatch.undo()
+    # the first job starts (nothing predicts it yet), stops after its first epoch; the deadline has passed for the next
+    assert counts == {"done_before": 0, "ran": 0, "skipped_inexpressible": 0, "failed": 0, "abandoned": 1,
+                      "not_started": 1}
+    assert any("S9.baseline seed 0: abandoned: stopped at the deadline after epoch 1 of 3" in line for line in lines)
+    folder = run_folder(results, "S9.baseline", "full", 0, code_version())
+    assert (folder / "checkpoint.pth").exists() and not (folder / "model.pth").exists()
+    assert not path.exists() and keys(results) == []
+    counts = replay(rows, budget="full", seeds=1, workers=1, results_dir=results, data=str(tiny), device="cpu",
+                    results_path=path)
+    assert counts == {"done_before": 0, "ran": 2, "skipped_inexpressible": 0, "failed": 0, "abandoned": 0,
+                      "not_started": 0}
+    records = results_file.read(path)
+    assert [(r["row_id"], r["resumed"], r["epochs"], r["workers"], r["gpu"]) for r in records] == [
+        ("S9.baseline", True, 3, 1, None), ("S9.finalbn", False, 3, 1, None)]
+    assert all(r["budget"] == "full" and r["code_version"] == code_version() and r["device"] == "cpu" for r in records)
+    assert records[0]["speed"] == {"channels_last": True, "precision": "fp32", "compile": False,
+                                   "compile_mode": "default", "eval_bs": 1000}
+    # a run in the results file trained on this data counts as done, also with a fresh results folder
+    again = replay(rows, budget="full", seeds=1, workers=1, results_dir=tmp_path / "fresh", data=str(tiny),
+                   device="cpu", results_path=path)
+    assert again["done_before"] == 2 and again["ran"] == 0
+    # ... but not when the data differ (another checksum)
+    other = tmp_path / "other" / "cifar-10-batches-py"
+    write_cifar10(other, per_batch=14, n_test=70, seed=1)
+    assert replay(rows[:1], budget="full", seeds=1, workers=1, results_dir=tmp_path / "fresh2", data=str(other),
+                  device="cpu", results_path=path)["ran"] == 1
+
+
+def test_until_must_be_positive(tmp_path, tiny):
+    from tricks.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--until must be a positive number of seconds, got -1"):
+        replay([row("S1.a")], budget="smoke", seeds=1, workers=1, results_dir=tmp_path / "r", data=str(tiny),
+               device="cpu", until=-1)

@@ -50,7 +50,7 @@ def test_precision_is_fastais_mixed_precision_and_needs_cuda(tmp_path, capsys):
     assert main(["run", "baseline", "--precision", "fp16", "--device", "cpu", "--epochs", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "precision=fp16 autocasts on a CUDA GPU" in err and not out.exists()
-    with pytest.raises(ConfigError, match="precision='fp8' is not allowed; choose one of fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match="precision=.fp8. is not allowed; choose one of auto, fp32, bf16, fp16"):
         parse_recipe("baseline:precision=fp8")
 
 
@@ -86,3 +86,59 @@ def test_evaluation_runs_under_inference_mode_and_training_goes_on_after_it(tmp_
     assert {s for s in seen if s[0]} == {(True, False, True)}  # training: autograd on, not inference mode
     assert {s for s in seen if not s[0]} == {(False, True, False)}  # every evaluation batch in inference mode
     assert len([s for s in seen if not s[0]]) == 3 * len(dls.valid) and not torch.is_inference_mode_enabled()
+
+
+def test_auto_speed_settings_resolve_per_device(monkeypatch):
+    from recipes import speed
+
+    recipe = parse_recipe("baseline")
+    assert (recipe.channels_last, recipe.precision, recipe.compile, recipe.compile_mode) == (True, "auto", None, "auto")
+    cpu, notes = speed.resolve_speed(recipe, torch.device("cpu"))
+    assert (cpu.channels_last, cpu.precision, cpu.compile, cpu.compile_mode, notes) == (True, "fp32", False, "default", [])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda, notes = speed.resolve_speed(recipe, torch.device("cuda"))
+    assert (cuda.precision, cuda.compile, cuda.compile_mode, notes) == ("bf16", True, "reduce-overhead", [])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert speed.resolve_speed(recipe, torch.device("cuda"))[0].precision == "fp32"
+    named = parse_recipe("baseline", precision="fp32", compile=False, compile_mode="default", channels_last=False)
+    assert speed.resolve_speed(named, torch.device("cuda"))[0] == named  # what the user names is kept
+    monkeypatch.setitem(speed.CUDAGRAPH_UNSAFE, "mixup", "a host-side draw per step")
+    mixed, notes = speed.resolve_speed(parse_recipe("baseline+mixup"), torch.device("cuda"))
+    assert mixed.compile_mode == "default"
+    assert notes == ["compile_mode=default instead of reduce-overhead: mixup cannot run in a CUDA graph "
+                     "(a host-side draw per step)"]
+
+
+def test_config_json_holds_the_resolved_settings_and_the_cli_turns_them_off(tmp_path):
+    data = toy_data()
+    train(parse_recipe("baseline", **TOY), tmp_path / "a", data=data)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["channels_last"], config["precision"], config["compile"], config["eval_bs"]) == (True, "fp32", False, 1000)
+    from recipes.cli import build_parser, recipe_from
+
+    args = build_parser().parse_args(["run", "baseline", "--no-channels-last", "--no-compile", "--precision", "fp32",
+                                      "--compile-mode", "default"])
+    r = recipe_from(args)
+    assert (r.channels_last, r.compile, r.precision, r.compile_mode) == (False, False, "fp32", "default")
+
+
+def test_evaluation_of_a_compiled_model_runs_eagerly(tmp_path):
+    from fastai.callback.core import Callback
+
+    seen = []
+
+    class Stance(Callback):
+        def after_batch(self):
+            if not self.training:
+                seen.append(torch.compiler.is_compiling())
+
+    data = toy_data()
+    recipe = parse_recipe("baseline", compile=True, **{**TOY, "epochs": 1})
+    dls = build_dataloaders(recipe, data, torch.device("cpu"))
+    model = build_model(recipe, data)
+    learn = build_learner(recipe, dls, model, cbs=[Stance()])
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append((m.training, torch.compiler.is_compiling())))
+    learn.fit(1)
+    # training calls went through dynamo (traced: is_compiling inside the trace), evaluation ran the eager module
+    assert any(c for t, c in calls if t) and any(not t for t, c in calls) and not any(c for t, c in calls if not t)

@@ -1,0 +1,310 @@
+"""`bench perf --device cuda`: the fast path on one GPU, measured, each figure beside its reference.
+
+Four measurements, each chosen with `--only` (all by default), ResNet-20 v1, the `baseline` recipe at
+batch 256 on the whole training split, with the speed settings `recipe run` resolves on the GPU
+(`recipes.speed`: channels-last, bf16 autocast, torch.compile reduce-overhead, fused SGD):
+
+1. `speed`: `recipe run` (the fastai Learner and its callbacks) against `bench.perf.plain_fit`, a
+   hand-written loop doing the same work the same fast way, alternating sides, `repeats` fits each of
+   `epochs` epochs. Training img/s counts the epochs after the first (the first compiles and records
+   the CUDA graphs); the ratio is best recipe over best plain. Also: seconds per training epoch, the
+   seconds to evaluate the test split (plain loop, after the first epoch), the first epoch's seconds
+   (compile included), and the 200-epoch wall time they predict: first + 199 x (train + evaluate).
+2. `concurrency`: N = 1, 2, 4, 8 processes training `recipe run baseline` at once on the one GPU. Each
+   process compiles and trains one epoch, then waits at a barrier; all then train `epochs` more
+   epochs; aggregate img/s = N x epochs x images / (last end - release).
+3. `parity`: test accuracy after `parity_epochs` epochs in bf16 and fp32, `seeds` seeds each (four
+   processes at once), and the 95% Welch interval of bf16 - fp32.
+4. `modes`: the plain loop's training img/s for each torch.compile mode in `MODES` (and eager), one
+   process each, with its compile seconds (the first epoch's).
+
+Written by hand: no library measures a fastai Learner against its own plain-loop equivalent on a GPU.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from recipes.parse import parse_recipe
+
+MEASUREMENTS = ("speed", "concurrency", "parity", "modes")
+MODES = ("eager", "default", "reduce-overhead")
+GOAL_IMAGES_PER_SECOND = 120_000  # issue 11, on one H100: an epoch in under 0.42 s
+GOAL_EVAL_SECONDS = 0.05
+GOAL_RUN_SECONDS = 120.0
+GOAL_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class GpuSizes:
+    epochs: int = 4  # per fit in `speed` (the first one warms up)
+    repeats: int = 2
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    concurrency_epochs: int = 3  # after the barrier
+    parity_epochs: int = 30
+    parity_seeds: int = 2
+    parity_precisions: tuple[str, str] = ("bf16", "fp32")  # (low, reference); tests on the CPU use fp32 twice
+    mode_epochs: int = 3
+    subset: int | None = None  # None: the whole training split
+    test_subset: int | None = None
+    dataset: str = "cifar10"
+    bs: int = 256
+
+
+def _recipe(text: str = "baseline", *, epochs: int, sizes: GpuSizes, device: str, **values: Any):
+    return parse_recipe(text, epochs=epochs, device=device, subset=sizes.subset, test_subset=sizes.test_subset,
+                        dataset=sizes.dataset, bs=sizes.bs, **values)
+
+
+def _steady(train_seconds: list[float], images_per_epoch: int) -> float:
+    """img/s over the epochs after the first."""
+    rest = train_seconds[1:] or train_seconds
+    return images_per_epoch * len(rest) / sum(rest)
+
+
+def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    from bench.perf import plain_fit, recipe_fit
+
+    recipe = _recipe(epochs=sizes.epochs, sizes=sizes, device=device)
+    dev = torch.device(device)
+    plain, trainer = [], []
+    for r in range(sizes.repeats):
+        for side in (("plain", "recipe") if r % 2 == 0 else ("recipe", "plain")):
+            if side == "plain":
+                out = plain_fit(recipe, data, dev)
+                plain.append({"images_per_second": _steady(out["train_seconds"], out["train_images"]),
+                              "train_seconds": out["train_seconds"], "eval_seconds": out["eval_seconds"],
+                              "test_acc": out["test_acc"]})
+            else:
+                out = recipe_fit(recipe, data)
+                records = out["records"]
+                trainer.append({"images_per_second": _steady([e["train_seconds"] for e in records],
+                                                             records[-1]["train_images"]),
+                                "train_seconds": [e["train_seconds"] for e in records],
+                                "epoch_seconds": [e["seconds"] for e in records], "test_acc": out["test_acc"]})
+            last = (plain if side == "plain" else trainer)[-1]
+            log(f"speed: repeat {r + 1}, {side}: {last['images_per_second']:,.0f} train img/s")
+    best_recipe = max(trainer, key=lambda t: t["images_per_second"])
+    best_plain = max(plain, key=lambda t: t["images_per_second"])
+    epoch_s = data_images(recipe, data) / best_recipe["images_per_second"]
+    eval_s = min(s for p in plain for s in p["eval_seconds"][1:] or p["eval_seconds"])
+    first = best_recipe["epoch_seconds"][0]
+    steady_epoch = statistics.median(best_recipe["epoch_seconds"][1:] or best_recipe["epoch_seconds"])
+    return {"recipe": trainer, "plain": plain, "ratio": best_recipe["images_per_second"] / best_plain["images_per_second"],
+            "recipe_images_per_second": best_recipe["images_per_second"],
+            "plain_images_per_second": best_plain["images_per_second"],
+            "epoch_train_seconds": epoch_s, "eval_seconds": eval_s, "first_epoch_seconds": first,
+            "steady_epoch_seconds": steady_epoch, "predicted_200_epoch_seconds": first + 199 * steady_epoch,
+            "setup": f"baseline, batch {recipe.bs}, {sizes.epochs} epochs x {sizes.repeats} per side"}
+
+
+def data_images(recipe, data) -> int:
+    n = recipe.subset or len(data.train)
+    return n // recipe.bs * recipe.bs
+
+
+def _child(target, queue, *args) -> None:
+    """Run `target(*args)` in a spawned process and put its result, or its error as one line, on `queue`."""
+    try:
+        queue.put(target(*args))
+    except BaseException as e:  # the parent reports it; a child must never leave the parent waiting
+        queue.put({"error": f"{type(e).__name__}: {' '.join(str(e).split())}"})
+
+
+def _start(ctx, target, queue, *args):
+    proc = ctx.Process(target=_child, args=(target, queue, *args))
+    proc.start()
+    return proc
+
+
+def _collect(queue, procs, timeout: float) -> list[Any]:
+    """One result per process; a child's error (or a child gone without a result) raises a TricksError."""
+    import queue as queues
+
+    from tricks.errors import TrainingError
+
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < len(procs):
+        try:
+            item = queue.get(timeout=5)
+        except queues.Empty:
+            if time.monotonic() > deadline or all(p.exitcode is not None for p in procs):
+                raise TrainingError(f"{len(procs) - len(got)} of {len(procs)} measuring processes gave no result") from None
+            continue
+        if isinstance(item, dict) and "error" in item:
+            for p in procs:
+                p.kill()
+            raise TrainingError(f"a measuring process failed: {item['error']}")
+        got.append(item)
+    for p in procs:
+        p.join()
+    return got
+
+
+def _barrier_child(n: int, barrier, data_arg: tuple[str, str | None], epochs: int, sizes: GpuSizes, device: str) -> None:
+    from fastai.callback.core import Callback
+
+    from recipes.run import train
+    from tricks.data import load_dataset
+
+    class Wait(Callback):
+        order = 99
+
+        def after_epoch(self):
+            if self.epoch == 0:
+                torch.cuda.synchronize() if device.startswith("cuda") else None
+                barrier.wait()
+                self.released = time.time()
+
+    data = load_dataset(*data_arg)
+    wait = Wait()
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="gpu-perf-") as tmp:
+        result = train(_recipe(epochs=epochs + 1, sizes=sizes, device=device), Path(tmp) / "run", data=data,
+                       callbacks=lambda stats: [wait])
+    return {"released": wait.released, "ended": time.time(), "test_acc": result["test_acc"],
+            "images": epochs * data_images(_recipe(epochs=2, sizes=sizes, device=device), data)}
+
+
+def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for n in sizes.concurrency:
+        barrier, queue = ctx.Barrier(n), ctx.Queue()
+        procs = [_start(ctx, _barrier_child, queue, n, barrier, data_arg, sizes.concurrency_epochs, sizes, device)
+                 for _ in range(n)]
+        results = _collect(queue, procs, 900)
+        window = max(r["ended"] for r in results) - min(r["released"] for r in results)
+        images = sum(r["images"] for r in results)
+        out[str(n)] = {"processes": n, "aggregate_images_per_second": images / window, "window_seconds": window,
+                       "per_process_images_per_second": images / window / n}
+        log(f"concurrency {n}: {images / window:,.0f} img/s aggregate ({images / window / n:,.0f} per process)")
+    best = max(out.values(), key=lambda v: v["aggregate_images_per_second"])
+    return {"runs": out, "best_processes": best["processes"],
+            "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}
+
+
+def _parity_child(side: int, precision: str, seed: int, data_arg: tuple[str, str | None], sizes: GpuSizes, device: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from recipes.run import train
+    from tricks.data import load_dataset
+
+    data = load_dataset(*data_arg)
+    with tempfile.TemporaryDirectory(prefix="gpu-parity-") as tmp:
+        r = train(_recipe(epochs=sizes.parity_epochs, sizes=sizes, device=device, precision=precision, seed=seed),
+                  Path(tmp) / "run", data=data)
+    return side, precision, seed, r["test_acc"], r["seconds"]
+
+
+def parity(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> dict[str, Any]:
+    from bench.report import welch
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    low, high = sizes.parity_precisions
+    jobs = [(i, p, s) for i, p in enumerate((low, high)) for s in range(sizes.parity_seeds)]
+    procs = [_start(ctx, _parity_child, queue, i, p, s, data_arg, sizes, device) for i, p, s in jobs]
+    got = sorted(tuple(g) for g in _collect(queue, procs, 1800))
+    acc = [[g[3] for g in got if g[0] == i] for i in (0, 1)]
+    d, interval = welch(acc[0], acc[1])
+    for _, prec, seed, a, sec in got:
+        log(f"parity {prec} seed {seed}: {a:.2f}% after {sizes.parity_epochs} epochs ({sec:.0f} s)")
+    return {"precisions": [low, high], "bf16_test_acc": acc[0], "fp32_test_acc": acc[1], "difference": d,
+            "interval95": interval,
+            "within_noise": interval is not None and interval[0] <= 0 <= interval[1],
+            "setup": f"baseline, {sizes.parity_epochs} epochs, seeds 0..{sizes.parity_seeds - 1}, 4 runs at once"}
+
+
+def _mode_child(mode: str, data_arg: tuple[str, str | None], sizes: GpuSizes, device: str) -> None:
+    from bench.perf import plain_fit
+    from tricks.data import load_dataset
+
+    data = load_dataset(*data_arg)
+    values = {"compile": False} if mode == "eager" else {"compile": True, "compile_mode": mode}
+    recipe = _recipe(epochs=sizes.mode_epochs, sizes=sizes, device=device, **values)
+    out = plain_fit(recipe, data, torch.device(device))
+    return {"mode": mode, "images_per_second": _steady(out["train_seconds"], out["train_images"]),
+            "first_epoch_seconds": out["train_seconds"][0]}
+
+
+def modes(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for mode in MODES:  # one at a time: each alone on the GPU
+        queue = ctx.Queue()
+        out[mode] = _collect(queue, [_start(ctx, _mode_child, queue, mode, data_arg, sizes, device)], 900)[0]
+        log(f"mode {mode}: {out[mode]['images_per_second']:,.0f} train img/s, first epoch "
+            f"{out[mode]['first_epoch_seconds']:.1f} s")
+    return {"modes": out, "fastest": max(out, key=lambda m: out[m]["images_per_second"])}
+
+
+def gpu_name(device: str) -> str | None:
+    dev = torch.device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+
+
+def run_gpu_perf(data, data_arg: str | None, *, device: str = "cuda", only: tuple[str, ...] = MEASUREMENTS,
+                 sizes: GpuSizes = GpuSizes(), log=print) -> dict[str, Any]:
+    """The measurements named in `only`; the dict written to perf-cuda.json. `data` is the loaded dataset
+    (`sizes.dataset` from `data_arg`, a path or None), which child processes load again from its cache."""
+    out: dict[str, Any] = {"device": device, "gpu": gpu_name(device), "torch": torch.__version__,
+                           "sizes": asdict(sizes)}
+    start = time.perf_counter()
+    if "speed" in only:
+        out["speed"] = speed(data, sizes, device, log)
+    source = (sizes.dataset, data_arg)
+    if "concurrency" in only:
+        out["concurrency"] = concurrency(source, sizes, device, log)
+    if "parity" in only:
+        out["parity"] = parity(source, sizes, device, log)
+    if "modes" in only:
+        out["modes"] = modes(source, sizes, device, log)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def markdown(perf: dict[str, Any]) -> str:
+    """The README's GPU table: each figure, its reference or goal, and the command."""
+    lines = [f"# bench perf --device cuda ({perf['gpu']}, torch {perf['torch']}, {perf['seconds']:.0f} s)", "",
+             "| measurement | measured | reference / goal |", "|---|---|---|"]
+    s = perf.get("speed")
+    if s:
+        lines += [
+            f"| `recipe run baseline` train img/s ({s['setup']}) | {s['recipe_images_per_second']:,.0f} | "
+            f"goal >= {GOAL_IMAGES_PER_SECOND:,} |",
+            f"| plain fast PyTorch loop, same work, train img/s | {s['plain_images_per_second']:,.0f} | - |",
+            f"| recipe / plain loop | **{s['ratio']:.3f}** | goal >= {GOAL_RATIO} |",
+            f"| seconds per training epoch (50,000 images) | {s['epoch_train_seconds']:.3f} | goal < 0.42 |",
+            f"| seconds to evaluate the test split | {s['eval_seconds']:.3f} | goal < {GOAL_EVAL_SECONDS} |",
+            f"| first epoch, compile included (s) | {s['first_epoch_seconds']:.1f} | - |",
+            f"| 200 epochs predicted: first + 199 x steady epoch incl. evaluation (s) | "
+            f"{s['predicted_200_epoch_seconds']:.0f} | goal < {GOAL_RUN_SECONDS:.0f} |"]
+    c = perf.get("concurrency")
+    if c:
+        base = c["runs"].get("1", {}).get("aggregate_images_per_second")
+        for n, v in c["runs"].items():
+            rel = f"{v['aggregate_images_per_second'] / base:.2f}x one run" if base else "-"
+            lines.append(f"| {n} runs at once: aggregate train img/s | {v['aggregate_images_per_second']:,.0f} | {rel} |")
+    p = perf.get("parity")
+    if p:
+        ci = f"[{p['interval95'][0]:+.2f}, {p['interval95'][1]:+.2f}]" if p["interval95"] else "(n<2)"
+        lines.append(f"| bf16 - fp32 test accuracy ({p['setup']}): bf16 "
+                     f"{' / '.join(f'{a:.2f}' for a in p['bf16_test_acc'])}, fp32 "
+                     f"{' / '.join(f'{a:.2f}' for a in p['fp32_test_acc'])} | {p['difference']:+.2f} {ci} | "
+                     f"within seed noise: {'yes' if p['within_noise'] else 'no'} |")
+    m = perf.get("modes")
+    if m:
+        for mode, v in m["modes"].items():
+            lines.append(f"| plain loop, compile mode {mode}: train img/s (first epoch s) | "
+                         f"{v['images_per_second']:,.0f} ({v['first_epoch_seconds']:.1f}) | "
+                         f"{'fastest' if mode == m['fastest'] else '-'} |")
+    return "\n".join(lines) + "\n"

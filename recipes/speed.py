@@ -1,0 +1,49 @@
+"""The speed settings of a run, resolved for the device it trains on.
+
+A recipe says `precision=auto`, `compile=None` (auto) and `compile_mode=auto` unless the user names a
+setting; `resolve_speed` turns them into what runs, the fastest measured setting on that device
+(`bench perf --device cuda`, README "GPU"), and `recipes.run.train` writes the resolved recipe to
+config.json:
+
+| setting      | CUDA GPU                                    | CPU                                   |
+|--------------|---------------------------------------------|---------------------------------------|
+| channels_last| true (the recipe's default everywhere)      | true (ResNet-20 trains ~25% faster)   |
+| precision    | bf16 autocast (fp32 where bf16 is missing)  | fp32 (autocast is CUDA-only here)     |
+| compile      | on                                          | off (a compile takes minutes on a few cores) |
+| compile_mode | reduce-overhead: inductor + CUDA graphs     | -                                     |
+
+Under bf16 autocast the convolutions and the classifier run in bf16; BatchNorm keeps fp32 statistics
+and weights, and the loss is computed on fp32 logits (fastai's `MixedPrecision.after_pred`).
+`--precision fp32 --no-compile` (or `precision=fp32,compile=false` in the recipe) is the plain path.
+"""
+from __future__ import annotations
+
+import torch
+
+from recipes.recipe import Recipe
+
+CUDA_COMPILE_MODE = "reduce-overhead"  # the fastest mode measured for ResNet-20 by `bench perf --device cuda`
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Tricks whose training step cannot be captured in a CUDA graph, with why; a run with one of them compiles
+# without CUDA graphs (one line says so). Every registered trick's random draws happen on the device, inside
+# or outside the model, so none is listed today; the mechanism is kept for tricks that do host work per step.
+CUDAGRAPH_UNSAFE: dict[str, str] = {}
+
+
+def resolve_speed(recipe: Recipe, device: torch.device) -> tuple[Recipe, list[str]]:
+    """`recipe` with its auto speed settings decided for `device`, and the lines that say what changed."""
+    cuda = device.type == "cuda"
+    notes: list[str] = []
+    precision = recipe.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    compile_on = cuda if recipe.compile is None else recipe.compile
+    mode = recipe.compile_mode
+    if mode == "auto":
+        mode = CUDA_COMPILE_MODE if cuda else "default"
+        unsafe = [(name, CUDAGRAPH_UNSAFE[name]) for name, _ in recipe.tricks if name in CUDAGRAPH_UNSAFE]
+        if compile_on and unsafe and mode in CUDAGRAPH_MODES:
+            mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+            notes.append(f"compile_mode={mode} instead of {CUDA_COMPILE_MODE}: {unsafe[0][0]} cannot run in a "
+                         f"CUDA graph ({unsafe[0][1]})")
+    return recipe.replace(precision=precision, compile=compile_on, compile_mode=mode), notes
