@@ -236,7 +236,8 @@ def test_bad_values(kwargs, match):
     ("resnet20", dict(stem="conv3x3s2"), "stem"),
     ("preact_resnet20", dict(drop_rate=0.1), "drop_rate"),
     ("wrn16_4", dict(stem="conv3x3s1-nomaxpool"), "stem"),
-    ("timm:resnet18", dict(shortcut="conv3x3"), "shortcut"),
+    ("timm:test_vit", dict(shortcut="conv3x3"), "shortcut"),
+    ("timm:test_efficientnet", dict(shortcut="conv3x3"), "shortcut"),
     ("timm:test_efficientnet", dict(zero_init_last=True), "zero_init_last"),
     ("timm:test_vit", dict(bn_momentum=0.01), "bn_momentum"),
 ])
@@ -309,3 +310,97 @@ def test_timm_non_resnet(name):
 def test_timm_stem_refused_for_patch_embedding():
     with pytest.raises(ConfigError, match="conv3x3s2.*'timm:test_vit'.*stride-2"):
         create_model("timm:test_vit", num_classes=10, stem="conv3x3s2")
+
+
+# ---------------------------------------------------------------- timm: S4's 3x3 shortcut, S5's pre-act stem
+
+IMAGENET18 = (64, 64, 128, 256, 512)  # ResNet-18: stem, 4 stages of 2 basic blocks
+
+
+def shortcut_convs(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if ".downsample." in n and isinstance(m, nn.Conv2d)}
+
+
+@pytest.mark.parametrize("shortcut,k", [("conv1x1", 1), ("conv3x3", 3)])
+def test_timm_resnet18_shortcut(shortcut, k):
+    model = create_model("timm:resnet18", num_classes=10, stem="conv3x3s1-nomaxpool", shortcut=shortcut)
+    sc = shortcut_convs(model)
+    assert sorted(sc) == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]
+    for name, conv in sc.items():
+        assert type(conv) is nn.Conv2d
+        assert conv.kernel_size == (k, k) and conv.stride == (2, 2) and conv.padding == (k // 2, k // 2)
+        assert conv.bias is None and conv.out_channels == 2 * conv.in_channels
+        block = model.get_submodule(name.rsplit(".downsample.", 1)[0])
+        assert [type(m) for m in block.downsample] == [nn.Conv2d, nn.BatchNorm2d]  # norm kept
+    assert all(b.downsample is None for b in (model.layer1[0], model.layer1[1], model.layer4[1]))
+    # exactly the architecture's count: 3x3 stride-1 stem + BN, 8 basic blocks, projections conv (k) + BN, fc
+    assert n_params(model) == expected_params(2, IMAGENET18, preact=False, k_sc=k)
+    assert n_params(model) == (12_550_218 if k == 3 else 11_173_962)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0 for conv in sc.values())
+    with torch.no_grad():
+        assert model.eval().forward_features(x).shape == (2, 512, 4, 4)
+
+
+def test_timm_shortcut_init_and_avg_down():
+    model = create_model("timm:resnet18", num_classes=10, shortcut="conv3x3")
+    w = model.layer2[0].downsample[0].weight  # kaiming fan_out: std sqrt(2 / (128 * 9))
+    assert w.std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.1)
+    deep = create_model("timm:resnet26d", num_classes=10, shortcut="conv3x3")  # avg-down: pool, conv, BN
+    ds = deep.layer2[0].downsample
+    assert [type(m) for m in ds] == [nn.AvgPool2d, nn.Conv2d, nn.BatchNorm2d]
+    assert ds[1].kernel_size == (3, 3) and ds[1].stride == (1, 1) and ds[1].padding == (1, 1)
+    assert deep(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("stem,pool,feat32", [
+    ("default", True, 1), ("conv3x3s2", True, 1), ("conv3x3s2-nomaxpool", False, 2), ("conv3x3s1-nomaxpool", False, 4),
+])
+def test_timm_resnetv2_18_stems(stem, pool, feat32):
+    model = create_model("timm:resnetv2_18", num_classes=10, stem=stem)
+    k, stride = (7, 2) if stem == "default" else (3, 1 if "s1" in stem else 2)
+    assert list(model.stem._modules) == ["conv", "pool"]
+    assert type(model.stem.conv) is nn.Conv2d
+    assert model.stem.conv.kernel_size == (k, k) and model.stem.conv.stride == (stride, stride)
+    assert model.stem.conv.in_channels == 3 and model.stem.conv.out_channels == 64
+    assert type(model.stem.pool) is (nn.MaxPool2d if pool else nn.Identity)
+    with torch.no_grad():
+        assert model.eval().forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 512, feat32, feat32)
+
+
+@pytest.mark.parametrize("shortcut,k", [("conv1x1", 1), ("conv3x3", 3)])
+def test_timm_resnetv2_18_preact_32x32(shortcut, k):
+    """S5's model: timm's pre-activation ResNet-18 with S3's 3x3 stride-1 stem and no max-pool."""
+    model = create_model("timm:resnetv2_18", num_classes=10, stem="conv3x3s1-nomaxpool", shortcut=shortcut)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert isinstance(model.stem.pool, nn.Identity)
+    sc = shortcut_convs(model)
+    assert sorted(sc) == [f"stages.{i}.blocks.0.downsample.conv" for i in (1, 2, 3)]
+    for name, conv in sc.items():
+        assert type(conv) is nn.Conv2d and conv.kernel_size == (k, k) and conv.stride == (2, 2)
+        assert isinstance(model.get_submodule(name[: -len("conv")] + "norm"), nn.Identity)  # pre-act: no norm
+    # pre-act: plain-conv stem, BN before each conv, projections conv only, final BN, fc
+    assert n_params(model) == expected_params(2, IMAGENET18, preact=True, k_sc=k)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert model.stem.conv.weight.grad.abs().sum() > 0
+
+
+def test_timm_resnetv2_18_options_with_bn_momentum_and_zero_init_last():
+    model = create_model("timm:resnetv2_18", num_classes=10, stem="conv3x3s1-nomaxpool", bn_momentum=0.01,
+                         zero_init_last=True)  # timm's pre-act zero_init_last zeros conv2
+    assert bns(model) and all(m.momentum == 0.01 for m in bns(model))
+    assert all(torch.all(b.conv2.weight == 0) for stage in model.stages for b in stage.blocks)
+
+
+def test_timm_bit_fixed_stem_pad_goes_with_the_pool_and_std_conv_shortcut_is_refused():
+    model = create_model("timm:resnetv2_50x1_bit", num_classes=10, stem="conv3x3s1-nomaxpool").eval()
+    assert isinstance(model.stem.pad, nn.Identity) and isinstance(model.stem.pool, nn.Identity)
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
+    with pytest.raises(ConfigError, match="shortcut='conv3x3' cannot handle model 'timm:resnetv2_50x1_bit'.*StdConv2d"):
+        create_model("timm:resnetv2_50x1_bit", num_classes=10, shortcut="conv3x3")
