@@ -63,6 +63,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
     counts = replay(rows, budget=args.budget, seeds=args.seeds, workers=args.workers, results_dir=Path(args.results),
                     data=args.data, dataset=args.dataset, device=args.device, ray_address=args.ray,
                     until=args.until, results_path=Path(args.results_file) if args.results_file else DEFAULT_PATH,
+                    compile_mode=args.compile_mode, start_late=args.start_late,
                     progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()), highlight=False)
     if counts.get("failed"):
@@ -156,6 +157,12 @@ def build_parser() -> Parser:
     rp.add_argument("--until", type=float, metavar="SECONDS",
                     help="start no run that would not finish within SECONDS from now; stop running ones then "
                          "(after their epoch's checkpoint; the next replay resumes them)")
+    rp.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune",
+                                               "max-autotune-no-cudagraphs"),
+                    help="torch.compile mode for every run (default: each recipe's, auto)")
+    rp.add_argument("--start-late", action="store_true",
+                    help="with --until: start runs up to the deadline even if they cannot finish by then (a "
+                         "later replay on the same --results resumes them)")
     rp.add_argument("--results-file", metavar="PATH",
                     help="the text file full-budget runs are also appended to (default: bench/results/full.jsonl)")
     rp.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
@@ -193,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "seeds", 1) < 1 or (getattr(args, "workers", 1) or 1) < 1:
-            raise UsageError(f"--seeds and --workers must be at least 1, got --seeds {args.seeds} "
-                             f"--workers {args.workers}")
+        workers = getattr(args, "workers", 1)
+        if getattr(args, "seeds", 1) < 1 or (workers is not None and workers < 1):
+            shown = "" if workers is None else f" --workers {workers}"
+            raise UsageError(f"--seeds and --workers must be at least 1, got --seeds {args.seeds}{shown}")
         {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)

@@ -39,12 +39,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fastai.torch_core import set_seed
 
 from recipes.build import build_dataloaders, build_model, resolve_device, sgd_param_groups
 from recipes.parse import parse_recipe
 from recipes.recipe import Recipe
-from recipes.speed import resolve_speed
+from recipes.speed import resolve_speed, seed_everything
 from tricks.data import ImageData
 from tricks.errors import TricksError
 from tricks.files import write_atomic
@@ -104,7 +103,7 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str
     recipe, _ = resolve_speed(recipe, device)
     if recipe.precision == "fp16":
         raise ValueError("plain_fit runs fp32 and bf16 (fp16 needs a gradient scaler)")
-    set_seed(recipe.seed, reproducible=True)
+    seed_everything(recipe.seed, device)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
     if recipe.channels_last:

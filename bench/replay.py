@@ -63,6 +63,7 @@ class Job:
     workers: int = 1  # runs training at once where this one trains (recorded with the result)
     deadline: float | None = None  # `_now()` at which a job still training stops (abandoned)
     results_file: Path | None = None  # where a full-budget record is also appended (bench.results_file)
+    compile_mode: str | None = None  # overrides the recipe's torch.compile mode (None: the recipe's, auto)
 
 
 def run_folder(results_dir: Path, row_id: str, budget: str, seed: int, version: str) -> Path:
@@ -138,6 +139,8 @@ def train_job(job: Job) -> dict[str, Any]:
     from recipes.run import train
 
     recipe = row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset, device=job.device)
+    if job.compile_mode is not None:  # a speed setting: the results key stays the row's
+        recipe = recipe.replace(compile_mode=job.compile_mode)
     images, checksum = loaded(recipe.dataset, recipe.data)  # a row may name its own dataset
     out = run_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
     resume = out.exists() and _resumable(out, refine_params(recipe) is not None)
@@ -259,13 +262,17 @@ def default_workers(device: str) -> int:
 def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_dir: Path, data: str | None,
            dataset: str = "cifar10", device: str = "auto", ray_address: str | None = None,
            until: float | None = None, results_path: Path | None = results_file.DEFAULT_PATH,
-           progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
+           compile_mode: str | None = None, start_late: bool = False, progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
     """Run every (row, seed 0..seeds-1) the results do not hold for this budget, code and data; returns counts.
 
     Rows run in `priority` order. With `ray_address` the jobs run as tasks of that Ray cluster
     (`bench.ray_cluster`) instead of `workers` local processes (None: `default_workers(device)`).
     `until`: seconds from now after which no job starts and running ones stop (module docstring).
     `results_path`: the results file a full-budget record is also appended to (None: none).
+    `compile_mode`: a torch.compile mode for every run instead of the recipe's (a speed setting; the
+    record's `speed` says what ran). `start_late`: start runs until the deadline even when they cannot
+    finish by then (a later replay on the same results folder, e.g. the next call on a machine that stays
+    up, resumes them), instead of leaving them for lack of time.
 
     Counts are of (row, seed) jobs: 'done_before' (already stored), 'ran' (trained and stored now),
     'skipped_inexpressible' (rows the notes' setting cannot be expressed for), 'failed' (raised a
@@ -304,7 +311,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
                 else:
                     jobs.append(Job(row, budget, seed, results_dir, None if data is None else str(data),
                                     dataset, device, version, workers=workers, deadline=deadline,
-                                    results_file=results_path))
+                                    results_file=results_path, compile_mode=compile_mode))
         progress(f"{len(jobs)} runs to do ({counts['done_before']} done before, "
                  f"{counts['skipped_inexpressible']} inexpressible skipped), budget {budget}, code {version}"
                  + (f", {workers} at once" if workers > 1 else "") + (f", until {until:g} s from now" if until else ""))
@@ -313,7 +320,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
 
             outcomes = ray_outcomes(jobs, ray_address)
         else:
-            outcomes = _outcomes(jobs, workers, deadline, counts)
+            outcomes = _outcomes(jobs, workers, deadline, counts, predict=not start_late)
         for i, (job, record, error) in enumerate(outcomes, 1):
             name = f"[{i}/{len(jobs)}] {job.row.id} seed {job.seed}"
             if error is None:
@@ -354,14 +361,14 @@ def _units(job: Job) -> float:
         return 1.0
 
 
-def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dict[str, int]):
+def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dict[str, int], predict: bool = True):
     """The jobs' outcomes as they finish: in this process for one worker, else from `workers` spawned
     processes. A job starts only while the time left is at least what the finished jobs predict for it
     (their seconds per epoch, the slowest of them, times its epochs); the rest count as 'not_started'."""
     per_unit: list[float] = []
 
     def fits(job: Job) -> bool:
-        if deadline is None or not per_unit:
+        if deadline is None or not per_unit or not predict:
             return True
         return _now() + max(per_unit) * _units(job) <= deadline
 

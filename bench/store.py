@@ -12,8 +12,7 @@ decide what a run trains and measures (`SOURCES`: every .py of `tricks/` and `re
 modules are left out on purpose: they change no number, and editing them must not force a replay of
 days of results. The row's recipe (its string and options, as in `bench/ablations.toml`) is part of
 the key, so a row whose recipe is edited in the table replays again while the others stay done.
-`dataset_checksum(data)` names the data, reusing the tensor cache's fingerprint of the dataset's
-source.
+`dataset_checksum(data)` names the data by a hash of its decoded images and labels.
 """
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from tricks.data import ImageData
-from tricks.data.cache import cache_key, fingerprint
 from tricks.errors import ConfigError, RunFolderError
 
 DB_NAME = "results.sqlite"
@@ -169,10 +167,9 @@ def short_version(version: str) -> str:
 
 
 def dataset_checksum(data: ImageData) -> str:
-    """The tensor cache's key of the data's source (files, sizes, mtimes); in-memory data: a hash of its tensors."""
-    source = Path(data.source)
-    if source.exists():
-        return cache_key(data.name, data.format, fingerprint(source), None)
+    """A sha256 of the decoded data: the dataset's name and classes, then every image and label of the train
+    and the test split (`tensors-` + 24 hex). The same images give the same checksum on any machine, wherever
+    the files lie and whatever their times, so results from a GPU machine and a clean clone compare."""
     h = hashlib.sha256(json.dumps([data.name, list(data.classes)]).encode())
     for split in (data.train, data.test):
         h.update(split.images.contiguous().numpy().tobytes())

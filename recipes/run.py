@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from fastai.callback.core import Callback
-from fastai.torch_core import set_seed
 
 from recipes import checkpoint as ckpt
 from recipes.build import (
@@ -41,7 +40,7 @@ from recipes.build import (
 from recipes.distributed import DistributedEnv, ddp_callbacks, is_main_process
 from recipes.nan_guard import StopOnNonFinite
 from recipes.recipe import Recipe
-from recipes.speed import resolve_speed
+from recipes.speed import resolve_speed, seed_everything
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
 from tricks.errors import ConfigError, RunFolderError
@@ -135,7 +134,7 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     `checkpoint`: write `checkpoint.pth` (one process only); `resume`: continue from the folder's
     checkpoint, whose config must be this run's (`recipes.checkpoint`).
     """
-    set_seed(recipe.seed, reproducible=True)
+    seed_everything(recipe.seed, device)
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
     tricks = build_tricks(recipe)

@@ -11,6 +11,11 @@ config.json:
 | precision    | bf16 autocast (fp32 where bf16 is missing)  | fp32 (autocast is CUDA-only here)     |
 | compile      | on                                          | off (a compile takes minutes on a few cores) |
 | compile_mode | reduce-overhead: inductor + CUDA graphs     | -                                     |
+| cuDNN        | benchmark: the fastest algorithm per shape  | deterministic (CPU runs repeat to the bit) |
+
+`seed_everything` seeds every generator (fastai's `set_seed`) and sets the cuDNN row: a CUDA run repeats
+its seed's data order and augmentation but not its last bits (cuDNN's fastest algorithms may be
+non-deterministic), as the GPU trainers the issue compares with do.
 
 Under bf16 autocast the convolutions and the classifier run in bf16; BatchNorm keeps fp32 statistics
 and weights, and the loss is computed on fp32 logits (fastai's `MixedPrecision.after_pred`).
@@ -19,6 +24,7 @@ and weights, and the loss is computed on fp32 logits (fastai's `MixedPrecision.a
 from __future__ import annotations
 
 import torch
+from fastai.torch_core import set_seed
 
 from recipes.recipe import Recipe
 
@@ -47,3 +53,12 @@ def resolve_speed(recipe: Recipe, device: torch.device) -> tuple[Recipe, list[st
             notes.append(f"compile_mode={mode} instead of {CUDA_COMPILE_MODE}: {unsafe[0][0]} cannot run in a "
                          f"CUDA graph ({unsafe[0][1]})")
     return recipe.replace(precision=precision, compile=compile_on, compile_mode=mode), notes
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """fastai's `set_seed`, reproducible (deterministic cuDNN) on the CPU; on CUDA cuDNN benchmarks."""
+    cuda = device.type == "cuda"
+    set_seed(seed, reproducible=not cuda)
+    if cuda:
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True

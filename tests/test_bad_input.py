@@ -218,9 +218,10 @@ CASES = [
     # bench
     Case("bench-budget-huge", bench("replay", "--budget", "huge"),
          "argument --budget: invalid choice: 'huge' (choose from", prog="bench", subprocess=True),
-    Case("bench-seeds-zero", bench("replay", "--seeds", "0"), "--seeds and --workers must be at least 1, got --seeds 0 --workers 1",
+    Case("bench-seeds-zero", bench("replay", "--seeds", "0"), "--seeds and --workers must be at least 1, got --seeds 0",
          prog="bench"),
-    Case("bench-report-without-results", bench("report", results=empty_results),
+    Case("bench-report-without-results", bench("report", "--results-file", "/nonexistent/full.jsonl",
+                                               results=empty_results),
          "(no results.sqlite); run `bench replay --results", prog="bench"),
 ]
 

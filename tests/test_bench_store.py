@@ -143,15 +143,24 @@ def test_the_recipe_is_part_of_the_key(tmp_path):
                                                                         ("baseline+mixup", 12.5)]
 
 
-def test_dataset_checksum_follows_the_source_files(tmp_path):
+def test_dataset_checksum_follows_the_content_not_the_files_place_or_times(tmp_path):
+    import shutil
+
     from tricks.data import load_dataset
 
     write_cifar10(tmp_path / "cifar-10-batches-py")
     data = load_dataset("cifar10", tmp_path / "cifar-10-batches-py", cache_dir=tmp_path / "cache", download=False)
     first = dataset_checksum(data)
-    assert first == dataset_checksum(data) and len(first) == 24
-    os.utime(tmp_path / "cifar-10-batches-py" / "test_batch", ns=(1, 1))
-    assert dataset_checksum(data) != first
+    assert first == dataset_checksum(data) and len(first) == len("tensors-") + 24
+    shutil.copytree(tmp_path / "cifar-10-batches-py", tmp_path / "copy" / "cifar-10-batches-py")
+    os.utime(tmp_path / "copy" / "cifar-10-batches-py" / "test_batch", ns=(1, 1))
+    moved = load_dataset("cifar10", tmp_path / "copy" / "cifar-10-batches-py", cache_dir=tmp_path / "cache2",
+                         download=False)
+    assert dataset_checksum(moved) == first  # another place, other times, the same images
+    write_cifar10(tmp_path / "other" / "cifar-10-batches-py", seed=1)
+    other = load_dataset("cifar10", tmp_path / "other" / "cifar-10-batches-py", cache_dir=tmp_path / "cache3",
+                         download=False)
+    assert dataset_checksum(other) != first
     toy = dataset_checksum(toy_data())
     assert toy.startswith("tensors-") and toy == dataset_checksum(toy_data()) != dataset_checksum(toy_data(seed=1))
 
