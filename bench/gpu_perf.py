@@ -8,8 +8,9 @@ batch 256 on the whole training split, with the speed settings `recipe run` reso
    hand-written loop doing the same work the same fast way, alternating sides, `repeats` fits each of
    `epochs` epochs. Training img/s counts the epochs after the first (the first compiles and records
    the CUDA graphs); the ratio is best recipe over best plain. Also: seconds per training epoch, the
-   seconds to evaluate the test split (plain loop, after the first epoch), the first epoch's seconds
-   (compile included), and the 200-epoch wall time they predict: first + 199 x (train + evaluate).
+   seconds to evaluate the test split (plain loop, after the first epoch), the seconds of the process's
+   first epoch (the plain loop's: it compiles from nothing), and the 200-epoch wall time they predict:
+   that first epoch + 199 x a steady epoch of `recipe run` (train + evaluate).
 2. `concurrency`: N = 1, 2, 4, 8 processes training `recipe run baseline` at once on the one GPU. Each
    process compiles and trains one epoch, then waits at a barrier; all then train `epochs` more
    epochs; aggregate img/s = N x epochs x images / (last end - release).
@@ -93,7 +94,7 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
     best_plain = max(plain, key=lambda t: t["images_per_second"])
     epoch_s = data_images(recipe, data) / best_recipe["images_per_second"]
     eval_s = min(s for p in plain for s in p["eval_seconds"][1:] or p["eval_seconds"])
-    first = best_recipe["epoch_seconds"][0]
+    first = cold_first_epoch({"plain": plain})
     steady_epoch = statistics.median(best_recipe["epoch_seconds"][1:] or best_recipe["epoch_seconds"])
     return {"recipe": trainer, "plain": plain, "ratio": best_recipe["images_per_second"] / best_plain["images_per_second"],
             "recipe_images_per_second": best_recipe["images_per_second"],
@@ -101,6 +102,13 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
             "epoch_train_seconds": epoch_s, "eval_seconds": eval_s, "first_epoch_seconds": first,
             "steady_epoch_seconds": steady_epoch, "predicted_200_epoch_seconds": first + 199 * steady_epoch,
             "setup": f"baseline, batch {recipe.bs}, {sizes.epochs} epochs x {sizes.repeats} per side"}
+
+
+def cold_first_epoch(speed_result: dict[str, Any]) -> float:
+    """The first epoch of the process's first fit (the plain loop's, repeat 1): the only one that compiles
+    from nothing (later fits in the process reuse the compiled code), training and evaluation seconds."""
+    first = speed_result["plain"][0]
+    return first["train_seconds"][0] + first["eval_seconds"][0]
 
 
 def data_images(recipe, data) -> int:
@@ -285,9 +293,9 @@ def markdown(perf: dict[str, Any]) -> str:
             f"| recipe / plain loop | **{s['ratio']:.3f}** | goal >= {GOAL_RATIO} |",
             f"| seconds per training epoch (50,000 images) | {s['epoch_train_seconds']:.3f} | goal < 0.42 |",
             f"| seconds to evaluate the test split | {s['eval_seconds']:.3f} | goal < {GOAL_EVAL_SECONDS} |",
-            f"| first epoch, compile included (s) | {s['first_epoch_seconds']:.1f} | - |",
-            f"| 200 epochs predicted: first + 199 x steady epoch incl. evaluation (s) | "
-            f"{s['predicted_200_epoch_seconds']:.0f} | goal < {GOAL_RUN_SECONDS:.0f} |"]
+            f"| first epoch of the process, compile from nothing included (s) | {cold_first_epoch(s):.1f} | - |",
+            f"| 200 epochs predicted: that first epoch + 199 x a steady epoch incl. evaluation (s) | "
+            f"{cold_first_epoch(s) + 199 * s['steady_epoch_seconds']:.0f} | goal < {GOAL_RUN_SECONDS:.0f} |"]
     c = perf.get("concurrency")
     if c:
         base = c["runs"].get("1", {}).get("aggregate_images_per_second")

@@ -58,7 +58,7 @@ class Inputs(Callback):
 
 def test_trains_with_drops_only_in_training(tmp_path):
     spy = Inputs()
-    recipe = parse_recipe("baseline+channeldrop:max=2", epochs=1, bs=32, device="cpu")
+    recipe = parse_recipe("baseline+channeldrop:max=2", epochs=1, bs=32, eval_bs=32, device="cpu")
     assert recipe.tricks == (("channeldrop", (("max", 2),)),)
     result = train(recipe, tmp_path / "run", data=toy_data(), callbacks=lambda stats: [spy])
     assert result["epochs"] == 1 and 0.0 <= result["test_acc"] <= 100.0

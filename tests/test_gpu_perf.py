@@ -14,7 +14,6 @@ def test_steady_rate_leaves_out_the_first_epoch():
     assert _steady([4.0], 100) == 25.0
 
 
-@pytest.mark.timeout(900)
 def test_gpu_perf_measures_on_any_device(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv("TRICKS_CACHE", str(tmp_path / "cache"))

@@ -20,7 +20,7 @@ def toy_data(seed=0):
 
 def toy_learner(text, *cbs, epochs=1):
     """A Learner for recipe `text` on toy data (bs 16: 4 train and 2 test batches an epoch), extra cbs."""
-    recipe = parse_recipe(text, epochs=epochs, bs=16, device="cpu")
+    recipe = parse_recipe(text, epochs=epochs, bs=16, eval_bs=16, device="cpu")
     data = toy_data()
     torch.manual_seed(0)
     dls = build_dataloaders(recipe, data, torch.device("cpu"))
