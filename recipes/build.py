@@ -135,6 +135,13 @@ class TricksLearner(Learner):
         for cb in cache[key]:
             cb(event_name)
 
+    def _set_device(self, b):
+        """A `DeviceLoader` batch is on the model's device already: fastai's walk over it (`to_device`)
+        is skipped; any other loader's batch goes through fastai's `_set_device`."""
+        if isinstance(self.dl, DeviceLoader) and self.dl.device == self.dls.device:
+            return b
+        return super()._set_device(b)
+
     def _do_fit(self):
         for epoch in range(self.resume_epoch, self.n_epoch):
             self.epoch = epoch

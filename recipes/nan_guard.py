@@ -2,9 +2,10 @@
 
 fastai's `TerminateOnNaNCallback` reads the loss on the host after every batch and then cancels the
 fit silently, so a run "finishes" with garbage. `StopOnNonFinite` keeps the check on the device: at
-`after_loss` it folds `isfinite(loss)` into a device tensor that holds the index of the epoch's first
-non-finite batch (or -1), with no host sync. The host reads that tensor once every `every` batches
-and once at the end of the epoch's training (before the test pass), and raises `TrainingError`
+`after_loss` it writes the batch's loss into a device buffer of the epoch's losses (one copy, no host
+sync). The host looks at the losses written since its last look once every `every` batches and once
+at the end of the epoch's training (before the test pass), and raises `TrainingError` at the first
+non-finite one,
 naming the epoch and that first bad batch, both counted from 1 as the progress display and
 metrics.csv count epochs. Nothing is deleted: what the earlier epochs wrote stays in the run folder.
 """
@@ -28,21 +29,19 @@ class StopOnNonFinite(Callback):
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.out, self.every = out, every
-        self.first_bad: torch.Tensor | None = None
+        self.losses: torch.Tensor | None = None
 
     def before_train(self):
-        self.first_bad = None  # made on the loss's device at the first batch
+        self.losses: torch.Tensor | None = None  # made on the loss's device at the first batch
+        self.checked = 0  # batches of this epoch already looked at
 
     def after_loss(self):
         if not self.training:
             return
-        loss = self.learn.loss.detach().float().sum()  # a sum is NaN or inf when any element is
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-            self.bad_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
-        new = (self.first_bad < 0) & ~torch.isfinite(loss)
-        self.first_bad = torch.where(new, self.iter, self.first_bad)
-        self.bad_loss = torch.where(new, loss, self.bad_loss)
+        loss = self.learn.loss.detach()
+        if self.losses is None:
+            self.losses = torch.zeros(self.n_iter, dtype=torch.float32, device=loss.device)
+        self.losses[self.iter] = loss if loss.dim() == 0 else loss.float().sum()  # a sum is NaN/inf if any is
 
     def after_batch(self):
         if self.training and (self.iter + 1) % self.every == 0:
@@ -52,12 +51,17 @@ class StopOnNonFinite(Callback):
         self.check()
 
     def check(self):
-        """The one host sync: raise if a batch of this epoch had a non-finite loss."""
-        if self.first_bad is None:
+        """The one host sync: raise if a batch of this epoch since the last look had a non-finite loss."""
+        if self.losses is None:
             return
-        batch = int(self.first_bad)
-        if batch < 0:
+        upto = min(self.iter + 1, self.n_iter)
+        seen = self.losses[self.checked:upto]
+        self.checked = upto
+        bad = ~torch.isfinite(seen)
+        if not bool(bad.any()):
             return
+        batch = upto - len(seen) + int(bad.nonzero()[0, 0])
+        self.bad_loss = self.losses[batch]
         value = float(self.bad_loss)
         what = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
         kept = f"what the earlier epochs wrote is kept in '{self.out}'; " if self.out is not None else ""

@@ -16,7 +16,10 @@ from __future__ import annotations
 from typing import Callable
 
 from fastai.callback.core import Callback
-from fastai.callback.schedule import SchedCos, SchedExp, SchedLin
+from fastai.callback.schedule import LRFinder, ParamScheduler, SchedCos, SchedExp, SchedLin
+from fastai.optimizer import OptimWrapper
+
+from tricks.errors import ConfigError
 
 Schedule = Callable[[float], float]
 WARMUPS = ("linear", "exp")
@@ -42,6 +45,32 @@ def warmup_cosine(
     return lr_at
 
 
+def set_lr(opt, lr: float) -> None:
+    """`opt.set_hyper("lr", lr)`: the same for every param group. For fastai's plain `OptimWrapper` around a
+    torch optimizer the torch groups' "lr" is written directly (what its set_hyper does for a scalar, without
+    converting every group's hyper-parameters to fastai's names first: ~0.2 ms a batch); any other optimizer
+    (fastai's own, a Lookahead) goes through its set_hyper."""
+    if type(opt) is OptimWrapper:
+        for group in opt.opt.param_groups:
+            group["lr"] = lr
+    else:
+        opt.set_hyper("lr", lr)
+
+
+def check_one_lr_schedule(schedule: Callback) -> bool:
+    """At `schedule`'s before_fit: ConfigError if another lr schedule is among the Learner's callbacks
+    (another `LRSchedule`, fastai's `ParamScheduler` of `fit_one_cycle` / `fit_flat_cos`), since two
+    schedules would overwrite each other's lr; True (stand aside) if it is fastai's `lr_find`."""
+    others = [cb for cb in schedule.learn.cbs if cb is not schedule and
+              (isinstance(cb, LRSchedule) or (isinstance(cb, ParamScheduler) and "lr" in cb.scheds))]
+    if any(isinstance(cb, LRFinder) for cb in others):
+        return True
+    if others:
+        raise ConfigError(f"two lr schedules: {type(schedule).__name__} and {type(others[0]).__name__} both set "
+                          f"the lr; keep one (use fit, not fit_one_cycle / fit_flat_cos, with an lr schedule trick)")
+    return False
+
+
 class LRSchedule(Callback):
     """Sets the optimizer's lr before every training batch from `schedule(progress)`.
 
@@ -50,6 +79,7 @@ class LRSchedule(Callback):
     """
 
     order = 60  # where fastai's ParamScheduler sits: after TrainEvalCallback has counted the step
+    active = True  # False while fastai's lr_find sets the lr
 
     def __init__(self, schedule: Schedule, step: str = "iter"):
         if step not in STEP_UNITS:
@@ -59,6 +89,12 @@ class LRSchedule(Callback):
 
     def before_fit(self):
         self.lrs = []
+        self.active = not check_one_lr_schedule(self)
+
+    def fit_lr(self) -> float:
+        """The lr given to `fit` (fastai's convention: `learn.fit(n, lr)`, else `learn.lr`), as the optimizer
+        holds it at before_fit; the last param group's, as fastai's schedulers take `lr_max`."""
+        return float(self.learn.opt.hypers[-1]["lr"])
 
     def checkpoint_state(self) -> dict:
         """What `recipes.checkpoint` saves to resume a run: the lrs set so far (for the curves)."""
@@ -73,8 +109,8 @@ class LRSchedule(Callback):
         return self.learn.train_iter / (self.learn.n_epoch * self.learn.n_iter)
 
     def before_batch(self):
-        if not self.training:
+        if not self.training or not self.active:
             return
         lr = self.schedule(self.progress())
-        self.learn.opt.set_hyper("lr", lr)
+        set_lr(self.learn.opt, lr)
         self.lrs.append(lr)
