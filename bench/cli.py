@@ -1,6 +1,6 @@
 """The `bench` command: replay the notes' ablation table, report noted beside measured, time the data path.
 
-    bench list   [--rows GLOB]                                   the rows, their recipes and noted numbers
+    bench list   [--rows GLOB] [--format table|tsv|json]         the rows, their recipes and noted numbers
     bench replay [--rows GLOB] [--budget smoke|short|full] [--seeds N] [--workers N] [--results DIR]
                  [--until SECONDS] [--results-file PATH]
                  [--data PATH] [--dataset NAME] [--device D] [--ray ADDRESS]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import tempfile
 import time
@@ -28,10 +29,15 @@ from rich.table import Table
 
 from recipes.cli import Parser, UsageError, one_line
 from tricks.data import load_dataset
-from tricks.errors import TricksError
+from tricks.errors import TricksError, describe_os_error
 from tricks.files import write_atomic
 
 DEFAULT_RESULTS = "bench-results"
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """--format, or by default: a table on a terminal, tab-separated values (every value whole) elsewhere."""
+    return args.format or ("table" if sys.stdout.isatty() else "tsv")
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
@@ -39,17 +45,40 @@ def cmd_list(args: argparse.Namespace, console: Console) -> None:
 
     rows, _ = load_table()
     rows = select(rows, args.rows)
-    table = Table(title=f"ablation rows{f' matching {args.rows}' if args.rows else ''}")
-    for col in ("id", "recipe", "options", "noted", "status"):
-        table.add_column(col)
-    for row in rows:
-        options = ", ".join(f"{k}={v}" for k, v in row.options.items())
-        noted = "/".join(f"{v:.2f}" for v in row.noted) or "-"
-        table.add_row(row.id, row.recipe, options, noted, row.status + (f": {row.why}" if row.status == "inexpressible" else ""))
-    console.print(table)
+    records = [{"id": row.id, "recipe": row.recipe, "options": ", ".join(f"{k}={v}" for k, v in row.options.items()),
+                "noted": "/".join(f"{v:.2f}" for v in row.noted) or "-", "status": row.status,
+                "why": row.why if row.status == "inexpressible" else ""} for row in rows]
     counts = Counter(r.status for r in rows)
-    console.print(f"{len(rows)} rows: {counts['measured']} measured, {counts['unmeasured']} unmeasured, "
-                  f"{counts['inexpressible']} inexpressible", highlight=False)
+    summary = (f"{len(rows)} rows: {counts['measured']} measured, {counts['unmeasured']} unmeasured, "
+               f"{counts['inexpressible']} inexpressible")
+    fmt = output_format(args)
+    if fmt == "json":
+        print(json.dumps(records, indent=1))
+        return
+    if fmt == "tsv":
+        print("\t".join(records[0]) if records else "id\trecipe\toptions\tnoted\tstatus\twhy")
+        for r in records:
+            print("\t".join(" ".join(str(v).split()) for v in r.values()))
+        return
+    if console.width >= 120:
+        table = Table(title=f"ablation rows{f' matching {args.rows}' if args.rows else ''}")
+        table.add_column("id", no_wrap=True)  # ids and accuracies are never cut; the recipe and options fold
+        table.add_column("noted", no_wrap=True)
+        table.add_column("recipe", overflow="fold")
+        table.add_column("options", overflow="fold")
+        table.add_column("status", no_wrap=True)
+        for r in records:
+            table.add_row(r["id"], r["noted"], r["recipe"], r["options"], r["status"])
+        console.print(table)
+    else:  # a narrow terminal: one line of id, noted and status per row, its recipe indented below
+        wid = max((len(r["id"]) for r in records), default=2)
+        wnoted = max((len(r["noted"]) for r in records), default=5)
+        for r in records:
+            console.print(f"{r['id']:<{wid}}  {r['noted']:<{wnoted}}  {r['status']}", highlight=False, soft_wrap=True)
+            console.print(f"    {r['recipe']}" + (f" ({r['options']})" if r["options"] else ""), highlight=False,
+                          markup=False)
+    console.print(summary + ("; why a row is inexpressible: `bench list --format tsv`" if counts["inexpressible"]
+                             else ""), highlight=False, soft_wrap=True)
 
 
 def cmd_replay(args: argparse.Namespace, console: Console) -> None:
@@ -148,6 +177,8 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     ls = sub.add_parser("list", help="the ablation rows with their recipes and noted numbers")
     ls.add_argument("--rows", help="a glob over row ids, e.g. 'S9.*'")
+    ls.add_argument("--format", choices=("table", "tsv", "json"),
+                    help="table (default on a terminal), tsv (default otherwise: every value whole) or json")
     rp = sub.add_parser("replay", help="train the rows that are not in the results yet")
     rp.add_argument("--rows", help="a glob over row ids, e.g. 'S9.*'")
     rp.add_argument("--budget", choices=("smoke", "short", "full"), default="short")
@@ -207,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. --results naming a file or a folder that cannot be written: the path, one line
+        print(f"bench: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as e:  # the results database cannot be opened or written
+        where = getattr(args, "results", None) if "args" in locals() else None
+        print(f"bench: error: the results database in '{where}' cannot be used ({one_line(e)}); give a --results "
+              "folder you can write to", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench: interrupted; finished runs are kept, `bench replay` again goes on", file=sys.stderr)

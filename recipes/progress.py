@@ -14,6 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from recipes.stats import EpochStats
 
 
+def progress_columns(width: int) -> list:
+    """The display's columns for a terminal `width` characters wide, so that nothing is cut to "…": all of
+    them from 120 on; from 80, a short bar and no elapsed time; below, the bar and the times go."""
+    desc, info = TextColumn("{task.description:<14}"), TextColumn("{task.fields[info]}")
+    if width >= 120:
+        return [desc, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
+                TimeRemainingColumn(), info]
+    if width >= 80:
+        return [desc, BarColumn(bar_width=8), MofNCompleteColumn(), TimeRemainingColumn(), info]
+    return [desc, MofNCompleteColumn(), info]
+
+
 class RichProgress(Callback):
     order = 95  # after EpochStats
 
@@ -21,9 +33,7 @@ class RichProgress(Callback):
         self.console, self.stats, self.title, self.refresh_s = console, stats, title, refresh_s
 
     def before_fit(self):
-        self.bars = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                             TextColumn("{task.fields[info]}"), console=self.console)
+        self.bars = Progress(*progress_columns(self.console.width), console=self.console)
         self.bars.start()
         self.fit_task = self.bars.add_task(self.title, total=self.n_epoch, info="")
 
@@ -40,7 +50,7 @@ class RichProgress(Callback):
         if now - self.last_refresh >= self.refresh_s:
             self.last_refresh = now
             lr = self.learn.opt.hypers[0]["lr"]
-            info = (f"loss {self.stats.running_train_loss():.4f}  lr {lr:.2e}  "
+            info = (f"loss {self.stats.running_train_loss():.4f} lr {lr:.1e} "
                     f"{self.done / (now - self.start):.0f} img/s")
         self.bars.update(self.epoch_task, advance=1, **({"info": info} if info else {}))
 
