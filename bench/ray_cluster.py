@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.replay import Job, keep_record, run_folder, train_job
+from bench.job import Job, keep_record, run_folder, train_job
 from tricks.errors import ConfigError, TricksError
 from tricks.files import write_atomic
 

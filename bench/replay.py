@@ -20,186 +20,25 @@ results folder resumes it.
 """
 from __future__ import annotations
 
-import csv
 import fcntl
-import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from fastai.callback.core import Callback
-
+from bench import job as jobs
 from bench import results_file
-from bench.store import COLUMNS, Store, code_version, dataset_checksum, short_version
-from tricks.data import ImageData, load_dataset
+from bench.job import Job, _attempt, loaded
+from bench.store import Store, code_version
 from tricks.errors import ConfigError, RunFolderError, TricksError
 
 LOCK_NAME = "replay.lock"
 CUDA_WORKERS = 4  # runs at once on one GPU by default: the best aggregate img/s of `bench perf --device cuda`
 PRIORITY = ("S9.baseline", "S9.mixup.a0.3", "S9.finalbn", "S9.lastgamma.off", "S9.v2.base",
             "S9.refine.mixup-first", "S9.refine.mixup-all")  # then S9's other rows, S8, S7, ... (`priority`)
-_LOADED: dict[tuple[str, str | None], tuple[ImageData, str]] = {}  # (dataset, data) -> (data, checksum)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One (row, seed) to train, with everything a worker process needs."""
-
-    row: Any  # bench.table.Row
-    budget: str
-    seed: int
-    results_dir: Path
-    data: str | None
-    dataset: str
-    device: str
-    version: str
-    workers: int = 1  # runs training at once where this one trains (recorded with the result)
-    deadline: float | None = None  # `_now()` at which a job still training stops (abandoned)
-    results_file: Path | None = None  # where a full-budget record is also appended (bench.results_file)
-    compile_mode: str | None = None  # overrides the recipe's torch.compile mode (None: the recipe's, auto)
-
-
-def run_folder(results_dir: Path, row_id: str, budget: str, seed: int, version: str) -> Path:
-    """`<results_dir>/runs/<row_id>-<budget>-s<seed>-<first 8 hex of the source hash>`."""
-    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", row_id)
-    return Path(results_dir) / "runs" / f"{slug}-{budget}-s{seed}-{short_version(version)}"
-
-
-def loaded(dataset: str, data: str | None) -> tuple[ImageData, str]:
-    """The dataset and its checksum, loaded once per process."""
-    key = (dataset, None if data is None else str(data))
-    if key not in _LOADED:
-        images = load_dataset(dataset, data)
-        _LOADED[key] = (images, dataset_checksum(images))
-    return _LOADED[key]
-
-
-def epoch_accuracies(out: Path, result: dict[str, Any]) -> list[float]:
-    """Per-epoch test accuracy from the run folder's metrics.csv (the last generation's for refine runs)."""
-    if "generations" in result:
-        out = out / result["generations"][-1]["folder"]
-    with open(out / "metrics.csv", newline="") as f:
-        return [float(r["test_acc"]) for r in csv.DictReader(f)]
-
-
-def _now() -> float:
-    """The clock of deadlines (wall time: a deadline is shared by processes)."""
-    return time.time()
-
-
-class Abandoned(TricksError):
-    """A job still training at the replay's deadline (`until`): stopped after its epoch's checkpoint."""
-
-
-class Deadline(Callback):
-    """Stop the fit at the end of the first epoch that ends after `deadline` (a time.time()), once the
-    checkpoint of that epoch is written (`recipes.checkpoint.Checkpoint`, order 200)."""
-
-    order = 210
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-
-    def after_epoch(self):
-        if _now() >= self.deadline and self.epoch + 1 < self.n_epoch:
-            raise Abandoned(f"stopped at the deadline after epoch {self.epoch + 1} of {self.n_epoch}; "
-                            "the next replay on this results folder resumes it")
-
-
-def _resumable(out: Path, refine: bool) -> bool:
-    """Whether a run folder left by a stopped attempt can be resumed (else it is redone from scratch)."""
-    from recipes import checkpoint as ckpt
-
-    try:
-        ckpt.check_resumable(out, generations=refine)
-    except TricksError:
-        return False
-    return True
-
-
-def speed_of(out: Path) -> dict[str, Any]:
-    """The speed settings the run in `out` trained with (its config.json; the top one for refine runs)."""
-    config = json.loads((out / "config.json").read_text())
-    return {k: config.get(k) for k in ("channels_last", "precision", "compile", "compile_mode", "eval_bs")}
-
-
-def train_job(job: Job) -> dict[str, Any]:
-    """Train one job into its run folder under `job.results_dir`; returns its record (not stored)."""
-    import torch
-
-    from bench.table import row_recipe
-    from recipes.generations import refine_params
-    from recipes.run import train
-
-    recipe = row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset, device=job.device)
-    if job.compile_mode is not None:  # a speed setting: the results key stays the row's
-        recipe = recipe.replace(compile_mode=job.compile_mode)
-    images, checksum = loaded(recipe.dataset, recipe.data)  # a row may name its own dataset
-    out = run_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
-    resume = out.exists() and _resumable(out, refine_params(recipe) is not None)
-    if out.exists() and not resume:  # left by a killed attempt before its first checkpoint
-        shutil.rmtree(out)
-    extra = (lambda stats: [Deadline(job.deadline)]) if job.deadline is not None else (lambda stats: [])
-    start = time.perf_counter()
-    result = train(recipe, out, data=images, callbacks=extra, resume=resume)
-    gens = result.get("generation_test_acc")
-    device = str(result.get("device", job.device))
-    return {
-        "row_id": job.row.id, "recipe": job.row.stored_recipe, "budget": job.budget, "seed": job.seed,
-        "code_version": job.version, "dataset_checksum": checksum, "epoch_acc": epoch_accuracies(out, result),
-        "test_acc": float(result["test_acc"]), "best_test_acc": float(result["best_test_acc"]),
-        "generation_acc": None if gens is None else [float(a) for a in gens],
-        "wall_seconds": time.perf_counter() - start,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # kept in the results file only (the SQLite store holds the columns above)
-        "options": dict(job.row.options), "train_images_per_second": float(result.get("train_images_per_second", 0.0)),
-        "device": device, "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
-        "torch": torch.__version__, "workers": job.workers, "resumed": resume, "speed": speed_of(out),
-        "epochs": len(epoch_accuracies(out, result)),
-    }
-
-
-def run_job(job: Job) -> dict[str, Any]:
-    """Train one job into its run folder and store its record (and append a full-budget one to the results
-    file); returns the record."""
-    record = train_job(job)
-    keep_record(job, record)
-    return record
-
-
-def keep_record(job: Job, record: dict[str, Any]) -> None:
-    """Store a finished run's record; a full-budget one also goes to the results file."""
-    Store(job.results_dir).add({k: v for k, v in record.items() if k in COLUMNS})
-    if job.budget == "full" and job.results_file is not None:
-        results_file.append(job.results_file, record)
-
-
-def _attempt(job: Job) -> tuple[Job, dict[str, Any] | None, str | None]:
-    """(job, record, None) when it ran, (job, None, the error's one line) when it raised a TricksError
-    (an `Abandoned` job's line starts with 'abandoned:')."""
-    try:
-        return job, run_job(job), None
-    except Abandoned as e:
-        return job, None, "abandoned: " + one_line(e)
-    except TricksError as e:
-        return job, None, one_line(e)
-    except Exception as e:  # a bug or a device error in one run must not stop the others: reported as failed
-        return job, None, f"{type(e).__name__}: {one_line(e)}"
-
-
-def one_line(e: Exception) -> str:
-    """The last non-empty line (fastai prefixes errors raised in callbacks with a line naming the event)."""
-    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
 def _exit_with_parent(parent: int) -> None:
     """In a pool worker: exit when the replay process is gone (a killed replay leaves no orphans training)."""
     while True:
@@ -292,7 +131,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(f"row ids must be unique, got {', '.join(dup)} more than once")
-    deadline = None if until is None else _now() + until
+    deadline = None if until is None else jobs._now() + until
     results_dir = Path(results_dir)
     lock = _lock(results_dir)
     try:
@@ -370,7 +209,7 @@ def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dic
     def fits(job: Job) -> bool:
         if deadline is None or not per_unit or not predict:
             return True
-        return _now() + max(per_unit) * _units(job) <= deadline
+        return jobs._now() + max(per_unit) * _units(job) <= deadline
 
     def learn(job: Job, record: dict | None) -> None:
         if record is not None:
@@ -378,7 +217,7 @@ def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dic
 
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
-            if not fits(job) or (deadline is not None and _now() >= deadline):
+            if not fits(job) or (deadline is not None and jobs._now() >= deadline):
                 counts["not_started"] += 1
                 continue
             outcome = _attempt(job)
@@ -400,7 +239,7 @@ def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dic
             while (pending and not broken) or running:
                 while pending and not broken and len(running) < n:
                     job = pending.pop(0)
-                    if not fits(job) or (deadline is not None and _now() >= deadline):
+                    if not fits(job) or (deadline is not None and jobs._now() >= deadline):
                         counts["not_started"] += 1
                         continue
                     running[pool.submit(_attempt, job)] = job

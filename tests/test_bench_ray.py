@@ -14,7 +14,8 @@ from fixtures import write_cifar10
 from test_bench_replay import row
 
 from bench.cli import main
-from bench.replay import replay, run_folder
+from bench.job import run_folder
+from bench.replay import replay
 from bench.store import Store, code_version
 
 RAY = Path(sys.executable).parent / "ray"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.replay import replay, run_folder
+from bench.job import run_folder
+from bench.replay import replay
 from bench.store import Store, code_version
 from bench.table import Row
 from fixtures import write_cifar10, write_cifar100
@@ -130,7 +131,7 @@ def test_priority_puts_the_argued_s9_rows_first_then_sections_downwards():
 
 def test_until_abandons_at_the_deadline_and_the_next_replay_resumes_into_the_results_file(tmp_path, tiny,
                                                                                           monkeypatch):
-    import bench.replay
+    import bench.job
     from bench import results_file
 
     calls = []
@@ -139,7 +140,7 @@ def test_until_abandons_at_the_deadline_and_the_next_replay_resumes_into_the_res
         calls.append(1)
         return time.time() + (0 if len(calls) <= 2 else 10_000)
 
-    monkeypatch.setattr(bench.replay, "_now", clock)
+    monkeypatch.setattr(bench.job, "_now", clock)
     results, path = tmp_path / "results", tmp_path / "full.jsonl"
     short = dict(epochs=3, warmup_epochs=1, subset=64, test_subset=64)
     rows = [row("S9.baseline", **short), row("S9.finalbn", "baseline+finalbn", **short)]
