@@ -221,7 +221,17 @@ def read_checkpoint(path: Path) -> dict:
 def finished_result(out: Path) -> dict | None:
     """result.json's content when the run in `out` has finished, else None."""
     path = out / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # cut, not UTF-8, not JSON
+        raise RunFolderError(f"--resume: '{path}' cannot be read ({type(e).__name__}); the run's result is damaged: "
+                             "start the run again in a new --out") from None
+    if not isinstance(result, dict):
+        raise RunFolderError(f"--resume: '{path}' is not a result `recipe run` wrote; start the run again in a new "
+                             "--out")
+    return result
 
 
 def check_resumable(out: Path, *, generations: bool = False) -> None:

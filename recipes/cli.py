@@ -12,9 +12,22 @@ one line and exits with 128 + the signal (143, 130): `recipe run ... --resume` c
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+
+def _stopped_while_starting(signum, frame):  # before main() runs: the imports take seconds, nothing is written
+    os.write(2, f"recipe: stopped by {signal.Signals(signum).name} while starting; nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "recipe":
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
+
 import argparse
 import json
-import sys
+import threading
 import warnings
 
 # fastai's import of torch.jit.script warns on every start; the terminal shows only our own lines.
@@ -27,7 +40,7 @@ from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
 from tricks.registry import TRICKS
 from recipes.recipe import CHOICES, Recipe
-from tricks.errors import TrainingError, TricksError
+from tricks.errors import TrainingError, TricksError, describe_os_error
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
              "precision", "compile", "compile_mode")
@@ -35,6 +48,29 @@ OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "
 
 class UsageError(Exception):
     pass
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a fit (a fit's own handler stops it at the end of a batch: `recipes.checkpoint`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _ascii(kind):
+    """argparse's `int` / `float`, for ASCII text only (int('３') is 3)."""
+
+    def convert(text: str):
+        if not text.isascii():
+            raise ValueError(text)
+        return kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return convert
+
+
+ascii_int, ascii_float = _ascii(int), _ascii(float)
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,12 +85,12 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="cifar10 (default), cifar100, fashion-mnist or folder")
     p.add_argument("--data", help="dataset folder or .tar.gz (default: $TRICKS_DATA, then known places)")
     p.add_argument("--model", help="resnet20, preact_resnet56, wrn28_10, timm:<name>, ...")
-    p.add_argument("--epochs", type=int, help="total epochs; the warmup scales with them")
-    p.add_argument("--bs", type=int, help="batch size")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--wd", type=float, help="weight decay")
-    p.add_argument("--subset", type=int, help="train on a class-balanced subset of N images")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=ascii_int, help="total epochs; the warmup scales with them")
+    p.add_argument("--bs", type=ascii_int, help="batch size")
+    p.add_argument("--lr", type=ascii_float, help="peak learning rate")
+    p.add_argument("--wd", type=ascii_float, help="weight decay")
+    p.add_argument("--subset", type=ascii_int, help="train on a class-balanced subset of N images")
+    p.add_argument("--seed", type=ascii_int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on)")
@@ -77,12 +113,14 @@ def build_parser() -> Parser:
                           "options as when it started)")
     show = sub.add_parser("show", help="print the resolved config as JSON")
     add_recipe_options(show)
-    sub.add_parser("list", help="list registered recipes, tricks and models")
+    ls = sub.add_parser("list", help="list registered recipes, tricks and models")
+    ls.add_argument("--format", choices=("table", "tsv", "json"),
+                    help="table (default on a terminal), tsv (default otherwise: every value whole) or json")
     ev = sub.add_parser("eval", help="re-evaluate a run folder's saved weights on the test split")
     ev.add_argument("run_dir", help="a folder `recipe run` wrote")
     ev.add_argument("--data", help="the dataset (default: the path in the run's config.json)")
     ev.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror")
-    ev.add_argument("--generation", type=int, help="which refinery generation (default: the last)")
+    ev.add_argument("--generation", type=ascii_int, help="which refinery generation (default: the last)")
     ev.add_argument("--predict", metavar="FOLDER", help="predict the classes of the images in FOLDER instead")
     ev.add_argument("--device", default="auto")
     return parser
@@ -92,34 +130,45 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
     return parse_recipe(args.recipe, **{k: getattr(args, k) for k in OVERRIDES})
 
 
-def cmd_list(console: Console) -> None:
-    """The registered recipes, then the models (with the name patterns that resolve too)."""
+def registered() -> dict[str, list[dict[str, str]]]:
+    """What `recipe list` shows: the recipes (presets), the tricks, the models, one dict per entry."""
     from tricks.models import MODELS, PATTERNS
 
-    recipes = Table(title="recipes")
-    for col in ("name", "section", "what it is"):
-        recipes.add_column(col)
-    for name in PRESETS.names():
-        meta = PRESETS.meta(name)
-        recipes.add_row(name, meta["section"], meta["description"])
-    console.print(recipes)
-    tricks = Table(title="tricks (name:key=value,...)")
-    for col in ("name", "what it does", "parameters (defaults)", "touches", "paper"):
-        tricks.add_column(col)
+    recipes = [{"name": n, "section": PRESETS.meta(n)["section"], "what it is": PRESETS.meta(n)["description"]}
+               for n in PRESETS.names()]
+    tricks = []
     for name in sorted(TRICKS.names()):
         spec = TRICKS.get(name)
-        params = ", ".join(f"{p.name}={p.default} {p.allowed()}" for p in spec.params) or "-"
-        tricks.add_row(name, spec.description, params, ", ".join(spec.touches), spec.paper)
-    console.print(tricks)
-    models = Table(title="models (--model NAME)")
-    for col in ("name", "what it is", "paper"):
-        models.add_column(col)
-    for name in MODELS.names():
-        meta = MODELS.meta(name)
-        models.add_row(name, meta["description"], meta["paper"])
-    for pattern, description in PATTERNS.items():
-        models.add_row(pattern, description, "")
-    console.print(models)
+        tricks.append({"name": name, "what it does": spec.description,
+                       "parameters (defaults)": ", ".join(f"{p.name}={p.default} {p.allowed()}" for p in spec.params)
+                       or "-", "touches": ", ".join(spec.touches), "paper": spec.paper})
+    models = [{"name": n, "what it is": MODELS.meta(n)["description"], "paper": MODELS.meta(n)["paper"]}
+              for n in MODELS.names()]
+    models += [{"name": pattern, "what it is": description, "paper": ""} for pattern, description in PATTERNS.items()]
+    return {"recipes": recipes, "tricks": tricks, "models": models}
+
+
+def cmd_list(console: Console, fmt: str = "table") -> None:
+    """The registered recipes, then the tricks, then the models (with the name patterns that resolve too):
+    rich tables, tab-separated values (a `kind` column first), or JSON."""
+    groups = registered()
+    if fmt == "json":
+        print(json.dumps(groups, indent=1))
+        return
+    if fmt == "tsv":
+        for kind, entries in groups.items():
+            print("\t".join(["kind", *entries[0]]))
+            for e in entries:
+                print("\t".join([kind, *(" ".join(str(v).split()) for v in e.values())]))
+        return
+    titles = {"recipes": "recipes", "tricks": "tricks (name:key=value,...)", "models": "models (--model NAME)"}
+    for kind, entries in groups.items():
+        table = Table(title=titles[kind])
+        for col in entries[0]:
+            table.add_column(col, no_wrap=col == "name", overflow="fold")
+        for e in entries:
+            table.add_row(*e.values())
+        console.print(table)
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> None:
@@ -150,6 +199,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
     from recipes.run import train
 
     recipe = recipe_from(args)
+    warned: list[bool] = []
     progress: list[RichProgress] = []
     title = [recipe.recipe]
 
@@ -172,6 +222,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
                       highlight=False, soft_wrap=True)
         for note in info.get("speed_notes", ()):
             console.print(note, highlight=False, soft_wrap=True)
+        fit_started[0] = True
+        if info.get("test_missing_classes") and not warned:
+            warned.append(True)
+            missing = info["test_missing_classes"]
+            print(f"recipe: warning: the test split has no images of {len(missing)} of the {info['num_classes']} "
+                  f"classes ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): their accuracy cannot "
+                  "be measured (result.json lists them)", file=sys.stderr)
         if "resume" in info:
             if info["resume"]["note"]:
                 print(f"recipe: warning: {info['resume']['note']}", file=sys.stderr)
@@ -204,12 +261,31 @@ def one_line(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+fit_started = [False]  # set once a fit reports its start: a SIGTERM before it had nothing to stop
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console()
+    fit_started[0] = False
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv, console)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None, console: Console) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
-            cmd_list(console)
+            cmd_list(console, args.format or ("table" if sys.stdout.isatty() else "tsv"))
         elif args.command == "show":
             print(json.dumps(recipe_from(args).to_dict(), indent=2))
         elif args.command == "eval":
@@ -229,6 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recipe: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        name = signal.Signals(e.signum).name
+        if fit_started[0]:
+            print(f"recipe: stopped by {name} outside the fit; `recipe run ... --resume` continues the run",
+                  file=sys.stderr)
+        else:
+            print(f"recipe: stopped by {name} before training started; nothing to resume: run the command again",
+                  file=sys.stderr)
+        return 128 + e.signum
+    except OSError as e:  # what the code did not turn into a TricksError: the file and what the system said
+        print(f"recipe: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

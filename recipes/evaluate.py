@@ -14,10 +14,11 @@ import torch
 
 from recipes.build import resolve_device, trained_model
 from recipes.recipe import FIELDS, Recipe
+from recipes.run import check_device
 from tricks.data import load_dataset
 from tricks.data.augment import normalize
 from tricks.data.formats import read_images
-from tricks.errors import ConfigError, RunFolderError
+from tricks.errors import ConfigError, RunFolderError, TricksError
 
 
 @dataclass
@@ -32,7 +33,7 @@ def run_folder(path: str | Path, generation: int | None = None) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RunFolderError(f"'{path}' is not a run folder (no config.json); give a folder `recipe run` wrote")
-    generations = json.loads((path / "config.json").read_text()).get("generations")
+    generations = read_config(path).get("generations")
     if generations is not None:
         g = generations - 1 if generation is None else generation
         if not 0 <= g < generations:
@@ -45,6 +46,28 @@ def run_folder(path: str | Path, generation: int | None = None) -> Path:
     return path
 
 
+def read_config(folder: Path) -> dict:
+    """`folder/config.json`, or a RunFolderError naming it when it cannot be read or is not a run's config."""
+    file = folder / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RunFolderError(f"cannot read '{file}' ({e.strerror}); give a folder `recipe run` wrote") from None
+    except ValueError as e:  # not UTF-8, not JSON
+        why = (str(e).splitlines() or [type(e).__name__])[0][:100]
+        raise RunFolderError(f"'{file}' is not valid JSON ({why}); it is not a config `recipe run` wrote") from None
+    if not isinstance(config, dict):
+        raise RunFolderError(f"'{file}' holds a {type(config).__name__}, not a run's config")
+    return config
+
+
+def _reason(e: BaseException) -> str:
+    """The error's type and its first sentence."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    first = lines[0].split(". ")[0][:120] if lines else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def recipe_of(config: dict) -> Recipe:
     values = {k: v for k, v in config.items() if k in FIELDS and k != "tricks"}
     tricks = tuple((t["name"], tuple(t["params"].items())) for t in config.get("tricks", ()))
@@ -54,9 +77,32 @@ def recipe_of(config: dict) -> Recipe:
 def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The trained model (built, changed by the recipe's structural tricks, weights loaded, eval mode)
     and the run's config."""
-    config = json.loads((folder / "config.json").read_text())
-    recipe = recipe_of(config)
-    model = trained_model(recipe, config["num_classes"], config["channels"], folder / "model.pth", device)
+    config = read_config(folder)
+    keys = ("num_classes", "channels", "classes", "image_size", "mean", "std", "model")
+    try:
+        recipe = recipe_of(config)
+        num_classes, channels = int(config["num_classes"]), int(config["channels"])
+        missing = [k for k in keys if k not in config]
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunFolderError(f"'{folder / 'config.json'}' is not a config `recipe run` wrote ({_reason(e)})") from None
+    if missing:
+        raise RunFolderError(f"'{folder / 'config.json'}' has no {', '.join(missing)}; it is not a config "
+                             "`recipe run` wrote")
+    weights = folder / "model.pth"
+    try:
+        model = trained_model(recipe, num_classes, channels, weights, device)
+    except TricksError:
+        raise
+    except RuntimeError as e:
+        if "state_dict" in str(e):  # weights of another model, or of another number of classes
+            raise RunFolderError(f"the weights in '{weights}' do not fit the model its config.json names "
+                                 f"({config['model']}, {num_classes} classes): they are another model's; "
+                                 "give the run's own model.pth") from None
+        raise RunFolderError(f"cannot read the weights '{weights}' ({_reason(e)}); the file is damaged or not "
+                             "a model.pth `recipe run` wrote") from None
+    except Exception as e:  # noqa: BLE001  (an empty, cut or foreign file: pickle, zip, EOF errors)
+        raise RunFolderError(f"cannot read the weights '{weights}' ({_reason(e)}); the file is damaged or not "
+                             "a model.pth `recipe run` wrote") from None
     return model.eval(), config
 
 
@@ -78,7 +124,8 @@ def predict(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, st
 
 def evaluate(path: str | Path, *, data: str | None = None, tta: bool = False, generation: int | None = None,
              device: str = "auto") -> Evaluation:
-    model, config = load_model(run_folder(path, generation), resolve_device(device))
+    device = check_device(resolve_device(device))  # before the folder: a device that is not here is the first error
+    model, config = load_model(run_folder(path, generation), device)
     dataset = load_dataset(config["dataset"], data if data is not None else config["data"])
     if list(dataset.classes) != config["classes"] or list(dataset.size) != config["image_size"]:
         raise ConfigError(f"the data at '{dataset.source}' ({dataset.num_classes} classes of {dataset.size}) is not "
@@ -94,7 +141,8 @@ def evaluate(path: str | Path, *, data: str | None = None, tta: bool = False, ge
 def predict_folder(path: str | Path, images: str | Path, *, tta: bool = False, generation: int | None = None,
                    device: str = "auto") -> list[tuple[str, str, float]]:
     """(file, predicted class, probability) for every image in a folder; needs no dataset."""
-    model, config = load_model(run_folder(path, generation), resolve_device(device))
+    device = check_device(resolve_device(device))  # before the folder: a device that is not here is the first error
+    model, config = load_model(run_folder(path, generation), device)
     paths, x = read_images(Path(images), config["channels"], tuple(config["image_size"]))
     probs = predict(model, x, torch.tensor(config["mean"]), torch.tensor(config["std"]), tta)
     best = probs.max(1)

@@ -107,10 +107,24 @@ def parse_recipe(text: str, **overrides: Any) -> Recipe:
         raise ConfigError(printable(str(e))) from None
 
 
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64 bits; the loaders and the refinery seed with seed + a few
+
+
 def _parse_recipe(text: str, **overrides: Any) -> Recipe:
     text = text.strip()
     if not text:
         raise ConfigError("empty recipe; give a name such as 'baseline' (see `recipe list`)")
+    odd = next((i for i, c in enumerate(text) if not c.isascii()), None)
+    if odd is not None:  # int('３') == 3: a full-width digit would be read as its ASCII twin
+        raise ConfigError(f"recipe '{text}' has the non-ASCII character '{text[odd]}' (U+{ord(text[odd]):04X}) at "
+                          f"position {odd + 1}; write recipes in ASCII only (digits 0-9, '.', '-')")
+    recipe = _parse(text, overrides)
+    if recipe.seed > SEED_MAX:
+        raise ConfigError(f"seed={recipe.seed} is out of range; allowed: [0, {SEED_MAX}] (63 bits)")
+    return recipe
+
+
+def _parse(text: str, overrides: dict[str, Any]) -> Recipe:
     recipe = Recipe(recipe=text)
     chosen: dict[str, tuple[tuple[str, Any], ...]] = {}
     from_preset: set[str] = set()

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import fcntl
+import hashlib
 import io
 import json
 import os
 import platform
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -47,6 +51,7 @@ from tricks.errors import ConfigError, RunFolderError
 from tricks.files import torch_save_atomic, write_atomic
 from tricks.surgery import ModelSurgery
 
+CLAIM = ".claim"  # the marker a running run holds locked in its folder (see `claimed`)
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
 PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
 
@@ -67,8 +72,8 @@ def check_out(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise RunFolderError(f"--out '{out}' is a file; give a new or empty folder")
-        if any(out.iterdir()):
-            raise RunFolderError(f"--out '{out}' already holds files; give a new or empty folder "
+        if any(name != CLAIM for name in os.listdir(out)):
+            raise RunFolderError(f"--out '{out}' already holds files{_run_in(out)}; give a new or empty folder "
                                  "so that nothing in it is overwritten")
         if not os.access(out, os.W_OK | os.X_OK):
             raise RunFolderError(f"--out '{out}' is not writable; give a folder you can write to")
@@ -78,6 +83,106 @@ def check_out(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise RunFolderError(f"--out '{out}' cannot be created: '{parent}' is not a writable folder")
+
+
+def _run_in(out: Path) -> str:
+    """' (the run of recipe R, seed S)' when `out` holds a readable config.json, else ''."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+        return f" (the run of recipe {config['recipe']}, seed {config['seed']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _holder(path: Path) -> str:
+    """Who the claim at `path` names: 'run pid N (recipe R, config C, started T)'."""
+    try:
+        info = json.loads(path.read_text())
+        return (f"run pid {info['pid']} on {info['host']} (recipe {info['recipe']}, config {info['config'][:12]}, "
+                f"started {info['started']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another run"
+
+
+@contextlib.contextmanager
+def claimed(out: Path, recipe: Recipe, *, resume: bool):
+    """Hold `out` for this run: an exclusive `flock` on `out/.claim`, held for the run's life.
+
+    The claim is taken before anything is written into the folder. A folder another live run holds is
+    refused (a `RunFolderError` naming the folder and the run), and nothing is written. The kernel drops
+    the lock of a killed process, so a claim left by `kill -9` is stale: `--resume` takes it over (its
+    config is then checked against the checkpoint's), and a fresh run takes it over only if the folder
+    holds nothing else. A fresh run checks, holding the claim, that the folder is still empty (another run
+    may have finished in it meanwhile). On leaving, the claim file is removed, and the folders this call
+    created are removed again if nothing was written into them (a run refused on bad input leaves nothing).
+    """
+    made, p = [], out
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    path = out / CLAIM
+    while True:
+        try:  # again on each try: a run that ended empty removes the folder it made
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(f"--out '{out}' cannot be created ({e.strerror}); give a folder you can write "
+                                 "to") from None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"--out '{out}' cannot be claimed: '{path}' cannot be opened ({e.strerror}); "
+                                 "give a folder you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunFolderError(f"--out '{out}' cannot be locked ({e.strerror})") from None
+            raise RunFolderError(f"run folder '{out}' belongs to {_holder(path)}, which is still running; give "
+                                 "another --out, or wait until that run ends") from None
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break  # else the holder removed the file as it ended: claim the new one
+        os.close(fd)
+    try:
+        if not resume and any(name != CLAIM for name in os.listdir(out)):
+            raise RunFolderError(f"--out '{out}' already holds files{_run_in(out)}, written meanwhile; give a "
+                                 "new or empty folder so that nothing in it is overwritten")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "recipe": recipe.recipe,
+                "config": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest(),
+                "started": datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        for folder in made:  # deepest first; only those still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        os.close(fd)
+
+
+def check_device(device: torch.device) -> torch.device:
+    """`device`, or a ConfigError when this machine cannot train or evaluate on it (mps without Apple's GPU,
+    meta and the other devices that hold no data, a CUDA index beyond the GPUs there)."""
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device '{device}' asked for, but torch sees no Apple GPU (mps) here; use --device "
+                              "cpu or auto")
+    elif device.type == "cuda":
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}' asked for, but this machine has {torch.cuda.device_count()} "
+                              f"CUDA GPU(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"device '{device}' cannot train or evaluate a model (it is not a cpu, cuda or mps "
+                          "device); use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def versions() -> dict[str, str]:
@@ -160,7 +265,10 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         started = {"resume": {"epoch": int(state["epoch"]), "note": note}}
     elif main:
         write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
-    on_start({**config, "out": str(out), **started})
+    have = set(data.test.labels.unique().tolist())
+    missing = [c for i, c in enumerate(data.classes) if i not in have]
+    notes = {"test_missing_classes": missing} if missing else {}  # their accuracy cannot be measured
+    on_start({**config, "out": str(out), **started, **notes})
 
     writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))
     stats = EpochStats(listeners=(writer,) if main else ())
@@ -189,6 +297,7 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         "device": str(device),
         "versions": versions(),
         **info,
+        **notes,
     }
     if main:
         write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
@@ -239,11 +348,14 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         check_out(out)
     else:
         callbacks, on_start = (lambda stats: []), (lambda info: None)
-    device = env.device(resolve_device(recipe.device))
+    device = env.device(check_device(resolve_device(recipe.device)))
     check_speed(recipe, device)
     recipe, speed_notes = resolve_speed(recipe, device)  # config.json holds what runs, not "auto"
     env.init(device)
+    stack = contextlib.ExitStack()
     try:
+        if env.is_main:  # the folder is this run's before anything is written into it
+            stack.enter_context(claimed(out, recipe, resume=resume))
         if data is None:  # each machine's first process fills the data cache, then the others read it
             data = env.local_first(lambda: load_dataset(recipe.dataset, recipe.data))
         if refine is not None:
@@ -255,5 +367,6 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         result, _ = fit_one(recipe, out, data, device, extra_cbs=extra, callbacks=callbacks, on_start=on_start,
                             info=info, checkpoint=not env.enabled, resume=resume)
     finally:
+        stack.close()
         env.shutdown()
     return {**result, "out": str(out)}

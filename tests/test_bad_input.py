@@ -65,6 +65,9 @@ def snapshot(root: Path, skip: Path) -> dict[str, str]:
             continue
         out[str(d.relative_to(root)) + "/"] = "dir"
         for name in filenames:
+            if (d / name).is_symlink():  # a link (a loop, even) is its target's name, not its bytes
+                out[str((d / name).relative_to(root))] = "link to " + os.readlink(d / name)
+                continue
             out[str((d / name).relative_to(root))] = hashlib.sha256((d / name).read_bytes()).hexdigest()
     return out
 
@@ -142,6 +145,81 @@ def unwritable_out(w: World) -> Path:
     return w.root / "a-file" / "run"
 
 
+def looping_class_folder(kind: str) -> Callable[[World], Path]:
+    """An image folder whose train/a holds a symbolic-link loop: a link to itself, or a folder link back up."""
+
+    def make(w: World) -> Path:
+        root = image_folder(w, {"train/a": [32, 32], "train/b": [32, 32], "test/a": [32], "test/b": [32]},
+                            f"loop-{kind}")
+        if kind == "self":
+            (root / "train" / "a" / "x.png").symlink_to("x.png")
+        else:
+            (root / "train" / "a" / "up").symlink_to("..")
+        return root
+
+    return make
+
+
+def read_only_folder(w: World, name: str) -> Path:
+    """A folder of mode 0o500; as root (who may write there anyway) a path below a regular file."""
+    folder = w.root / name
+    folder.mkdir(mode=0o500)
+    folder.chmod(0o500)
+    if not os.access(folder, os.W_OK):
+        return folder
+    (w.root / f"{name}-file").write_text("not a folder")
+    return w.root / f"{name}-file" / "inside"
+
+
+def a_file(w: World, name: str = "a-plain-file") -> Path:
+    (w.root / name).write_text("not a folder")
+    return w.root / name
+
+
+# ---------------------------------------------------------------------------------------------- run folders
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One finished run (1 epoch on tiny CIFAR), copied by each `recipe eval` case and then damaged."""
+    from recipes.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    write_cifar10(root / "cifar-10-batches-py", per_batch=2, n_test=2)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRICKS_CACHE", str(root / "cache"))
+    try:
+        assert main(["run", "baseline", "--data", str(root / "cifar-10-batches-py"), "--out", str(root / "run"),
+                     "--device", "cpu", "--epochs", "1", "--bs", "4"]) == 0
+    finally:
+        mp.undo()
+    return root / "run"
+
+
+TRAINED: list[Path] = []  # set by the test from the fixture, read by the argv builders
+
+
+def damaged_run(change: Callable[[Path], None]) -> Callable[[World], list[str]]:
+    def argv(w: World) -> list[str]:
+        run_dir = w.root / "runs" / "trained"
+        shutil.copytree(TRAINED[0], run_dir)
+        change(run_dir)
+        return ["eval", str(run_dir), "--device", "cpu"]
+
+    return argv
+
+
+def cut(run_dir: Path) -> None:
+    raw = (run_dir / "model.pth").read_bytes()
+    (run_dir / "model.pth").write_bytes(raw[: len(raw) // 2])
+
+
+def other_architecture(run_dir: Path) -> None:
+    import torch
+
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 10)).state_dict(),
+               run_dir / "model.pth")
+
+
 # ---------------------------------------------------------------------------------------------- cases
 
 @dataclass
@@ -151,6 +229,7 @@ class Case:
     message: str                          # a distinctive part of the one error line
     prog: str = "recipe"
     subprocess: bool = False
+    env: Callable[[World], dict[str, str]] | None = None  # extra environment (made before the snapshot)
 
 
 def run(recipe: str, *extra: str, data: Callable[[World], Path] | None = None, out=None,
@@ -223,14 +302,52 @@ CASES = [
     Case("bench-report-without-results", bench("report", "--results-file", "/nonexistent/full.jsonl",
                                                results=empty_results),
          "(no results.sqlite); run `bench replay --results", prog="bench"),
+    # issue 14: one line where a traceback was
+    Case("eval-model-truncated", damaged_run(cut), "/runs/trained/model.pth' ("),
+    Case("eval-model-random-bytes", damaged_run(lambda d: (d / "model.pth").write_bytes(random.Random(1).randbytes(999))),
+         "/runs/trained/model.pth' ("),
+    Case("eval-model-empty", damaged_run(lambda d: (d / "model.pth").write_bytes(b"")),
+         "/runs/trained/model.pth' ("),
+    Case("eval-model-of-another-architecture", damaged_run(other_architecture),
+         "/runs/trained/model.pth' do not fit the model its config.json names (resnet20, 10 classes)"),
+    Case("eval-config-not-json", damaged_run(lambda d: (d / "config.json").write_text('{"recipe": "baseline",')),
+         "/runs/trained/config.json' is not valid JSON ("),
+    Case("cache-names-a-file", run("baseline"), "the data cache '", env=lambda w: {"TRICKS_CACHE": str(a_file(w))}),
+    Case("cache-read-only", run("baseline"), "cannot be written",
+         env=lambda w: {"TRICKS_CACHE": str(read_only_folder(w, "ro-cache"))}),
+    Case("bench-results-names-a-file", bench("replay", "--rows", "S1.*", "--budget", "smoke", "--device", "cpu",
+                                             results=a_file),
+         "/a-plain-file': File exists; it is not a folder", prog="bench"),
+    Case("bench-results-read-only", bench("replay", "--rows", "S1.*", "--budget", "smoke", "--device", "cpu",
+                                          results=lambda w: read_only_folder(w, "ro-results")),
+         "/ro-results", prog="bench"),
+    Case("symlink-loop-in-class-folder", run("baseline", data=looping_class_folder("self"), dataset="folder"),
+         "/train/a/x.png' cannot be read (Too many levels of symbolic links: a symbolic-link loop?)"),
+    Case("folder-link-back-up-in-class-folder", run("baseline", data=looping_class_folder("up"), dataset="folder"),
+         "/train/a/up' is a symbolic link that loops back to '"),
+    Case("device-mps-absent", run("baseline", "--device", "mps"), "device 'mps' asked for, but torch sees no Apple GPU"),
+    Case("device-meta", run("baseline", "--device", "meta"), "device 'meta' cannot train or evaluate a model"),
+    Case("eval-device-meta", lambda w: ["eval", str(w.root / "runs" / "old-run"), "--device", "meta"],
+         "device 'meta' cannot train or evaluate a model"),
+    Case("seed-beyond-64-bits", run("baseline", "--seed", str(2**64)),
+         "seed=18446744073709551616 is out of range; allowed: [0, 9223372036854775807]"),
+    Case("full-width-digits-in-recipe", run("baseline+mixup:alpha=\uff10.\uff13"),
+         "has the non-ASCII character '\uff10' (U+FF10) at position 22; write recipes in ASCII only"),
+    Case("full-width-digit-option", run("baseline", "--seed", "\uff13"), "argument --seed: invalid int value: '\uff13'"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, world, data_env, capsys):
+def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, world, data_env, capsys, monkeypatch, request):
     from bench.store import Store
 
+    if case.id.startswith("eval-model") or case.id.startswith("eval-config"):
+        TRAINED[:] = [request.getfixturevalue("trained_run")]
+        capsys.readouterr()  # what the fixture's run printed
     argv = case.argv(world)
+    env = case.env(world) if case.env else {}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     before = snapshot(world.root, skip=data_env)
     try:
         if case.subprocess:
@@ -245,7 +362,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, world, data_env, c
             code, err = main(argv), capsys.readouterr().err
         after = snapshot(world.root, skip=data_env)
     finally:
-        for locked in world.root.glob("locked"):
+        for locked in [*world.root.glob("locked"), *world.root.glob("ro-*")]:
             locked.chmod(0o700)
 
     assert "Traceback" not in err

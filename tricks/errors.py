@@ -24,3 +24,17 @@ class RunFolderError(TricksError):
 
 class TrainingError(TricksError):
     """A fit that went wrong on valid input (e.g. a loss that became NaN or inf); the run folder is kept."""
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError no code turned into a TricksError: the file(s), what the system said, and for a
+    file where a folder is needed (or the reverse), what to give instead. The front ends print it."""
+    import errno
+
+    where = (f"'{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else "")) if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    hint = {errno.EEXIST: "; it is not a folder: give another path", errno.ENOTDIR: "; a file stands where a folder is needed",
+            errno.EISDIR: "; a folder stands where a file is needed",
+            errno.EACCES: "; give a path you can write to", errno.EROFS: "; give a path on a writable filesystem",
+            errno.ENOSPC: "; free some space"}.get(e.errno, "")
+    return f"{where}: {what}{hint}" if where else f"{what}{hint}"

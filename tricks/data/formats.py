@@ -233,10 +233,55 @@ def read_idx(folder: Path) -> tuple[tuple[str, ...], Split, Split]:
 
 # ------------------------------------------------------------------------------------ image folder
 
+def _entry_kind(entry: os.DirEntry) -> str | None:
+    """'file', 'dir' or None (anything else, or a link to nothing); a symbolic-link loop is a DataError."""
+    try:
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else None
+    except OSError as e:
+        raise DataError(f"'{entry.path}' cannot be read ({e.strerror}: a symbolic-link loop?); remove or fix "
+                        "it") from None
+
+
+def walk(folder: str | os.PathLike, *, hidden_dirs: bool = False) -> list[tuple[str, str]]:
+    """(folder, name) of every file under `folder`, sub-folders included, following links to folders;
+    sorted by folder, then name (as torchvision's ImageFolder walks). A folder link that leads back to
+    a folder it is in (a loop) is a DataError that names it."""
+    out: list[tuple[str, str]] = []
+
+    def visit(path: str, above: set[tuple[int, int]]) -> None:
+        try:
+            st = os.stat(path)
+            entries = list(os.scandir(path))
+        except OSError as e:
+            raise DataError(f"folder '{path}' cannot be read ({e.strerror})") from None
+        here = above | {(st.st_dev, st.st_ino)}
+        for e in entries:
+            kind = _entry_kind(e)
+            if kind == "file":
+                out.append((path, e.name))
+            elif kind == "dir" and (hidden_dirs or not e.name.startswith(".")):
+                inner = e.stat()
+                if (inner.st_dev, inner.st_ino) in here:
+                    raise DataError(f"'{e.path}' is a symbolic link that loops back to "
+                                    f"'{os.path.realpath(e.path)}'; remove it")
+                visit(e.path, here)
+
+    visit(os.fspath(folder), set())
+    return sorted(out)
+
+
 def _images_in(folder: Path) -> list[str]:
-    """Image files in `folder`, sorted by name (str paths: pathlib is slow for 60,000 files)."""
-    names = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-    return [os.path.join(folder, n) for n in names]
+    """Image files in `folder` and its sub-folders (as torchvision's ImageFolder reads a class folder),
+    sorted by folder then name (str paths: pathlib is slow for 60,000 files)."""
+    return [os.path.join(d, n) for d, n in walk(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def _to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """A 16-bit image (a 16-bit grayscale or RGB PNG) as 8 bits: its top 8 bits, as torchvision's
+    `to_dtype(scale=True)` (PIL's convert('L') would clip every value above 255 to white)."""
+    if t.dtype == torch.uint8:
+        return t
+    return TF.to_dtype(t, torch.uint8, scale=True)
 
 
 def _decode(paths: list[str], mode: ImageReadMode = ImageReadMode.UNCHANGED) -> list[torch.Tensor]:
@@ -246,7 +291,7 @@ def _decode(paths: list[str], mode: ImageReadMode = ImageReadMode.UNCHANGED) -> 
         out = []
         for p in ps:
             try:
-                out.append(decode_image(read_file(p), mode=mode))
+                out.append(_to_uint8(decode_image(read_file(p), mode=mode)))
             except Exception as e:
                 why = (str(e).splitlines() or [type(e).__name__])[0]
                 raise DataError(f"cannot decode image '{p}': {why}") from None
