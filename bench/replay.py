@@ -141,10 +141,11 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
                   "not_started": 0}
         jobs = []
         for row in priority(rows):
+            checksum = None if row.status == "inexpressible" else _data_checksum(row, data, dataset)
             for seed in range(seeds):
                 if row.status == "inexpressible":
                     counts["skipped_inexpressible"] += 1
-                elif (store.done(row.id, row.stored_recipe, budget, seed, version)
+                elif (store.done(row.id, row.stored_recipe, budget, seed, version, checksum)
                       or (row.id, row.stored_recipe, seed) in in_file):
                     counts["done_before"] += 1
                 else:
@@ -176,6 +177,16 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
         return counts
     finally:
         lock.close()
+
+
+def _data_checksum(row, data: str | None, dataset: str) -> str | None:
+    """The checksum of the data `row` trains on (`bench.job.loaded`; a row may name its own dataset), or
+    None when it cannot be loaded here (the job then fails with the loader's one line)."""
+    row_dataset = row.options.get("dataset", dataset)
+    try:
+        return loaded(row_dataset, data if row_dataset == dataset else None)[1]
+    except TricksError:
+        return None
 
 
 def _file_keys(path: Path | None, budget: str, data: str | None, dataset: str, version: str) -> set[tuple]:

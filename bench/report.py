@@ -12,7 +12,9 @@ Definitions (all accuracies in %, differences in points):
 
 - Records used: those of `budget`; with `budget=None`, the largest budget in `bench.table.BUDGETS`
   that the records hold (so the repository's full-budget runs, when there are any). Only records of
-  the row's current recipe count. For each (row, seed) only the record finished last counts (a replay
+  the row's current recipe count, and only those trained on one dataset: the dataset checksum of the
+  budget's record finished last (`report_data`); runs on other data are counted as left out, never
+  averaged in. For each (row, seed) only the record finished last counts (a replay
   after a code change replaces the old numbers as it goes; on equal `finished_at`, the later record).
 - Provenance: the report lists each (code version, dataset checksum, budget, GPU) group of the records
   used with its run count. The newest code version is that of the record finished last; a row with a
@@ -161,11 +163,21 @@ def load_records(results_dir: Path, results_file: Path = DEFAULT_PATH) -> list[d
     return merge(Store(results_dir).records() if has_store else [], held)
 
 
-def used_records(records: list[dict], rows: list, budget: str | None) -> dict[str, list[dict]]:
-    """row id -> the records that count for it (module docstring: budget, current recipe, latest per seed)."""
+def report_data(records: list[dict], budget: str | None) -> str | None:
+    """The dataset checksum a report shows: that of the `budget` record finished last (numbers trained on
+    other data are never averaged with them; the report counts what it leaves out)."""
+    of_budget = [r for r in records if r["budget"] == budget]
+    return max(of_budget, key=finished)["dataset_checksum"] if of_budget else None
+
+
+def used_records(records: list[dict], rows: list, budget: str | None,
+                 checksum: str | None = None) -> dict[str, list[dict]]:
+    """row id -> the records that count for it (module docstring: budget, current recipe, latest per seed),
+    only those trained on the data `checksum` names (None: `report_data`'s)."""
     by_id = {r.id: r for r in rows}
+    checksum = checksum or report_data(records, budget)
     return latest([r for r in records if r["budget"] == budget and r["row_id"] in by_id
-                   and r["recipe"] == by_id[r["row_id"]].stored_recipe])
+                   and r["recipe"] == by_id[r["row_id"]].stored_recipe and r["dataset_checksum"] == checksum])
 
 
 def fmt_diff(d: float, interval: tuple[float, float] | None) -> str:
@@ -346,6 +358,11 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
         out += provenance(m.kept, m.newest) + [""]
         if len(versions) > 1:
             out += [f"Rows marked 'older code' hold runs of a code version other than the newest, {m.newest}.", ""]
+    other = [r for r in records if r["budget"] == budget and r["dataset_checksum"] not in checksums]
+    if other:
+        data = sorted({r["dataset_checksum"] for r in other})
+        out += [f"Left out: {len(other)} {budget}-budget runs trained on other data ({', '.join(data)}); the numbers "
+                "here are those of one dataset only.", ""]
     out += [("Accuracy is test top-1 in %; measured is mean ± std over seeds (n); Δ is in points with a 95% "
              f"Welch interval; a 'same' conclusion is supported when the interval lies within ±{SAME_MARGIN} points."),
             "", "## Headline", ""]

@@ -3,8 +3,9 @@
 Why SQLite: it is in the standard library, several worker processes can write to it at once
 (WAL journal, a busy timeout), and a transaction is stored whole or not at all, so a replay killed
 at any moment leaves a readable file holding every run it finished. Table `runs` holds the record
-fields (lists as JSON text) with the UNIQUE key (row_id, recipe, budget, seed, code_version); `add`
-is `INSERT OR IGNORE`, so a run is never stored twice.
+fields (lists as JSON text) with the UNIQUE key `KEY` (row_id, recipe, budget, seed, code_version,
+dataset_checksum); `add` is `INSERT OR IGNORE`, so a run is never stored twice, and a run on other data
+is another run (a store written before the checksum joined the key is migrated when opened).
 
 `code_version()` names the code that produced a run: the package version + a hash of the sources that
 decide what a run trains and measures (`SOURCES`: every .py of `tricks/` and `recipes/`, and
@@ -48,9 +49,10 @@ COLUMNS: dict[str, str] = {
     "finished_at": "TEXT NOT NULL",
 }
 JSON_COLUMNS = ("epoch_acc", "generation_acc")
-SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-          + ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
-          + ", UNIQUE (row_id, recipe, budget, seed, code_version))")
+KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")  # one run: the data too
+TABLE = ("runs (id INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
+         + f", UNIQUE ({', '.join(KEY)}))")
+SCHEMA = "CREATE TABLE IF NOT EXISTS " + TABLE
 
 
 class Store:
@@ -69,6 +71,23 @@ class Store:
                                  "give a folder you can write to") from None
         with closing(self._connect()) as con:
             self._run(con, lambda: con.execute(SCHEMA))
+            self._run(con, lambda: self._migrate(con))
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        """A store written before the data's checksum was part of a run's key gets the new key, rows kept."""
+        (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        if f"UNIQUE ({', '.join(KEY)})" in sql:
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("CREATE TABLE runs_keyed " + TABLE[len("runs "):])
+            con.execute(f"INSERT INTO runs_keyed (id, {', '.join(COLUMNS)}) SELECT id, {', '.join(COLUMNS)} FROM runs")
+            con.execute("DROP TABLE runs")
+            con.execute("ALTER TABLE runs_keyed RENAME TO runs")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -88,12 +107,16 @@ class Store:
             raise RunFolderError(f"results database '{self.path}' cannot be used ({e}); "
                                  "move it aside and replay again") from None
 
-    def done(self, row_id: str, recipe: str, budget: str, seed: int, code_version: str) -> bool:
-        """Whether this run (row with this recipe, budget, seed) of this code is stored."""
+    def done(self, row_id: str, recipe: str, budget: str, seed: int, code_version: str,
+             dataset_checksum: str | None = None) -> bool:
+        """Whether this run (row with this recipe, budget, seed) of this code is stored, trained on the data
+        `dataset_checksum` names (None: on any data)."""
+        sql = "SELECT 1 FROM runs WHERE row_id = ? AND recipe = ? AND budget = ? AND seed = ? AND code_version = ?"
+        args: tuple = (row_id, recipe, budget, int(seed), code_version)
+        if dataset_checksum is not None:
+            sql, args = sql + " AND dataset_checksum = ?", args + (dataset_checksum,)
         with closing(self._connect()) as con:
-            cur = self._run(con, lambda: con.execute(
-                "SELECT 1 FROM runs WHERE row_id = ? AND recipe = ? AND budget = ? AND seed = ? AND code_version = ?",
-                (row_id, recipe, budget, int(seed), code_version)))
+            cur = self._run(con, lambda: con.execute(sql, args))
             return cur.fetchone() is not None
 
     def add(self, record: dict[str, Any]) -> None:

@@ -124,6 +124,21 @@ def check_folder_config(out: Path, config: dict) -> None:
         refuse_difference(saved, now, out)
 
 
+def check_finished_recipe(out: Path, recipe: dict) -> None:
+    """Refuse `--resume` of a finished run (its config.json) with another recipe: the one-line refusal of
+    `refuse_difference` instead of "has finished already". Where the data lie and the device are not
+    compared (they may be named differently for the same run)."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"--resume: the config.json in '{out}' cannot be read ({type(e).__name__}); start "
+                             "the run again in a new --out") from None
+    now = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k not in ("data", "device", "dataset")}
+    was = {k: saved.get(k, "<unset>") for k in now}
+    if was != now:
+        refuse_difference(was, now, out)
+
+
 def refuse_difference(saved: dict, config: dict, out: Path) -> None:
     """The one-line refusal of a resume whose config is not the saved one."""
     keys = config_difference(saved, config)

@@ -339,18 +339,19 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         if out is None:
             raise ConfigError("--resume needs --out: the folder of the run to continue")
     out = Path(out) if out is not None else default_out(recipe)
+    device = env.device(check_device(resolve_device(recipe.device)))
+    check_speed(recipe, device)
+    recipe, speed_notes = resolve_speed(recipe, device)  # config.json holds what runs, not "auto"
     if resume:
         finished = ckpt.finished_result(out)
         if finished is not None:
+            ckpt.check_finished_recipe(out, recipe.to_dict())  # another recipe is refused, not "finished"
             return {**finished, "out": str(out), "already_finished": True}
         ckpt.check_resumable(out, generations=refine is not None)
     elif env.is_main:
         check_out(out)
     else:
         callbacks, on_start = (lambda stats: []), (lambda info: None)
-    device = env.device(check_device(resolve_device(recipe.device)))
-    check_speed(recipe, device)
-    recipe, speed_notes = resolve_speed(recipe, device)  # config.json holds what runs, not "auto"
     env.init(device)
     stack = contextlib.ExitStack()
     try:

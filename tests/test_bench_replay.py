@@ -182,3 +182,24 @@ def test_until_must_be_positive(tmp_path, tiny):
     with pytest.raises(ConfigError, match="--until must be a positive number of seconds, got -1"):
         replay([row("S1.a")], budget="smoke", seeds=1, workers=1, results_dir=tmp_path / "r", data=str(tiny),
                device="cpu", until=-1)
+
+
+def test_other_data_trains_again_on_a_results_folder_and_the_report_never_mixes_them(tmp_path, tiny):
+    from bench.report import write_report
+
+    results = tmp_path / "results"
+    rows = [row("S1.a")]
+    assert replay(rows, budget="smoke", seeds=1, workers=1, results_dir=results, data=str(tiny), device="cpu")["ran"] == 1
+    other = tmp_path / "other" / "cifar-10-batches-py"
+    write_cifar10(other, per_batch=14, n_test=70, seed=3)
+    again = replay(rows, budget="smoke", seeds=1, workers=1, results_dir=results, data=str(other), device="cpu")
+    assert again["ran"] == 1 and again["done_before"] == 0
+    records = Store(results).records()
+    assert len(records) == 2 and len({r["dataset_checksum"] for r in records}) == 2
+    report = write_report(results, rows, [], budget="smoke", results_file=tmp_path / "absent.jsonl").read_text()
+    newest = records[-1]
+    assert f"data {newest['dataset_checksum']}." in report and "1 runs;" in report
+    assert f"Left out: 1 smoke-budget runs trained on other data ({records[0]['dataset_checksum']})" in report
+    # the same data as before is done now
+    assert replay(rows, budget="smoke", seeds=1, workers=1, results_dir=results, data=str(tiny),
+                  device="cpu")["done_before"] == 1

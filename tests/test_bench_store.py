@@ -168,3 +168,28 @@ def test_dataset_checksum_follows_the_content_not_the_files_place_or_times(tmp_p
 def test_columns_are_the_interface_record_keys():
     assert tuple(COLUMNS) == ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum", "epoch_acc",
                               "test_acc", "best_test_acc", "generation_acc", "wall_seconds", "finished_at")
+
+
+def test_a_store_of_the_old_key_is_migrated_and_the_data_is_part_of_a_runs_key(tmp_path):
+    import json
+    import sqlite3
+
+    from bench.store import KEY
+
+    old = ("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+           + ", ".join(f"{k} {v}" for k, v in COLUMNS.items()) + ", UNIQUE (row_id, recipe, budget, seed, code_version))")
+    (tmp_path / "r").mkdir()
+    con = sqlite3.connect(tmp_path / "r" / "results.sqlite")
+    con.execute(old)
+    r = record()
+    con.execute(f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [json.dumps(r[k]) if k in ("epoch_acc", "generation_acc") and r[k] is not None else r[k] for k in COLUMNS])
+    con.commit()
+    con.close()
+    store = Store(tmp_path / "r")
+    assert [x["test_acc"] for x in store.records()] == [r["test_acc"]]  # kept
+    store.add({**r, "dataset_checksum": "e" * 24, "test_acc": 50.0})  # the same run on other data: another run
+    assert sorted(x["test_acc"] for x in store.records()) == sorted([r["test_acc"], 50.0])
+    key = (r["row_id"], r["recipe"], r["budget"], r["seed"], r["code_version"])
+    assert store.done(*key) and store.done(*key, "e" * 24) and not store.done(*key, "f" * 24)
+    assert KEY[-1] == "dataset_checksum"

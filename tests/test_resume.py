@@ -257,6 +257,11 @@ def test_resume_of_missing_empty_unstarted_and_finished_runs(images, tmp_path, c
     assert out_text.startswith(f"--resume: the run in '{tmp_path / 'done'}' has finished already (result.json); "
                                "nothing to do: test accuracy ") and out_text.count("\n") == 1
     assert snapshot(tmp_path / "done") == before
+    # a finished run resumed with another recipe: the usual one-line refusal, not "finished already"
+    assert main([*cli(images, tmp_path / "done", "--resume"), "--lr", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"recipe: error: --resume: the run in '{tmp_path / 'done'}' was lr=") and "this is lr=0.05" in err
+    assert err.count("\n") == 1 and snapshot(tmp_path / "done") == before
 
 
 def test_resume_is_refused_under_torchrun(tmp_path, monkeypatch):
