@@ -373,3 +373,27 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, world, data_env, c
     assert (world.root / "runs" / "old-run" / "keep.bin").read_bytes() == SENTINEL
     assert not world.out.exists()
     assert Store(world.results).records() == [record()]
+
+
+def bad_input_table() -> str:
+    """The README's table of these cases: the input (the case id), the command, what the user sees."""
+    lines = ["| input | command | what the user sees (exit 2, one line on stderr) |", "|---|---|---|"]
+    for case in CASES:
+        message = case.message.replace("|", "\\|")
+        lines.append(f"| {case.id} | `{case.prog}` | `{case.prog}: error: ...{message}...` |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_readmes_table_is_these_cases():
+    """`UPDATE_README=1 pytest tests/test_bad_input.py -k readme` writes it; otherwise it must be current."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bad-input:start -->", "<!-- bad-input:end -->"
+    table = bad_input_table()
+    if os.environ.get("UPDATE_README"):
+        body = text.split(start, 1)
+        assert len(body) == 2 and end in body[1], f"README.md lacks the markers {start} / {end}"
+        readme.write_text(body[0] + start + "\n\n" + table + "\n" + end + body[1].split(end, 1)[1])
+        text = readme.read_text()
+    between = text.split(start, 1)[1].split(end, 1)[0]
+    assert between.strip() == table.strip(), "README's bad-input table is stale: UPDATE_README=1 pytest -k readme"
