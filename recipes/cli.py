@@ -26,6 +26,7 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "recipe":
     signal.signal(signal.SIGTERM, _stopped_while_starting)
 
 import argparse
+from pathlib import Path
 import json
 import threading
 import warnings
@@ -250,9 +251,25 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
     if "generation_test_acc" in result:
         console.print("test accuracy by generation: " + " / ".join(f"{a:.2f}" for a in result["generation_test_acc"]),
                       highlight=False, soft_wrap=True)
+        print_generations(console, result)
     console.print(f"test accuracy {result['test_acc']:.2f}% (best {result['best_test_acc']:.2f}%), "
                   f"{result['train_images_per_second']:.0f} train img/s, {result['seconds']:.0f} s; "
                   f"run folder: {result['out']}", highlight=False, soft_wrap=True)
+
+
+def print_generations(console: Console, result: dict) -> None:
+    """A refine run's table: each generation's test accuracy, its difference from generation 0, and the
+    folder with its curves.png; then the seed, so that the numbers read as one measured run."""
+    accs = result["generation_test_acc"]
+    folders = [g.get("folder", f"gen{i}") for i, g in enumerate(result.get("generations", []))] or \
+        [f"gen{i}" for i in range(len(accs))]
+    table = Table(title=f"generations (seed {result.get('seed', '?')})")
+    for col in ("generation", "test accuracy (%)", "vs generation 0 (points)", "run folder and plots"):
+        table.add_column(col, no_wrap=col != "run folder and plots", overflow="fold")
+    for i, (acc, folder) in enumerate(zip(accs, folders)):
+        table.add_row(str(i), f"{acc:.2f}", "-" if i == 0 else f"{acc - accs[0]:+.2f}",
+                      f"{Path(result['out']) / folder}/ (curves.png)")
+    console.print(table)
 
 
 def one_line(error: Exception) -> str:

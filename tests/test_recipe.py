@@ -156,3 +156,20 @@ def test_recipe_list_shows_every_trick(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in TRICKS.names())
+
+
+def test_a_refine_run_ends_with_its_generations_table():
+    import io
+
+    from rich.console import Console
+
+    from recipes.cli import print_generations
+
+    console = Console(file=io.StringIO(), width=140)
+    print_generations(console, {"generation_test_acc": [88.25, 88.75, 87.5], "seed": 0, "out": "/runs/r",
+                                "generations": [{"folder": "gen0"}, {"folder": "gen1"}, {"folder": "gen2"}]})
+    text = console.file.getvalue()
+    rows = [line for line in text.splitlines() if "/runs/r/gen" in line]
+    assert len(rows) == 3 and "generations (seed 0)" in text
+    assert "88.25" in rows[0] and "88.75" in rows[1] and "+0.50" in rows[1] and "-0.75" in rows[2]
+    assert "/runs/r/gen2/ (curves.png)" in rows[2]
