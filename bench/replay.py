@@ -7,7 +7,7 @@ again and runs only what is missing. A run folder left by a stopped attempt is r
 checkpoint (`recipes.checkpoint`) when it holds one, else deleted and redone. Jobs train in-process
 (`recipes.run.train`, no subprocess per row); the dataset is loaded once per process. `workers>1`
 runs that many 'spawn' processes (on a CUDA GPU they share the one device: `CUDA_WORKERS` is the
-default there, the count that measured fastest), each storing its own results; `ray_address` sends the
+default there, the count measured so far), each storing its own results; `ray_address` sends the
 jobs to a Ray cluster instead (`bench/ray_cluster.py`). One replay at a time may use a results folder
 (a lock file, released by the OS when the process dies).
 
@@ -36,7 +36,9 @@ from bench.store import Store, code_version
 from tricks.errors import ConfigError, RunFolderError, TricksError
 
 LOCK_NAME = "replay.lock"
-CUDA_WORKERS = 4  # runs at once on one GPU by default: the best aggregate img/s of `bench perf --device cuda`
+# runs at once on one GPU by default: on one H200 four full-budget runs trained 104,490 img/s together against
+# 42,382 for one (README "On one GPU"); 2 and 8 at once are not measured yet (`bench perf --only concurrency`)
+CUDA_WORKERS = 4
 PRIORITY = ("S9.baseline", "S9.mixup.a0.3", "S9.finalbn", "S9.lastgamma.off", "S9.v2.base",
             "S9.refine.mixup-first", "S9.refine.mixup-all")  # then S9's other rows, S8, S7, ... (`priority`)
 def _exit_with_parent(parent: int) -> None:
