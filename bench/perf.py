@@ -95,7 +95,7 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str
     Same seed handling, loaders, model, SGD groups, per-iteration warmup + cosine lr and speed settings
     (`recipes.speed.resolve_speed`: channels-last, bf16 autocast with the loss on fp32 logits,
     torch.compile in the same mode, fused SGD on CUDA, eager evaluation in `eval_bs` batches) as
-    `recipes.run.fit_one` (a recipe without tricks). Returns train images/s (training passes only),
+    `recipes.fit.fit_one` (a recipe without tricks). Returns train images/s (training passes only),
     each epoch's training and evaluation seconds, per-epoch test accuracy and the final weights.
     """
     if recipe.tricks:

@@ -36,7 +36,7 @@ from fastai.callback.core import Callback, CancelFitException
 from recipes import checkpoint as ckpt
 from recipes.build import trained_model
 from recipes.recipe import Recipe
-from recipes.run import fit_one, versions
+from recipes.fit import fit_one, versions
 from recipes.stats import EpochStats
 from tricks.data import ImageData, Split, class_balanced_subset
 from tricks.errors import ConfigError

@@ -11,20 +11,15 @@ metrics.csv and the checkpoint stay.
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
-import platform
 import re
 import socket
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +27,17 @@ import torch
 from fastai.callback.core import Callback
 
 from recipes import checkpoint as ckpt
-from recipes.build import (
-    build_dataloaders,
-    build_learner,
-    build_model,
-    build_tricks,
-    check_speed,
-    lr_schedule,
-    resolve_device,
-)
-from recipes.distributed import DistributedEnv, ddp_callbacks, is_main_process
-from recipes.nan_guard import StopOnNonFinite
+from recipes.build import check_speed, resolve_device
+from recipes.distributed import DistributedEnv, ddp_callbacks
+from recipes.fit import fit_one
+from recipes.generations import refine_params, train_generations
 from recipes.recipe import Recipe
-from recipes.speed import resolve_speed, seed_everything
+from recipes.speed import resolve_speed
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
 from tricks.errors import ConfigError, RunFolderError
-from tricks.files import torch_save_atomic, write_atomic
-from tricks.surgery import ModelSurgery
 
 CLAIM = ".claim"  # the marker a running run holds locked in its folder (see `claimed`)
-METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
-PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
 
 
 def default_out(recipe: Recipe, root: str | os.PathLike = "runs") -> Path:
@@ -185,129 +169,6 @@ def check_device(device: torch.device) -> torch.device:
     return device
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def metrics_csv(records: Iterable[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS_COLUMNS})
-    return buf.getvalue()
-
-
-def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, path: Path) -> None:
-    """Loss, accuracy and lr against epochs, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-    ax_loss.plot(epochs, [r["test_loss"] for r in records], "o-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [r["test_acc"] for r in records], "o-")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    ax_lr.plot([i / steps_per_epoch for i in range(len(lrs))], lrs)
-    ax_lr.set(xlabel="epoch", ylabel="lr", title="learning rate", yscale="log")
-    for ax in (ax_loss, ax_acc, ax_lr):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-
-
-def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *, extra_cbs: list[Callback],
-            callbacks: Callable[[EpochStats], list[Callback]], on_start: Callable[[dict], None],
-            info: dict[str, Any], checkpoint: bool = False,
-            resume: bool = False) -> tuple[dict[str, Any], torch.nn.Module]:
-    """One fit into one run folder; returns (result.json's content, the trained model).
-
-    `checkpoint`: write `checkpoint.pth` (one process only); `resume`: continue from the folder's
-    checkpoint, whose config must be this run's (`recipes.checkpoint`).
-    """
-    seed_everything(recipe.seed, device)
-    dls = build_dataloaders(recipe, data, device)
-    model = build_model(recipe, data).to(device)
-    tricks = build_tricks(recipe)
-    for trick in tricks:  # a model a trick cannot change fails before anything is written
-        if isinstance(trick, ModelSurgery):
-            trick.check(model)
-    resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
-    main = is_main_process()  # on several processes only rank 0 writes (recipes.distributed)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    config = {**resolved.to_dict(), "classes": list(data.classes), "mean": dls.train.mean.tolist(),
-              "std": dls.train.std.tolist(),
-              "num_classes": data.num_classes, "channels": data.channels,
-              "image_size": list(data.size), "train_images": dls.train.n, "test_images": dls.valid.n,
-              "parameters": sum(p.numel() for p in model.parameters()), **info}
-    state, started = None, {}
-    if resume:  # everything is checked before anything in the folder changes
-        state, note, damaged = ckpt.load_for_resume(out)
-        ckpt.check_config(state, config, out)
-        if damaged is not None:
-            ckpt.set_aside(damaged)
-        ckpt.remove_temporaries(out)
-        started = {"resume": {"epoch": int(state["epoch"]), "note": note}}
-    elif main:
-        write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
-    have = set(data.test.labels.unique().tolist())
-    missing = [c for i, c in enumerate(data.classes) if i not in have]
-    notes = {"test_missing_classes": missing} if missing else {}  # their accuracy cannot be measured
-    on_start({**config, "out": str(out), **started, **notes})
-
-    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))
-    stats = EpochStats(listeners=(writer,) if main else ())
-    guard = StopOnNonFinite(out)  # a NaN/inf loss stops the fit with a TrainingError; the folder stays as written
-    saver = ckpt.Checkpoint(out, config, resume=state) if checkpoint and main else None
-    learn = build_learner(recipe, dls, model, cbs=[*extra_cbs, stats, guard, *callbacks(stats),
-                                                   *([saver] if saver else [])], tricks=tricks)
-
-    start = time.perf_counter()
-    with saver.signals() if saver else contextlib.nullcontext():
-        learn.fit(recipe.epochs)
-    seconds = saver.seconds if saver else time.perf_counter() - start
-
-    if main:
-        torch_save_atomic(model.state_dict(), out / "model.pth")
-    records = stats.records
-    result = {
-        "recipe": recipe.recipe,
-        "test_acc": records[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in records),
-        "epochs": len(records),
-        "seconds": seconds,
-        "train_images_per_second": stats.images_per_second,
-        "seed": recipe.seed,
-        "dataset": data.name,
-        "device": str(device),
-        "versions": versions(),
-        **info,
-        **notes,
-    }
-    if main:
-        write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
-        lrs = lr_schedule(learn).lrs  # one per training batch (of this process's shard)
-        plot_curves(records, lrs, len(lrs) // len(records), out / "curves.png")
-    if saver:
-        ckpt.remove_checkpoints(out)  # the run has finished: model.pth and result.json hold it
-    return result, model
-
-
 def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageData | None = None,
           callbacks: Callable[[EpochStats], list[Callback]] = lambda stats: [],
           on_start: Callable[[dict], None] = lambda info: None, resume: bool = False) -> dict[str, Any]:
@@ -325,8 +186,6 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
     (`recipes.checkpoint`; `recipes.generations` for refine); a run that has finished already is not
     trained again: its result.json is returned with `already_finished`.
     """
-    from recipes.generations import refine_params, train_generations
-
     env = DistributedEnv.from_environ()
     refine = refine_params(recipe)
     if env.enabled and refine is not None:

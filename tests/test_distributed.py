@@ -176,7 +176,7 @@ sys.path.insert(0, {tests!r})
 from fixtures import toy_data
 from recipes.distributed import DistributedEnv, ddp_callbacks
 from recipes.parse import parse_recipe
-from recipes.run import fit_one
+from recipes.fit import fit_one
 
 env = DistributedEnv.from_environ()
 env.init(torch.device("cpu"))

@@ -64,7 +64,7 @@ def test_lastbn_refuses_models_without_a_final_bn(name, word):
 
 
 def test_finalbn_refuses_other_models():
-    with pytest.raises(ConfigError, match=r"^trick 'finalbn' cannot change model Linear; it supports "):
+    with pytest.raises(ConfigError, match=r"^trick 'finalbn' cannot find the classifier of model Linear; looked for "):
         FinalBN().check(nn.Linear(3, 3))
     with pytest.raises(ConfigError, match="position"):
         parse_recipe("baseline+finalbn:position=middle")

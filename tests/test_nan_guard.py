@@ -94,11 +94,11 @@ def test_a_training_error_is_a_tricks_error():
 
 def test_recipe_run_exits_1_with_one_line_and_keeps_the_run_folder(tmp_path, data_env, monkeypatch, capsys):
     """Through the real command line: injected inf at epoch 2, batch 1 of 2 (9 images of 8x8, bs 4)."""
-    import recipes.run
+    import recipes.fit
     from recipes.cli import main
 
-    real = recipes.run.build_learner
-    monkeypatch.setattr(recipes.run, "build_learner",
+    real = recipes.fit.build_learner
+    monkeypatch.setattr(recipes.fit, "build_learner",
                         lambda recipe, dls, model, cbs=(), **kw: real(recipe, dls, model, [Inject(2, 1), *cbs], **kw))
     simple_image_folder(tmp_path / "images", n_train=3, n_test=1, hw=(8, 8))
     (tmp_path / "runs" / "old").mkdir(parents=True)

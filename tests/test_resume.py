@@ -147,12 +147,12 @@ def cli(images: Path, out: Path, *extra: str) -> list[str]:
 
 def stopped_run(images: Path, out: Path, monkeypatch) -> Path:
     """`out` holding a run stopped after epoch 2 of 3 (checkpoint: epoch 2, prev: epoch 1)."""
-    import recipes.run
+    import recipes.fit
     from recipes.cli import main
 
-    real = recipes.run.build_learner
+    real = recipes.fit.build_learner
     with monkeypatch.context() as m:
-        m.setattr(recipes.run, "build_learner",
+        m.setattr(recipes.fit, "build_learner",
                   lambda recipe, dls, model, cbs=(), **kw: real(recipe, dls, model, [StopAt(2), *cbs], **kw))
         assert main(cli(images, out)) == 130
     assert (read_checkpoint(out / CHECKPOINT)["epoch"], read_checkpoint(out / PREVIOUS)["epoch"]) == (2, 1)

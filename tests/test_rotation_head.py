@@ -103,8 +103,11 @@ def test_head_trained_in_the_optimizer_once_and_removed_on_cancel():
 
 
 def test_other_models_refused():
-    with pytest.raises(ConfigError, match=r"^trick 'rotation' cannot change model Sequential; it supports "):
-        RotationHead().check(nn.Sequential(nn.Flatten(), nn.Linear(3, 4)))
+    with pytest.raises(ConfigError, match=r"^trick 'rotation' cannot add its head to model Sequential: "):
+        RotationHead().check(nn.Sequential(nn.Flatten(), nn.Linear(3, 4)))  # classifier found, but a Sequential
+    with pytest.raises(ConfigError, match=r"^trick 'rotation' cannot find the classifier of model Sequential; "
+                                          r"looked for timm's get_classifier\(\)"):
+        RotationHead().check(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
 
 
 @pytest.mark.parametrize("model", ["resnet20", "timm:resnet18"])

@@ -88,11 +88,11 @@ def test_a_folder_a_live_run_holds_is_refused_naming_it(images, tmp_path, capsys
 def test_a_killed_runs_stale_claim_is_taken_over_by_resume(images, tmp_path, capsys):
     """A claim file nobody holds (its run was killed) with a stopped run: a fresh run is refused, --resume goes on."""
     from recipes.cli import main
+    import recipes.fit
     from recipes.run import CLAIM
-    import recipes.run
 
     out = tmp_path / "run"
-    real = recipes.run.build_learner
+    real = recipes.fit.build_learner
 
     from fastai.callback.core import Callback
 
@@ -102,12 +102,12 @@ def test_a_killed_runs_stale_claim_is_taken_over_by_resume(images, tmp_path, cap
         def after_epoch(self):
             raise KeyboardInterrupt
 
-    recipes.run.build_learner = lambda recipe, dls, model, cbs=(), **kw: real(recipe, dls, model,
+    recipes.fit.build_learner = lambda recipe, dls, model, cbs=(), **kw: real(recipe, dls, model,
                                                                                [*cbs, StopAfterOne()], **kw)
     try:
         assert main(argv(images, out, "baseline", 0, "--epochs", "2")) == 130
     finally:
-        recipes.run.build_learner = real
+        recipes.fit.build_learner = real
     (out / CLAIM).write_text(json.dumps({"pid": 999999, "host": "gone", "recipe": "baseline", "config": "ab" * 32,
                                          "started": "2026-01-01T00:00:00"}) + "\n")  # as kill -9 leaves it
     capsys.readouterr()

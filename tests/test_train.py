@@ -6,7 +6,8 @@ import torch
 
 from recipes.build import build_model, sgd_param_groups
 from recipes.parse import parse_recipe
-from recipes.run import METRICS_COLUMNS, train
+from recipes.fit import METRICS_COLUMNS
+from recipes.run import train
 from tricks.errors import RunFolderError
 from fixtures import toy_data
 

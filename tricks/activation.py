@@ -12,7 +12,8 @@
   f(x) = x * sigmoid(x); torch's nn.SiLU. The notes (S9): 92.82 against ReLU's 93.23.
 
 Every nn.ReLU module is replaced (CIFAR nets: stem, block act1/act2/act_out, final_act; timm ResNets:
-stem act1 and block act1/act2/act3), keeping its `inplace`. Done once, before the first fit.
+stem act1 and block act1/act2/act3; any other model: wherever they are), keeping its `inplace`. Done once,
+before the first fit.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import ModelSurgery, family
+from tricks.models.cifar_resnet import CifarResNet
+from tricks.surgery import ModelSurgery, TimmResNet, family
 
 
 def relus(model: nn.Module) -> list[tuple[nn.Module, str, nn.ReLU]]:
@@ -35,7 +37,7 @@ class ActivationSwap(ModelSurgery):
     order = 1  # model surgery first: later tricks (e.g. resdrop) wrap the new activations
 
     def check(self, model: nn.Module) -> str:
-        kind = family(model, self.trick)
+        kind = family(model, self.trick) if isinstance(model, (CifarResNet, TimmResNet)) else "any"
         if not relus(model):
             raise ConfigError(f"trick '{self.trick}' found no nn.ReLU in {type(model).__name__} to replace; "
                               "use one activation trick per recipe")

@@ -21,7 +21,8 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import ModelSurgery, act_before_last_conv, blocks, classifier_name, family, like
+from tricks.surgery import (ClassifierWrap, ModelSurgery, act_before_last_conv, blocks, classifier_family, family,
+                            like, wrap_classifier)
 
 POSITIONS = ("before_last_conv",)
 WHERES = ("before", "after")
@@ -87,13 +88,13 @@ class FCDropout(ModelSurgery):
         self.drop_p, self.where = p, where
 
     def check(self, model: nn.Module) -> str:
-        kind = family(model, self.trick)
-        if kind == "timm" and self.where == "before" and model.drop_rate:
+        kind = classifier_family(model, self.trick)
+        if self.where == "before" and hasattr(model, "get_classifier") and getattr(model, "drop_rate", 0):
             raise ConfigError(f"fcdrop:where=before and the model's drop_rate={model.drop_rate} both drop "
                               "the features before the fc; set one of them")
         return kind
 
     def edit(self, model: nn.Module, kind: str) -> None:
-        name = classifier_name(model)
-        fc, drop = getattr(model, name), like(model, nn.Dropout(self.drop_p))
-        self.edits.set(model, name, nn.Sequential(drop, fc) if self.where == "before" else nn.Sequential(fc, drop))
+        drop = like(model, nn.Dropout(self.drop_p))
+        wrap_classifier(self.edits, model,
+                        lambda fc: ClassifierWrap(drop, fc) if self.where == "before" else ClassifierWrap(fc, drop))

@@ -33,11 +33,10 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
 
 from tricks.errors import ConfigError
 from tricks.label_refinery import teacher_targets
-from tricks.losses import one_hot, soft_target_cross_entropy, switch_loss
+from tricks.losses import TrainingLoss, one_hot
 from tricks.mixup import MixUp
 from tricks.registry import Param, register_trick
 
@@ -68,12 +67,11 @@ def refine_targets(y_soft: torch.Tensor, teacher_logits: torch.Tensor, weight: f
           "('refine using model_final_2.pth'), 'dyna', 'online-refine'",
     touches=("targets", "loss"),
 )
-class DynamicRefine(Callback):
+class DynamicRefine(TrainingLoss):
     """Refines the training targets with a frozen snapshot of the model from the previous epoch."""
 
     order = 36  # before_batch: after mixup (30) mixed x and the label refinery (35); after_pred: after
     #             one-hot / label smoothing (20) and mixup (30) made the soft targets
-    run_valid = False
 
     def __init__(self, weight: float = 0.5, temperature: float = 1.0, start_epoch: int = 1):
         if not 0.0 <= weight <= 1.0:
@@ -84,7 +82,6 @@ class DynamicRefine(Callback):
             raise ConfigError(f"dynarefine start_epoch={start_epoch} is out of range; allowed: [1, inf) "
                               "(the first snapshot is taken at the end of an epoch)")
         self.weight, self.temperature, self.start_epoch = weight, temperature, start_epoch
-        self.previous_loss = None
         self.snapshot = None  # the frozen model of the previous epoch
         self.teacher_probs = None  # softmax(snapshot(x) / T) of the current training batch
 
@@ -92,7 +89,6 @@ class DynamicRefine(Callback):
         if any(isinstance(cb, MixUp) and cb.mix == "losses" for cb in self.learn.cbs):
             raise ConfigError("dynarefine refines mixed labels, and mixup:mix=losses has none; use mix=labels")
         self.snapshot, self.teacher_probs = None, None
-        self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, soft_target_cross_entropy)
 
     def before_batch(self):
         self.teacher_probs = None
@@ -134,8 +130,7 @@ class DynamicRefine(Callback):
 
     def after_fit(self):
         self.snapshot, self.teacher_probs = None, None
-        if self.previous_loss is not None:
-            self.learn.loss_func, self.previous_loss = self.previous_loss, None
 
     def after_cancel_fit(self):
+        super().after_cancel_fit()
         self.after_fit()

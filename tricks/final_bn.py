@@ -19,7 +19,8 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import ModelSurgery, classifier_linear, classifier_name, family, like, num_features
+from tricks.surgery import (ClassifierWrap, ModelSurgery, classifier_family, classifier_linear, family, like,
+                            num_features, wrap_classifier)
 
 POSITIONS = ("features", "logits")
 
@@ -45,14 +46,16 @@ class FinalBN(ModelSurgery):
             raise ConfigError(f"finalbn position '{position}' is not one of {', '.join(POSITIONS)}")
         self.position = position
 
+    def check(self, model: nn.Module) -> str:
+        return classifier_family(model, self.trick)
+
     def edit(self, model: nn.Module, kind: str) -> None:
-        name = classifier_name(model)
-        fc = getattr(model, name)
         if self.position == "features":
-            new = nn.Sequential(like(model, nn.BatchNorm1d(num_features(model))), fc)
+            bn = like(model, nn.BatchNorm1d(num_features(model)))
+            wrap_classifier(self.edits, model, lambda fc: ClassifierWrap(bn, fc))
         else:
-            new = nn.Sequential(fc, like(model, nn.BatchNorm1d(classifier_linear(model).out_features)))
-        self.edits.set(model, name, new)
+            bn = like(model, nn.BatchNorm1d(classifier_linear(model).out_features))
+            wrap_classifier(self.edits, model, lambda fc: ClassifierWrap(fc, bn))
 
 
 @register_trick(

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.losses import kl_div_loss, soft_target_cross_entropy, switch_loss
+from tricks.losses import TrainingLoss, kl_div_loss, soft_target_cross_entropy
 from tricks.registry import Param, register_trick
 
 LOSSES = {"kl": kl_div_loss, "ce": soft_target_cross_entropy}
@@ -48,16 +47,17 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.
     build=lambda recipe, teacher, **p: LabelRefinery(teacher, p["temperature"], p["loss"]),
     per_run=True,
 )
-class LabelRefinery(Callback):
+class LabelRefinery(TrainingLoss):
     """Replace each training batch's targets with a frozen teacher's softmax of that exact batch.
 
     The teacher predicts at before_batch, after mixup (30) mixed the inputs; the targets are written
     at after_pred, after one-hot / smoothing (20) and mixup (30) wrote theirs, so they are neither
-    smoothed nor mixed again. Dynamic refine (36) may then blend them.
+    smoothed nor mixed again. Dynamic refine (36) may then blend them. The refinery's loss wins over
+    an earlier target trick's (`replace_soft`); it is in place for training only (`TrainingLoss`).
     """
 
     order = 35
-    run_valid = False  # the test split is scored against its true labels
+    replace_soft = True
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, loss: str = "kl"):
         if loss not in LOSSES:
@@ -65,13 +65,11 @@ class LabelRefinery(Callback):
         if temperature <= 0:
             raise ConfigError(f"refinery temperature={temperature} must be > 0")
         self.teacher, self.temperature, self.loss = teacher, temperature, loss
+        self.train_loss, self.targets = LOSSES[loss], None
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
     def before_fit(self):
-        # the refinery's loss wins over an earlier target trick's; `switch_loss` says what to restore
-        self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, LOSSES[self.loss],
-                                                               replace_soft=True)
         self.teacher.to(next(self.learn.model.parameters()).device).eval()
 
     def before_batch(self):
@@ -81,10 +79,6 @@ class LabelRefinery(Callback):
     def after_pred(self):
         self.learn.yb = (self.targets,)
 
-    def after_fit(self):
+    def after_train(self):
+        super().after_train()
         self.targets = None
-        if self.previous_loss is not None:
-            self.learn.loss_func, self.previous_loss = self.previous_loss, None
-
-    def after_cancel_fit(self):
-        self.after_fit()

@@ -8,25 +8,19 @@ the true class, `off` elsewhere (0.9/0.0001 as written in S7; rows do not sum to
 The targets are made at after_pred, not before_batch: the number of classes C is the width of the
 prediction, which is known only then (the data loaders do not carry it). Order 20 still runs before
 mixup (30) and dynamic refine (36) at after_pred. Training batches only; the test split keeps its
-hard labels, which the installed loss takes as plain cross entropy.
+hard labels, and the soft-target loss is in place for training only (`tricks.losses.TrainingLoss`).
 """
 from __future__ import annotations
 
-from fastai.callback.core import Callback
-
 from tricks.errors import ConfigError
-from tricks.losses import one_hot, smooth_targets, soft_target_cross_entropy, switch_loss
+from tricks.losses import TrainingLoss, one_hot, smooth_targets
 from tricks.registry import Param, register_trick
 
 
-class SoftTargets(Callback):
+class SoftTargets(TrainingLoss):
     """Replaces the training targets by `self.targets(y, C)` and trains with soft cross entropy."""
 
     order = 20  # targets: one-hot / label smoothing, before mixup (30) and dynamic refine (36)
-    run_valid = False
-
-    def __init__(self):
-        self.previous_loss = None
 
     def targets(self, y, num_classes):
         raise NotImplementedError
@@ -34,17 +28,9 @@ class SoftTargets(Callback):
     def before_fit(self):
         if any(isinstance(cb, SoftTargets) and cb is not self for cb in self.learn.cbs):
             raise ConfigError("onehot and lsmooth both set the targets; keep one")
-        self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, soft_target_cross_entropy)
 
     def after_pred(self):
         self.learn.yb = (self.targets(self.learn.yb[0], self.learn.pred.shape[1]),)
-
-    def after_fit(self):
-        if self.previous_loss is not None:
-            self.learn.loss_func, self.previous_loss = self.previous_loss, None
-
-    def after_cancel_fit(self):
-        self.after_fit()
 
 
 @register_trick(
@@ -77,7 +63,6 @@ class LabelSmoothing(SoftTargets):
     """eps > 0: (1 - eps) * onehot + eps / C; else `on` at the true class, `off` elsewhere."""
 
     def __init__(self, eps: float = 0.0, on: float = 0.9, off: float = 0.0001):
-        super().__init__()
         if eps == 0.0 and not off < on:
             raise ConfigError(f"lsmooth on={on}, off={off}: on must be larger than off")
         self.eps, self.on, self.off = eps, on, off

@@ -18,6 +18,7 @@ Written here rather than called: timm's `mixup_target` pairs each row with the r
 permutation (Zhang et al.'s code, the notes) and the targets may be the notes' on/off form; the tests
 check `mixup_batch` against `mixup_target` when `perm` is the reversal. fastai's `MixUp` draws one
 lam per image and uses max(lam, 1 - lam), which is not the notes' mixup.
+The loss is swapped for training only (`tricks.losses.TrainingLoss`, as fastai's `MixHandler`).
 lam and perm come from torch's global RNG (CPU for lam, the batch's device for perm), seeded by the
 trainer, so runs are reproducible under `torch.manual_seed`.
 """
@@ -26,10 +27,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.mixup import reduce_loss
+from fastai.layers import NoneReduce
 
 from tricks.errors import ConfigError
-from tricks.losses import kl_div_loss, one_hot, soft_target_cross_entropy, switch_loss
+from tricks.losses import SoftTargetLoss, TrainingLoss, kl_div_loss, one_hot
 from tricks.registry import Param, register_trick
 
 MIX = ("labels", "losses")
@@ -62,13 +64,10 @@ ALPHA = Param("alpha", float, 0.3, "Beta(alpha, alpha) of lam (notes S9 best: 0.
     paper="Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization, arXiv:1710.09412",
     touches=("input", "targets", "loss"),
 )
-class MixUp(Callback):
+class MixUp(TrainingLoss):
     """Mixes x at before_batch; the targets at after_pred (labels) or the loss (losses). Training only."""
 
     order = 30  # after one-hot / label smoothing (20) made the soft targets, before dynamic refine (36)
-    run_valid = False
-    target_loss = staticmethod(soft_target_cross_entropy)  # the loss on mixed labels
-    replace_soft = False  # keep a soft-target loss an earlier trick installed
 
     def __init__(self, alpha: float = 0.3, mix: str = "labels"):
         if not alpha > 0:
@@ -78,20 +77,19 @@ class MixUp(Callback):
         self.alpha, self.mix = alpha, mix
         self.beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
         self.lam, self.perm = 1.0, None
-        self.previous_loss = None  # restored after the fit (mix='labels')
-        self.plain_loss = None  # restored after each training phase (mix='losses')
+        self.plain_loss = None  # the loss whose two values are mixed (mix='losses'), during training
+        if mix == "losses":
+            self.replace_soft = True  # the mixed loss wraps the one in place, soft (onehot, lsmooth) or not
 
     def before_fit(self):
         if any(isinstance(cb, MixUp) and cb is not self for cb in self.learn.cbs):
             raise ConfigError("mixup and klmixup both mix the batch; keep one")
-        if self.mix == "labels":
-            self.learn.loss_func, self.previous_loss = switch_loss(self.learn.loss_func, self.target_loss,
-                                                                   replace_soft=self.replace_soft)
 
-    def before_train(self):
-        if self.mix == "losses":
-            self.plain_loss = self.learn.loss_func
-            self.learn.loss_func = self.loss_of_mixed_batch
+    def training_loss(self):
+        if self.mix == "labels":
+            return self.train_loss
+        self.plain_loss = self.learn.loss_func  # cross entropy, or the soft one of onehot / lsmooth
+        return SoftTargetLoss(self.loss_of_mixed_batch)
 
     def before_batch(self):
         x = self.learn.xb[0]
@@ -105,23 +103,16 @@ class MixUp(Callback):
             y_soft = y if y.is_floating_point() else one_hot(y, self.learn.pred.shape[1])
             self.learn.yb = (mix_rows(y_soft, self.lam, self.perm),)
 
-    def loss_of_mixed_batch(self, pred, y):
-        """The loss in place during training with mix='losses'."""
-        return mixed_loss(self.plain_loss, pred, y, self.lam, self.perm)
+    def loss_of_mixed_batch(self, pred, y, reduction="mean"):
+        """The loss in place during training with mix='losses' (fastai's `MixHandler.lf` for reductions)."""
+        if reduction == "mean":
+            return mixed_loss(self.plain_loss, pred, y, self.lam, self.perm)
+        with NoneReduce(self.plain_loss) as loss_func:
+            return reduce_loss(mixed_loss(loss_func, pred, y, self.lam, self.perm), reduction)
 
     def after_train(self):
-        # on a cancelled fit an order-20 trick may have put the original loss back already: keep it
-        if self.learn.loss_func == self.loss_of_mixed_batch:
-            self.learn.loss_func = self.plain_loss
+        super().after_train()
         self.plain_loss = None
-
-    def after_fit(self):
-        self.after_train()
-        if self.previous_loss is not None:
-            self.learn.loss_func, self.previous_loss = self.previous_loss, None
-
-    def after_cancel_fit(self):
-        self.after_fit()
 
 
 @register_trick(
@@ -134,7 +125,7 @@ class MixUp(Callback):
 class KLMixUp(MixUp):
     """mixup of labels with the KL-divergence loss; same gradients as mixup:mix=labels."""
 
-    target_loss = staticmethod(kl_div_loss)
+    train_loss = kl_div_loss
     replace_soft = True  # KL replaces the soft cross entropy of onehot / lsmooth
 
     def __init__(self, alpha: float = 0.3):

@@ -23,7 +23,7 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import ModelSurgery, like, num_features, pooled_features
+from tricks.surgery import ModelSurgery, classifier_family, like, num_features, pooled_features
 
 ROTATIONS = 4
 
@@ -63,6 +63,13 @@ class RotationHead(ModelSurgery):
     def __init__(self, weight: float = 1.0):
         super().__init__()
         self.weight = weight
+
+    def check(self, model: nn.Module) -> str:
+        kind = classifier_family(model, self.trick)
+        if isinstance(model, nn.Sequential):
+            raise ConfigError(f"trick 'rotation' cannot add its head to model {type(model).__name__}: it is an "
+                              "nn.Sequential, whose forward would run the head after the classifier")
+        return kind
 
     def edit(self, model: nn.Module, kind: str) -> None:
         self.edits.set(model, "rotation_head", like(model, nn.Linear(num_features(model), ROTATIONS)))

@@ -104,7 +104,9 @@ def build_sgdr(recipe, **p) -> "SGDR":
     build=build_sgdr,
 )
 class SGDR(LRSchedule):
-    """Sets the SGDR lr before every training batch; the peak is recipe.lr, the run recipe.epochs long.
+    """Sets the SGDR lr before every training batch; the peak is `peak`, else (fastai's convention) the lr
+    given to `fit`: `learn.fit(200, 0.2, cbs=SGDR(cycle_len=10, cycle_mul=2))`. `floor` defaults to 0
+    (timm's `lr_min`, torch's `eta_min`).
 
     Time t is counted in iterations when step='iter' or unit='iter' (a len in epochs is then len *
     iterations per epoch), else in epochs; with step='epoch' the lr is constant within an epoch.
@@ -112,12 +114,12 @@ class SGDR(LRSchedule):
 
     order = 60  # an lr schedule: replaces the default warmup + cosine
 
-    def __init__(self, *, peak: float, floor: float, cycle_len: float = 10.0, unit: str = "epoch",
+    def __init__(self, *, peak: float | None = None, floor: float = 0.0, cycle_len: float = 10.0, unit: str = "epoch",
                  cycle_mul: float = 2.0, cycle_decay: float = 1.0, step: str = "epoch", warmup_epochs: float = 0.0,
                  warmup_start: float = 1e-5, warmup_shape: str = "linear"):
         if unit not in UNITS:
             raise ValueError(f"unit {unit!r} is not one of {UNITS}")
-        super().__init__(schedule=lambda t: peak, step=step)
+        super().__init__(schedule=lambda t: peak, step=step)  # the real schedule is made at before_fit
         self.peak, self.floor, self.cycle_len, self.unit = peak, floor, cycle_len, unit
         self.cycle_mul, self.cycle_decay = cycle_mul, cycle_decay
         self.warmup_epochs, self.warmup_start, self.warmup_shape = warmup_epochs, warmup_start, warmup_shape
@@ -130,7 +132,10 @@ class SGDR(LRSchedule):
         n_iter = len(self.learn.dls.train)
         per_epoch = n_iter if self.in_iters() else 1  # time units per epoch
         cycle_len = self.cycle_len * (per_epoch if self.unit == "epoch" else 1)
-        self.schedule = sgdr_schedule(peak=self.peak, floor=self.floor, cycle_len=cycle_len,
+        peak = self.fit_lr() if self.peak is None else self.peak
+        if not self.floor < peak:
+            raise ConfigError(f"sgdr: floor={self.floor} must be below the peak lr={peak}")
+        self.schedule = sgdr_schedule(peak=peak, floor=self.floor, cycle_len=cycle_len,
                                       cycle_mul=self.cycle_mul, cycle_decay=self.cycle_decay,
                                       warmup_len=self.warmup_epochs * per_epoch, warmup_start=self.warmup_start,
                                       warmup_shape=self.warmup_shape)

@@ -74,17 +74,31 @@ def build_step_decay(recipe, *, at: str, gamma: float, warmup: bool) -> "StepDec
     build=build_step_decay,
 )
 class StepDecay(LRSchedule):
-    """Sets the step-decay lr before every training batch; t = epochs done (fractional with step='iter')."""
+    """Sets the step-decay lr before every training batch; t = epochs done (fractional with step='iter').
+    The peak is `peak`, else (fastai's convention) the lr given to `fit`: `learn.fit(200, 0.1, cbs=StepDecay())`.
+    """
 
     order = 60  # an lr schedule: replaces the default warmup + cosine
 
-    def __init__(self, *, peak: float, milestones: Sequence[int] = (100, 150), gamma: float = 0.1,
+    def __init__(self, *, peak: float | None = None, milestones: Sequence[int] = (100, 150), gamma: float = 0.1,
                  step: str = "iter", warmup_epochs: float = 0.0, warmup_start: float = 1e-5,
                  warmup_shape: str = "linear"):
-        schedule = step_decay_schedule(peak=peak, milestones=list(milestones), gamma=gamma, warmup_len=warmup_epochs,
-                                       warmup_start=warmup_start, warmup_shape=warmup_shape)
-        super().__init__(schedule, step=step)
-        self.milestones = list(milestones)
+        self.peak, self.milestones, self.gamma = peak, list(milestones), gamma
+        self.warmup_epochs, self.warmup_start, self.warmup_shape = warmup_epochs, warmup_start, warmup_shape
+        super().__init__(self.schedule_for(peak), step=step)
+
+    def schedule_for(self, peak: float | None):
+        """The lr schedule with this peak; None (no peak yet) until before_fit takes the lr given to fit."""
+        if peak is None:
+            return None
+        return step_decay_schedule(peak=peak, milestones=self.milestones, gamma=self.gamma,
+                                   warmup_len=self.warmup_epochs, warmup_start=self.warmup_start,
+                                   warmup_shape=self.warmup_shape)
+
+    def before_fit(self):
+        super().before_fit()
+        if self.peak is None:
+            self.schedule = self.schedule_for(self.fit_lr())
 
     def progress(self) -> float:
         """Here: epochs done (k * n_iter / n_iter is exactly k, so milestones switch on the right batch)."""

@@ -4,7 +4,10 @@ every change so it can be undone, and a Callback base that edits the model once 
 
 Supported: the CIFAR ResNets of `tricks.models.cifar_resnet` (v1 'resnet<d>', pre-activation
 'preact_resnet<d>', 'wrn<d>_<k>') and timm ResNets (`timm.models.resnet.ResNet` with BasicBlock or
-Bottleneck blocks: 'timm:resnet18', 'timm:resnet50', ...). Any other model is a ConfigError.
+Bottleneck blocks: 'timm:resnet18', 'timm:resnet50', ...). Any other model is a ConfigError, except for
+the tricks that only need the classifier or the activations (finalbn, fcdrop, rotation, leakyrelu,
+swish): they take any model whose classifier `classifier_path` finds (timm's get_classifier, torchvision's
+`fc`, a final nn.Linear as fastai's XResNet has), the pooled features then being the classifier's input.
 
 Where things are (the last BN of a branch is what Goyal et al. 2017 and timm's `zero_init_last` zero):
 
@@ -65,28 +68,86 @@ def act_before_last_conv(block: nn.Module) -> str:
     return "act2" if isinstance(block, TimmBottleneck) else "act1"
 
 
-def classifier_name(model: nn.Module) -> str:
-    """Attribute of the final classifier: 'fc' (timm: `pretrained_cfg['classifier']`)."""
-    if isinstance(model, TimmResNet):
-        return (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "fc")
-    return "fc"
+class ClassifierWrap(nn.Sequential):
+    """The nn.Sequential a trick wraps a classifier in (fcdrop, finalbn): the next trick finds the whole."""
+
+
+CLASSIFIER_LOOKED_FOR = ("timm's get_classifier() (pretrained_cfg['classifier']), torchvision's `fc` nn.Linear, "
+                         "or an nn.Linear as the model's last module")
+
+
+def _classifier_path(model: nn.Module) -> str | None:
+    if isinstance(model, CifarResNet):
+        return "fc"
+    path = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if hasattr(model, "get_classifier") else None
+    if path is None and isinstance(getattr(model, "fc", None), (nn.Linear, ClassifierWrap)):
+        path = "fc"  # torchvision's ResNets, Wide ResNets, ...
+    if path is not None:
+        head = model.get_submodule(path)
+        return path if isinstance(head, (nn.Linear, ClassifierWrap)) else None
+    leaves = [n for n, m in model.named_modules() if n and next(m.children(), None) is None
+              and not n.startswith("rotation_head")]
+    if not leaves:
+        return None
+    path = leaves[-1]  # the last module: an nn.Linear, or the last module of a trick's ClassifierWrap
+    while "." in path and isinstance(model.get_submodule(path.rpartition(".")[0]), ClassifierWrap):
+        path = path.rpartition(".")[0]
+    return path if isinstance(model.get_submodule(path), (nn.Linear, ClassifierWrap)) else None
+
+
+def classifier_path(model: nn.Module, trick: str = "?") -> str:
+    """Dotted path of the final classifier: 'fc' (CIFAR nets, torchvision), timm's `pretrained_cfg['classifier']`
+    ('fc', 'head.fc'), else the model's last module if it is an nn.Linear (fastai's XResNet: '11'); once a
+    trick wrapped it, the path of the wrap. A one-line ConfigError naming the model class otherwise."""
+    path = _classifier_path(model)
+    if path is None:
+        raise ConfigError(f"trick '{trick}' cannot find the classifier of model {type(model).__name__}; "
+                          f"looked for {CLASSIFIER_LOOKED_FOR}")
+    return path
+
+
+def classifier_family(model: nn.Module, trick: str) -> str:
+    """For the tricks that only need the classifier: the model's family if it has one, else 'any' once the
+    classifier is found (a ConfigError if not)."""
+    classifier_path(model, trick)
+    if isinstance(model, (CifarResNet, TimmResNet)):
+        return family(model, trick)
+    return "any"
+
+
+def wrap_classifier(edits: "Edits", model: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> None:
+    """Replace the classifier by `wrap(classifier)`, recorded in `edits`."""
+    path = classifier_path(model)
+    parent, _, name = path.rpartition(".")
+    edits.set(model.get_submodule(parent) if parent else model, name, wrap(model.get_submodule(path)))
 
 
 def classifier_linear(model: nn.Module) -> nn.Linear:
-    """The classifier's nn.Linear, also when a trick has wrapped it in an nn.Sequential."""
-    head = getattr(model, classifier_name(model))
+    """The classifier's nn.Linear, also when a trick has wrapped it."""
+    head = model.get_submodule(classifier_path(model))
     return [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
 
 
 def num_features(model: nn.Module) -> int:
     """Width of the pooled features (the classifier's in_features)."""
-    return model.num_features
+    if isinstance(model, (CifarResNet, TimmResNet)):
+        return model.num_features
+    return classifier_linear(model).in_features
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, num_features): the globally pooled features of input x."""
-    pool = model.global_pool if isinstance(model, TimmResNet) else model.pool
-    return pool(model.forward_features(x))
+    """(B, num_features): the globally pooled features of input x (any other model: the classifier's input,
+    caught by a forward pre-hook on a forward pass of x)."""
+    if isinstance(model, (CifarResNet, TimmResNet)):
+        pool = model.global_pool if isinstance(model, TimmResNet) else model.pool
+        return pool(model.forward_features(x))
+    seen = []
+    hook = model.get_submodule(classifier_path(model)).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    return seen[0]
 
 
 def like(model: nn.Module, module: nn.Module) -> nn.Module:
@@ -124,6 +185,14 @@ class Edits:
             self.steps.pop()()
 
 
+def rebuild_optimizer(learn) -> None:
+    """`learn.create_opt()` for the edited model, keeping the lr that `fit` set (create_opt starts from `learn.lr`)."""
+    lr = learn.opt.hypers[-1]["lr"] if learn.opt is not None else None
+    learn.create_opt()
+    if lr is not None:
+        learn.opt.set_hyper("lr", lr)
+
+
 class ModelSurgery(Callback):
     """Base of the model-changing tricks: `edit` the model once at before_fit, undo on cancel.
 
@@ -159,7 +228,7 @@ class ModelSurgery(Callback):
         self.edit(model, kind)
         self.edited = model
         if self.rebuild_opt:
-            self.learn.create_opt()
+            rebuild_optimizer(self.learn)
 
     def after_cancel_fit(self):
         if not self.edits.steps or self.learn.train_iter > 0:
@@ -167,7 +236,7 @@ class ModelSurgery(Callback):
         self.edits.undo()
         self.edited = None
         if self.rebuild_opt:
-            self.learn.create_opt()
+            rebuild_optimizer(self.learn)
 
     def after_fit(self):
         self.edits.commit()  # a later cancel must not undo what training has built on

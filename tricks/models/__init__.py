@@ -1,6 +1,8 @@
-"""Models by name: CIFAR ResNets v1/v2 and Wide ResNets (`cifar_resnet`), any timm model as 'timm:<name>'.
+"""Models by name: CIFAR ResNets v1/v2 and Wide ResNets (`cifar_resnet`), any timm model as 'timm:<name>',
+fastai's XResNets as 'fastai:<name>' and torchvision's models as 'torchvision:<name>' (`library_models`).
 
-`create_model(name, num_classes=...)` resolves, in order: 'timm:<name>'; a registered name in `MODELS`;
+`create_model(name, num_classes=...)` resolves, in order: 'timm:<name>', 'fastai:<name>', 'torchvision:<name>';
+a registered name in `MODELS`;
 the pattern 'wrn<depth>_<width>' (depth 6n+4). An option that does not apply to the chosen model raises
 ConfigError when it differs from its default, so an ablation never silently ignores a setting.
 """
@@ -20,10 +22,14 @@ MODELS = Registry("model")
 # Importing cifar_resnet registers resnet<d>, preact_resnet<d> and wrn28_10.
 from tricks.models.cifar_resnet import SHORTCUTS, WRN_OPTIONS, parse_wrn, wide_resnet  # noqa: E402
 from tricks.models.timm_models import STEMS, TIMM_OPTIONS, TIMM_PREFIX, create_timm_model  # noqa: E402
+from tricks.models.library_models import (FASTAI_PREFIX, LIBRARY_OPTIONS, TORCHVISION_PREFIX,  # noqa: E402
+                                          create_fastai_model, create_torchvision_model)
 
 PATTERNS = {
     "wrn<depth>_<width>": "Wide ResNet of any depth 6n+4 and width k, e.g. wrn16_4",
     "timm:<name>": "any timm model, pretrained=False, with the dataset's classes and channels",
+    "fastai:<name>": "fastai's XResNets (xresnet18 ... xresnet152, _deep, xse_resnext), untrained",
+    "torchvision:<name>": "torchvision's models (resnet18, wide_resnet50_2, ...), weights=None",
 }
 _DEFAULTS = {"shortcut": "conv1x1", "zero_init_last": False, "stem": "default", "drop_rate": 0.0}
 
@@ -31,7 +37,7 @@ __all__ = ["MODELS", "create_model", "model_names", "set_bn_momentum"]
 
 
 def model_names() -> list[str]:
-    """Registered names, then the patterns 'wrn<depth>_<width>' and 'timm:<name>'."""
+    """Registered names, then the patterns 'wrn<depth>_<width>', 'timm:<name>', 'fastai:<name>', 'torchvision:<name>'."""
     return MODELS.names() + list(PATTERNS)
 
 
@@ -74,6 +80,10 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, shortcut: st
     options = {"shortcut": shortcut, "zero_init_last": zero_init_last, "stem": stem, "drop_rate": drop_rate}
     if name.startswith(TIMM_PREFIX):
         factory, takes = functools.partial(create_timm_model, name[len(TIMM_PREFIX):]), TIMM_OPTIONS
+    elif name.startswith(FASTAI_PREFIX):
+        factory, takes = functools.partial(create_fastai_model, name[len(FASTAI_PREFIX):]), LIBRARY_OPTIONS
+    elif name.startswith(TORCHVISION_PREFIX):
+        factory, takes = functools.partial(create_torchvision_model, name[len(TORCHVISION_PREFIX):]), LIBRARY_OPTIONS
     elif name in MODELS:
         factory, takes = MODELS.get(name), MODELS.meta(name)["options"]
     elif (dw := parse_wrn(name)) is not None:
