@@ -125,9 +125,9 @@ def check_folder_config(out: Path, config: dict) -> None:
 
 
 def check_finished_recipe(out: Path, recipe: dict) -> None:
-    """Refuse `--resume` of a finished run (its config.json) with another recipe: the one-line refusal of
-    `refuse_difference` instead of "has finished already". Where the data lie and the device are not
-    compared (they may be named differently for the same run)."""
+    """Refuse `--resume` of a finished run (its config.json) with another recipe or other data: the one-line
+    refusal of `refuse_difference` instead of "has finished already". The data are compared as the real
+    path of `data` when the run names one (the loaders record the real path they read); the device is not."""
     try:
         saved = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -135,6 +135,8 @@ def check_finished_recipe(out: Path, recipe: dict) -> None:
                              "the run again in a new --out") from None
     now = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k not in ("data", "device", "dataset")}
     was = {k: saved.get(k, "<unset>") for k in now}
+    if recipe.get("data") is not None and saved.get("data") is not None:
+        now["data"], was["data"] = os.path.realpath(recipe["data"]), saved["data"]
     if was != now:
         refuse_difference(was, now, out)
 

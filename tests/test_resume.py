@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,6 +263,13 @@ def test_resume_of_missing_empty_unstarted_and_finished_runs(images, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith(f"recipe: error: --resume: the run in '{tmp_path / 'done'}' was lr=") and "this is lr=0.05" in err
     assert err.count("\n") == 1 and snapshot(tmp_path / "done") == before
+    other = tmp_path / "other-images"
+    shutil.copytree(images, other)
+    assert main([*cli(other, tmp_path / "done", "--resume")]) == 2  # the same recipe on other data
+    err = capsys.readouterr().err
+    assert f"--resume: the run in '{tmp_path / 'done'}' was data=" in err and ", this is data=" in err
+    assert err.count("\n") == 1
+    assert snapshot(tmp_path / "done") == before
 
 
 def test_resume_is_refused_under_torchrun(tmp_path, monkeypatch):
