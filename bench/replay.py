@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import job as jobs
+from bench import job as job_module
 from bench import results_file
 from bench.job import Job, _attempt, loaded
 from bench.store import Store, code_version
@@ -133,7 +133,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(f"row ids must be unique, got {', '.join(dup)} more than once")
-    deadline = None if until is None else jobs._now() + until
+    deadline = None if until is None else job_module._now() + until
     results_dir = Path(results_dir)
     lock = _lock(results_dir)
     try:
@@ -222,7 +222,7 @@ def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dic
     def fits(job: Job) -> bool:
         if deadline is None or not per_unit or not predict:
             return True
-        return jobs._now() + max(per_unit) * _units(job) <= deadline
+        return job_module._now() + max(per_unit) * _units(job) <= deadline
 
     def learn(job: Job, record: dict | None) -> None:
         if record is not None:
@@ -230,7 +230,7 @@ def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dic
 
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
-            if not fits(job) or (deadline is not None and jobs._now() >= deadline):
+            if not fits(job) or (deadline is not None and job_module._now() >= deadline):
                 counts["not_started"] += 1
                 continue
             outcome = _attempt(job)
@@ -252,7 +252,7 @@ def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dic
             while (pending and not broken) or running:
                 while pending and not broken and len(running) < n:
                     job = pending.pop(0)
-                    if not fits(job) or (deadline is not None and jobs._now() >= deadline):
+                    if not fits(job) or (deadline is not None and job_module._now() >= deadline):
                         counts["not_started"] += 1
                         continue
                     running[pool.submit(_attempt, job)] = job
