@@ -19,7 +19,7 @@ def test_gpu_perf_measures_on_any_device(tmp_path, monkeypatch):
     monkeypatch.setenv("TRICKS_CACHE", str(tmp_path / "cache"))
     folder = write_toy_folder(tmp_path / "toy", n_train=64, n_test=32)
     data = load_dataset("folder", str(folder))
-    sizes = GpuSizes(epochs=2, repeats=1, concurrency=(1, 2), concurrency_epochs=1, parity_epochs=1, parity_seeds=2,
+    sizes = GpuSizes(epochs=2, repeats=1, concurrency=(2,), concurrency_epochs=1, parity_epochs=1, parity_seeds=1,
                      mode_epochs=2, dataset="folder", bs=16, parity_precisions=("fp32", "fp32"))
     lines = []
     perf = run_gpu_perf(data, str(folder), device="cpu", only=("speed", "concurrency", "parity"), sizes=sizes,
@@ -30,9 +30,9 @@ def test_gpu_perf_measures_on_any_device(tmp_path, monkeypatch):
     # the recipe and the plain loop train the same thing: same accuracy at the same seed on the CPU
     assert s["recipe"][0]["test_acc"] == s["plain"][0]["test_acc"]
     c = perf["concurrency"]["runs"]
-    assert set(c) == {"1", "2"} and all(v["aggregate_images_per_second"] > 0 for v in c.values())
+    assert set(c) == {"2"} and c["2"]["aggregate_images_per_second"] > 0
     p = perf["parity"]
-    assert len(p["bf16_test_acc"]) == len(p["fp32_test_acc"]) == 2
+    assert len(p["bf16_test_acc"]) == len(p["fp32_test_acc"]) == 1 and p["interval95"] is None
     assert p["difference"] == 0.0  # fp32 against fp32, same seeds, deterministic on the CPU
     md = markdown(perf)
     assert "recipe / plain loop" in md and "2 runs at once" in md
