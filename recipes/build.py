@@ -118,8 +118,8 @@ class TricksLearner(Learner):
 
     def _call_one(self, event_name):
         """fastai's dispatch, without its cost: fastai calls every callback for every event, and a callback
-        without that event's method answers through fastcore's `GetAttr.__getattr__` (about 2 ms a batch with
-        four callbacks on this project's CPU, more than a GPU step). Here only the callbacks whose class (or
+        without that event's method answers through fastcore's `GetAttr.__getattr__` (the largest host cost
+        of a batch in a profile of the trainer on the CPU). Here only the callbacks whose class (or
         instance) defines the event are called, in fastai's order (`cbs.sorted('order')`, cached while the
         callbacks stay the same), each through `Callback.__call__` as fastai does; `after_fit` still reaches
         every callback (it resets `Callback.run`)."""
