@@ -154,7 +154,7 @@ def _collect(queue, procs, timeout: float) -> list[Any]:
     return got
 
 
-def _barrier_child(n: int, barrier, data_arg: tuple[str, str | None], epochs: int, sizes: GpuSizes, device: str) -> None:
+def _barrier_child(barrier, data_arg: tuple[str, str | None], epochs: int, sizes: GpuSizes, device: str) -> None:
     from fastai.callback.core import Callback
 
     from recipes.run import train
@@ -186,7 +186,7 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
     out = {}
     for n in sizes.concurrency:
         barrier, queue = ctx.Barrier(n), ctx.Queue()
-        procs = [_start(ctx, _barrier_child, queue, n, barrier, data_arg, sizes.concurrency_epochs, sizes, device)
+        procs = [_start(ctx, _barrier_child, queue, barrier, data_arg, sizes.concurrency_epochs, sizes, device)
                  for _ in range(n)]
         results = _collect(queue, procs, 900)
         window = max(r["ended"] for r in results) - min(r["released"] for r in results)
