@@ -21,7 +21,7 @@ from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.registry import TRICKS
 from tricks.schedules import LRSchedule, warmup_cosine
-from tricks.surgery import ModelSurgery
+from tricks.surgery import check_surgery
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -220,9 +220,7 @@ def trained_model(recipe: Recipe, num_classes: int, in_chans: int, weights: Path
     model = model_for(recipe, num_classes, in_chans).to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    for trick in build_tricks(recipe):
-        if isinstance(trick, ModelSurgery):
-            trick.edit(model, trick.check(model))
+    check_surgery(model, build_tricks(recipe), edit=True)
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     return model
 

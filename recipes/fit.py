@@ -30,7 +30,7 @@ from recipes.speed import seed_everything
 from recipes.stats import EpochStats
 from tricks.data import ImageData
 from tricks.files import torch_save_atomic, write_atomic
-from tricks.surgery import ModelSurgery
+from tricks.surgery import check_surgery
 
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
 PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
@@ -94,9 +94,7 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     dls = build_dataloaders(recipe, data, device)
     model = build_model(recipe, data).to(device)
     tricks = build_tricks(recipe)
-    for trick in tricks:  # a model a trick cannot change fails before anything is written
-        if isinstance(trick, ModelSurgery):
-            trick.check(model)
+    check_surgery(model, tricks)  # a model a trick cannot change fails before anything is written
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
     main = is_main_process()  # on several processes only rank 0 writes (recipes.distributed)
     if main:

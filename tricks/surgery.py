@@ -240,3 +240,14 @@ class ModelSurgery(Callback):
 
     def after_fit(self):
         self.edits.commit()  # a later cancel must not undo what training has built on
+
+
+def check_surgery(model: nn.Module, callbacks: list[Callback], *, edit: bool = False) -> None:
+    """Check `model` against every model-surgery trick in `callbacks`, in their order: the first that cannot
+    change it raises its one-line ConfigError before anything trains. With `edit`, each also makes its change
+    (as its before_fit would): the model a fit of these tricks trains."""
+    for trick in callbacks:
+        if isinstance(trick, ModelSurgery):
+            kind = trick.check(model)
+            if edit:
+                trick.edit(model, kind)
