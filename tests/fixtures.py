@@ -180,6 +180,26 @@ def write_toy_folder(root: Path, n_train: int, n_test: int) -> Path:
     return root
 
 
+def cifar10_jpeg_folder(root: Path, classes=CIFAR10_CLASSES[:5], per_split=(("train", 40), ("test", 8))) -> Path:
+    """`train/<class>/*.jpg`, `test/<class>/*.jpg`: the first JPEGs of each class from the shared archive (by
+    default 200 training and 40 test images); PNGs of `toy_data` when the archive is not there."""
+    archive = shared_cifar10_archive()
+    if not archive.is_file():
+        return write_toy_folder(root, n_train=128, n_test=32)
+    wanted = {(split, c): n for split, n in per_split for c in classes}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = member.name.split("/")  # cifar10/<split>/<class>/<file>
+            key = tuple(parts[1:3])
+            if member.isfile() and wanted.get(key, 0) > 0:
+                wanted[key] -= 1
+                (root / key[0] / key[1]).mkdir(parents=True, exist_ok=True)
+                (root / key[0] / key[1] / parts[3]).write_bytes(tar.extractfile(member).read())
+                if not any(wanted.values()):
+                    break
+    return root
+
+
 def cancel_at_train():
     """A callback that cancels the fit as training starts (after the model surgery of before_fit)."""
     from fastai.callback.core import Callback, CancelFitException

@@ -4,8 +4,6 @@ target trick in its callbacks, one short fit, then the rest of fastai's API on t
 Learner's own loss; where the maths gives it the answer is checked exactly."""
 from __future__ import annotations
 
-import tarfile
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,7 @@ from fastai.vision.augment import Flip
 from fastai.vision.data import ImageDataLoaders
 from torch import nn
 
-from fixtures import CIFAR10_CLASSES, shared_cifar10_archive, write_toy_folder
+from fixtures import CIFAR10_CLASSES, cifar10_jpeg_folder
 from tricks import DynamicRefine, KLMixUp, LabelRefinery, LabelSmoothing, MixUp, OneHot
 from tricks.losses import kl_div_loss, soft_target_cross_entropy
 
@@ -35,22 +33,7 @@ def tiny_model(num_classes: int, seed: int = 0) -> nn.Module:
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """`train/<class>/*.jpg`, `test/<class>/*.jpg` from the shared archive (PNGs of toy data without it)."""
-    root = tmp_path_factory.mktemp("cifar-folder")
-    archive = shared_cifar10_archive()
-    if not archive.is_file():
-        return write_toy_folder(root, n_train=128, n_test=32)
-    wanted = {(split, c): n for split, n in PER_CLASS.items() for c in CLASSES}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = member.name.split("/")  # cifar10/<split>/<class>/<file>
-            key = tuple(parts[1:3])
-            if member.isfile() and wanted.get(key, 0) > 0:
-                wanted[key] -= 1
-                (root / key[0] / key[1]).mkdir(parents=True, exist_ok=True)
-                (root / key[0] / key[1] / parts[3]).write_bytes(tar.extractfile(member).read())
-                if not any(wanted.values()):
-                    break
-    return root
+    return cifar10_jpeg_folder(tmp_path_factory.mktemp("cifar-folder"), CLASSES, tuple(PER_CLASS.items()))
 
 
 @pytest.fixture(scope="module")
