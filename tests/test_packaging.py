@@ -41,6 +41,8 @@ def dists(tmp_path_factory) -> dict:
     """The sdist and the wheel `python -m build` makes of a copy (`src`) of the tracked files (`files`), in
     build's own isolated environment (the build-system requirements come from the package index). The copy,
     not the checkout, is what they are compared with: others may be editing the checkout meanwhile."""
+    if not (ROOT / ".git").exists():
+        pytest.skip(f"{ROOT} is not a git checkout (an unpacked sdist): which files are tracked is unknown")
     tmp = tmp_path_factory.mktemp("packaging")
     src, files = tmp / "src", tracked()
     for p in files:
