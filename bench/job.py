@@ -114,7 +114,7 @@ def train_job(job: Job) -> dict[str, Any]:
     """Train one job into its run folder under `job.results_dir`; returns its record (not stored)."""
     import torch
 
-    from bench.table import row_recipe
+    from bench.budgets import row_recipe
     from recipes.generations import refine_params
     from recipes.run import train
 

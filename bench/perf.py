@@ -248,17 +248,14 @@ def composable_tricks() -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(trick, recipe) for every registered trick that composes with the baseline and its ResNet-20 (the
     refinery as gens=1), and {trick: why not} for the others."""
     from recipes.build import build_tricks, model_for
-    from tricks.surgery import ModelSurgery
+    from tricks.surgery import check_surgery
 
     out, skipped = [], {}
     for name in sorted(TRICKS.names()):
         text = "baseline+refine:gens=1" if name == "refine" else f"baseline+{name}"
         try:
             recipe = parse_recipe(text)
-            model = model_for(recipe, 10, 3)
-            for trick in build_tricks(recipe):
-                if isinstance(trick, ModelSurgery):
-                    trick.check(model)
+            check_surgery(model_for(recipe, 10, 3), build_tricks(recipe))
         except TricksError as e:
             skipped[name] = " ".join(str(e).split())
             continue
@@ -267,7 +264,7 @@ def composable_tricks() -> tuple[list[tuple[str, str]], dict[str, str]]:
 
 
 def trick_costs(data: ImageData, sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
-    from bench.table import scaled
+    from bench.budgets import scaled
 
     def ips(text: str) -> float:  # run lengths (milestones, cycles, generations) scaled as the bench does
         full = parse_recipe(text, device=str(device), bs=sizes.bs)

@@ -120,7 +120,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
     TricksError: reported through `progress`, not stored, so tried again by the next replay),
     'abandoned' (stopped at the deadline, resumed by the next replay), 'not_started' (left for lack of time).
     """
-    from bench.table import BUDGETS
+    from bench.budgets import BUDGETS
 
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget '{budget}'; choose one of {', '.join(BUDGETS)}")
@@ -204,7 +204,7 @@ def _file_keys(path: Path | None, budget: str, data: str | None, dataset: str, v
 
 def _units(job: Job) -> float:
     """A job's length in training epochs (every generation's), for predicting its seconds."""
-    from bench.table import fit_epochs, row_recipe
+    from bench.budgets import fit_epochs, row_recipe
 
     try:
         return float(sum(fit_epochs(row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset,

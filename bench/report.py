@@ -10,7 +10,7 @@ full-budget runs and `replace_between_markers` puts it between the README's mark
 
 Definitions (all accuracies in %, differences in points):
 
-- Records used: those of `budget`; with `budget=None`, the largest budget in `bench.table.BUDGETS`
+- Records used: those of `budget`; with `budget=None`, the largest budget in `bench.budgets.BUDGETS`
   that the records hold (so the repository's full-budget runs, when there are any). Only records of
   the row's current recipe count, and only those trained on one dataset: the dataset checksum of the
   budget's record finished last (`report_data`); runs on other data are counted as left out, never
@@ -125,7 +125,7 @@ def noted_value(row: Any) -> float | None:
 
 
 def choose_budget(records: list[dict], budget: str | None) -> str | None:
-    from bench.table import BUDGETS
+    from bench.budgets import BUDGETS
 
     if budget is not None:
         if budget not in BUDGETS:

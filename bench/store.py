@@ -9,7 +9,7 @@ is another run (a store written before the checksum joined the key is migrated w
 
 `code_version()` names the code that produced a run: the package version + a hash of the sources that
 decide what a run trains and measures (`SOURCES`: every .py of `tricks/` and `recipes/`, and
-`bench/table.py`, which turns a row into a recipe under a budget). The replay, store, report and CLI
+`bench/budgets.py`, which turns a row into a recipe under a budget). The replay, store, report and CLI
 modules are left out on purpose: they change no number, and editing them must not force a replay of
 days of results. The row's recipe (its string and options, as in `bench/ablations.toml`) is part of
 the key, so a row whose recipe is edited in the table replays again while the others stay done.
@@ -30,7 +30,7 @@ from tricks.errors import ConfigError, RunFolderError
 
 DB_NAME = "results.sqlite"
 BUSY_TIMEOUT_S = 60.0
-SOURCES = ("tricks", "recipes", "bench/table.py")  # folders (every .py below) or single files
+SOURCES = ("tricks", "recipes", "bench/budgets.py")  # folders (every .py below) or single files
 SOURCE_SUFFIXES = (".py",)
 
 # name -> SQLite type; "json" columns hold lists as JSON text.

@@ -1,88 +1,34 @@
-"""The ablation table: every row of the notes as a recipe (`bench/ablations.toml`), checked, and the
-recipe of a row under a budget.
+"""The ablation table: every row of the notes as a recipe (`bench/ablations.toml`), checked. The recipe
+of a row under a budget is `bench.budgets`.
 
 `load_table()` reads the TOML into `Row`s and `Conclusion`s and refuses, with one line naming the row,
 anything the bench could not replay or report: duplicate ids, unknown baseline or row references, a
 bad status or kind, a measured row without numbers, a recipe that does not parse.
-
-Budgets (`row_recipe(row, budget, seed)`) change only the schedule length and the data size, never
-which tricks run or their other parameters:
-
-- `full`: the row's recipe and options as the notes ran them (200 epochs on the whole training set and
-  so on), for a GPU.
-- `short`: a CPU schedule; one row finishes in at most about 2.5 minutes on 2 cores, a typical row in
-  about 1, so a whole section (S9: 39 rows) replays with 2 seeds in under 1.5 hours. A model of
-  ResNet-20's cost trains on a class-balanced `subset` of 5,000 images and is tested on 2,000
-  (`test_subset`); a 200-epoch fit becomes 4 epochs (every run length scaled by 4/200). A model that
-  costs c times ResNet-20's multiply-adds on a 3x32x32 image (`relative_cost`, c >= 1) gets 5000/c
-  training and 2000/c test images, at least one batch (bs) and 100. The predicted time of the row,
-  sum over its fits of epochs * c * (subset / 400 + test_subset / 1400) seconds, is held to
-  `SHORT_SECONDS` (150 s): when the scaled row (a refinery of 5 or 8 fits, a 320- or 400-epoch run)
-  would take longer, the scale factor shrinks until it fits; each fit keeps at least 1 epoch. 400
-  training and 1,400 test images/s is ResNet-20 at batch 256 on these 2 idle cores, measured with
-  `recipe run baseline --data cifar10-jpeg.tar.gz --epochs 2 --subset 5000` (401 train img/s, 7 s to
-  test 10,000 images), so a typical row (4 epochs, 5,000 images) is predicted at 56 s plus ~10 s of
-  start-up. Two replay workers of one thread each train ~12% more images per second in all than one
-  of two threads (`--workers 2`).
-- `smoke`: a few batches per row, so that CI replays the whole table in minutes: 64 training and 64
-  test images (at least one per class), batch 32, 1 epoch per fit, refinery generations capped at 1.
-  The numbers mean nothing beyond 'it runs'.
-
-What scales with the run length (factor r = new epochs / the row's epochs, or the budget's factor
-for the refinery's own epoch counts): `epochs` (rounded down, at least 1), `warmup_epochs` (exactly r
-times), `sgdr:len` (r times; with unit=iter, by the ratio of training iterations, the notes' full
-training set being 50,000 CIFAR images), `stepdecay:at` (each milestone r times, rounded down, kept
-increasing and after the warmup; the run is lengthened when they do not fit), `refine:first_epochs`,
-`gen_epochs` and `early_stop`. With the data size: `refine:weak` (labelled images per class) scales
-with the subset, keeping at least one batch. The returned `Recipe` keeps the row's recipe string; the
-scaled values are in its fields and `tricks`.
 """
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
-import functools
 import json
-import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipes.generations import generation_plan, refine_params
+from recipes.generations import refine_params
 from recipes.parse import parse_recipe
-from recipes.recipe import FIELDS, Recipe
-from tricks.data import DATASETS
+from recipes.recipe import PARAMS
 from tricks.errors import ConfigError
-from tricks.registry import TRICKS
 
 TABLE = Path(__file__).with_name("ablations.toml")
-BUDGETS = ("smoke", "short", "full")
 STATUSES = ("measured", "unmeasured", "inexpressible")
 KINDS = ("single", "runs", "generations")
 EXPECTS = ("better", "worse", "same")
 SECTION = re.compile(r"^S[1-9][0-9]*$")
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
-# short budget (units in the names)
-SHORT_TRAIN_IMAGES = 5000  # training images for a model of ResNet-20's cost
-SHORT_TEST_IMAGES = 2000
-SHORT_MIN_TEST_IMAGES = 100
-SHORT_EPOCHS_PER_200 = 4  # a 200-epoch fit becomes 4 epochs
-SHORT_SECONDS = 150.0  # predicted train + test seconds of one row at most
-TRAIN_IMAGES_PER_SECOND = 400.0  # ResNet-20, batch 256, on 2 idle CPU cores, measured (module docstring)
-TEST_IMAGES_PER_SECOND = 1400.0
-# smoke budget
-SMOKE_IMAGES = 64
-SMOKE_BS = 32
-SMOKE_GENERATIONS = 1
-# the notes' full training sets, for scaling iteration-counted lengths and per-class counts
-TRAIN_SET_IMAGES = {"cifar10": 50000, "cifar100": 50000, "fashion-mnist": 60000}
-
 ROW_KEYS = ("id", "section", "recipe", "options", "noted", "kind", "status", "why", "baseline")
 CONCLUSION_KEYS = ("id", "section", "text", "row", "versus", "expect")
-NOT_OPTIONS = ("recipe", "tricks")
 
 
 @dataclass(frozen=True)
@@ -160,10 +106,10 @@ def _row(entry: Any, i: int) -> Row:
     options = entry.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{label}: 'options' must be a table of Recipe field values")
-    bad = [k for k in options if k not in FIELDS or k in NOT_OPTIONS]
+    bad = [k for k in options if k not in PARAMS]
     if bad:
-        allowed = ", ".join(k for k in FIELDS if k not in NOT_OPTIONS)
-        raise ConfigError(f"{label}: unknown option(s) {', '.join(bad)}; options are Recipe fields: {allowed}")
+        raise ConfigError(f"{label}: unknown option(s) {', '.join(bad)}; options are Recipe fields: "
+                          f"{', '.join(PARAMS)}")
     return Row(id=entry["id"], section=entry["section"], recipe=entry["recipe"], options=dict(options),
                noted=tuple(float(x) for x in noted), kind=entry.get("kind", "single"), status=entry["status"],
                why=entry.get("why", ""), baseline=entry.get("baseline"))
@@ -264,149 +210,3 @@ def select(rows: list[Row], pattern: str | None) -> list[Row]:
 def status_counts(rows: list[Row]) -> dict[str, int]:
     """Rows per status, every status present: {'measured': n, 'unmeasured': n, 'inexpressible': n}."""
     return {s: sum(r.status == s for r in rows) for s in STATUSES}
-
-
-@functools.lru_cache(maxsize=None)
-def relative_cost(model: str, stem: str = "default") -> float:
-    """Multiply-adds of one 3x32x32 forward pass of `model`, over ResNet-20's (conv and linear layers)."""
-    return _macs(model, stem) / _macs("resnet20", "default")
-
-
-@functools.lru_cache(maxsize=None)
-def _macs(model: str, stem: str) -> int:
-    import torch
-    from tricks.models import create_model
-
-    net = create_model(model, num_classes=10, in_chans=3, stem=stem).eval()
-    total = 0
-
-    def count(module, _inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            total += output.numel() * module.in_channels // module.groups * k
-        elif isinstance(module, torch.nn.Linear):
-            total += output.numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in net.modules()]
-    with torch.no_grad():
-        net(torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    return total
-
-
-def fit_epochs(recipe: Recipe) -> list[int]:
-    """Epochs of each fit the recipe trains (one, or one per refinery generation; an early stop counts)."""
-    refine = refine_params(recipe)
-    if refine is None:
-        return [recipe.epochs]
-    plan = [r.epochs for r in generation_plan(recipe, refine)]
-    if refine["early_stop"]:
-        plan[0] = min(plan[0], refine["early_stop"])
-    return plan
-
-
-def predicted_seconds(recipe: Recipe, cost: float) -> float:
-    """Predicted train + test seconds on 2 CPU cores of `recipe` (with its subset sizes) for a model of `cost`."""
-    per_epoch = cost * (recipe.subset / TRAIN_IMAGES_PER_SECOND + recipe.test_subset / TEST_IMAGES_PER_SECOND)
-    return sum(fit_epochs(recipe)) * per_epoch
-
-
-def row_recipe(row: Row, budget: str, seed: int, *, data: str | None = None, dataset: str = "cifar10",
-               device: str = "auto") -> Recipe:
-    """The `Recipe` that replays `row` under `budget` (see the module docstring) with `seed`.
-
-    A dataset named in the row's options wins over `dataset`; `data` (a path for `dataset`) is then not
-    passed, so the row's dataset is found by name ($TRICKS_DATA, the default locations).
-    """
-    if budget not in BUDGETS:
-        raise ConfigError(f"budget '{budget}' is not one of {', '.join(BUDGETS)}")
-    if row.status == "inexpressible":
-        raise ConfigError(f"row '{row.id}' is inexpressible and cannot be replayed: {row.why}")
-    options = dict(row.options)
-    if options.get("dataset", dataset) != dataset:
-        data = None
-    overrides = {"dataset": dataset, "data": data, "seed": seed, "device": device, **options}
-    try:
-        full = parse_recipe(row.recipe, **overrides)
-        if budget == "full":
-            return full
-        if budget == "smoke":
-            return _smoke(full)
-        return _short(full)
-    except ConfigError as e:
-        raise ConfigError(f"row '{row.id}' under budget '{budget}': {e}") from None
-
-
-def _classes(dataset: str) -> int:
-    spec = DATASETS.get(dataset)
-    return spec.num_classes if spec is not None and spec.num_classes else 10
-
-
-def _smoke(full: Recipe) -> Recipe:
-    classes = _classes(full.dataset)
-    n = max(SMOKE_IMAGES, classes)
-    return scaled(full, factor=1 / full.epochs, subset=n, test_subset=n, bs=SMOKE_BS, max_gens=SMOKE_GENERATIONS)
-
-
-def _short(full: Recipe) -> Recipe:
-    cost = max(1.0, relative_cost(full.model, full.stem))
-    classes = _classes(full.dataset)
-    subset = max(full.bs, classes, round(SHORT_TRAIN_IMAGES / cost))
-    test_subset = max(SHORT_MIN_TEST_IMAGES, classes, round(SHORT_TEST_IMAGES / cost))
-    factor = SHORT_EPOCHS_PER_200 / 200
-    recipe = scaled(full, factor=factor, subset=subset, test_subset=test_subset)
-    if predicted_seconds(recipe, cost) <= SHORT_SECONDS:
-        return recipe
-    low, high = 0.0, factor  # bisect for the largest factor that fits; at 0 every fit trains 1 epoch
-    for _ in range(40):
-        mid = (low + high) / 2
-        fits = predicted_seconds(scaled(full, factor=mid, subset=subset, test_subset=test_subset), cost)
-        low, high = (mid, high) if fits <= SHORT_SECONDS else (low, mid)
-    return scaled(full, factor=low, subset=subset, test_subset=test_subset)
-
-
-def _scale_epochs(epochs: int, factor: float) -> int:
-    return max(1, math.floor(epochs * factor + 1e-9))
-
-
-def scaled(full: Recipe, *, factor: float, subset: int, test_subset: int, bs: int | None = None,
-           max_gens: int | None = None) -> Recipe:
-    """`full` with every run length times `factor` and the given data sizes (module docstring)."""
-    bs = bs or full.bs
-    epochs = _scale_epochs(full.epochs, factor)
-    milestones = next((p["at"] for n, p in map(lambda t: (t[0], dict(t[1])), full.tricks) if n == "stepdecay"), None)
-    if milestones is not None:  # each milestone needs its own epoch after the warmup and before the end
-        needed = math.floor(full.warmup_epochs * epochs / full.epochs) + len(milestones.split("/")) + 1
-        epochs = max(epochs, needed)
-    ratio = epochs / full.epochs
-    warmup = full.warmup_epochs * ratio
-    full_images = full.subset or TRAIN_SET_IMAGES.get(full.dataset, 50000)
-    iter_ratio = (epochs * (subset // bs)) / (full.epochs * (full_images // full.bs))
-    classes = _classes(full.dataset)
-    tricks = []
-    for name, params in full.tricks:
-        p = dict(params)
-        if name == "refine":
-            for key in ("first_epochs", "gen_epochs", "early_stop"):
-                if p[key]:
-                    p[key] = _scale_epochs(p[key], factor)
-            if p["weak"]:
-                p["weak"] = min(subset // classes, max(-(-bs // classes), round(p["weak"] * subset / full_images)))
-            if max_gens is not None:
-                p["gens"] = min(p["gens"], max_gens)
-        elif name == "sgdr":
-            p["len"] = p["len"] * (iter_ratio if p["unit"] == "iter" else ratio)
-        elif name == "stepdecay":
-            p["at"] = "/".join(map(str, _milestones(p["at"], ratio, warmup)))
-        tricks.append((name, tuple(TRICKS.get(name).resolve(p).items())))
-    return dataclasses.replace(full, epochs=epochs, warmup_epochs=warmup, subset=subset, test_subset=test_subset,
-                               bs=bs, tricks=tuple(tricks))
-
-
-def _milestones(at: str, ratio: float, warmup: float) -> list[int]:
-    out: list[int] = []
-    for m in (int(x) for x in at.split("/")):
-        out.append(max(math.floor(m * ratio + 1e-9), math.floor(warmup) + 1, out[-1] + 1 if out else 0))
-    return out

@@ -40,7 +40,7 @@ from rich.table import Table
 from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
 from tricks.registry import TRICKS
-from recipes.recipe import CHOICES, Recipe
+from recipes.recipe import PARAMS, Recipe
 from tricks.errors import TrainingError, TricksError, describe_os_error
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
@@ -95,11 +95,11 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on)")
-    p.add_argument("--precision", choices=CHOICES["precision"],
+    p.add_argument("--precision", choices=PARAMS["precision"].choices,
                    help="autocast precision: auto (default: bf16 on a CUDA GPU, fp32 elsewhere), fp32, bf16, fp16")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on a CUDA GPU only)")
-    p.add_argument("--compile-mode", choices=CHOICES["compile_mode"],
+    p.add_argument("--compile-mode", choices=PARAMS["compile_mode"].choices,
                    help="torch.compile mode (default auto: reduce-overhead, i.e. CUDA graphs, on CUDA)")
 
 

@@ -14,52 +14,23 @@ up for 0.5 epochs. A trick named twice, or two tricks that both set the lr sched
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from recipes.presets import PRESETS
-from recipes.recipe import FIELDS, Recipe
+from recipes.recipe import PARAMS, Recipe
 from tricks.errors import ConfigError
 import tricks  # noqa: F401  (importing the package registers every trick)
 from tricks.registry import CONFLICTS, TRICKS, unknown_name_message
 
 NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-NOT_SETTABLE = ("recipe", "tricks")
 
 
 def coerce(key: str, text: str) -> Any:
     """The typed value of `key=text` for a `Recipe` field, or a ConfigError saying what was expected."""
-    if key not in FIELDS or key in NOT_SETTABLE:
-        allowed = ", ".join(k for k in FIELDS if k not in NOT_SETTABLE)
-        raise ConfigError(f"unknown key '{key}'; allowed keys: {allowed}")
-    kind = str(FIELDS[key].type)
-    if "None" in kind and text.lower() in ("none", "null"):
-        return None
-    try:
-        if kind.startswith("bool"):
-            if text.lower() in TRUE:
-                return True
-            if text.lower() in FALSE:
-                return False
-            raise ValueError
-        if kind.startswith("int"):
-            return int(text)
-        if kind.startswith("float"):
-            return finite(key, float(text), text)
-    except ValueError:
-        word = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind.split()[0]]
-        raise ConfigError(f"{key}={text!r}: {key} must be {word}") from None
-    return text
-
-
-def finite(key: str, value: Any, text: str | None = None) -> Any:
-    """`value`, or a ConfigError when it is a NaN or infinite float (no range check refuses NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        shown = repr(text) if text is not None else value
-        raise ConfigError(f"{key}={shown}: {key} must be a finite number")
-    return value
+    if key not in PARAMS:
+        raise ConfigError(f"unknown key '{key}'; allowed keys: {', '.join(PARAMS)}")
+    return PARAMS[key].coerce(text)
 
 
 def printable(text: str) -> str:
@@ -134,7 +105,7 @@ def _parse(text: str, overrides: dict[str, Any]) -> Recipe:
         name = term.partition(":")[0]
         if name in TRICKS:
             spec = TRICKS.get(name)
-            _, params = parse_term(term, coerce=lambda key, value: finite(key, spec.param(key).coerce(value), value))
+            _, params = parse_term(term, coerce=lambda key, value: spec.param(key).coerce(value))
             if name in chosen and name not in from_preset:
                 raise ConfigError(f"recipe term '{term}': trick '{name}' is named twice; name it once")
             chosen[name] = tuple(spec.resolve(params).items())  # a term after a preset overrides its trick
@@ -160,5 +131,5 @@ def _parse(text: str, overrides: dict[str, Any]) -> Recipe:
     schedules = [n for n in chosen if "lr" in TRICKS.get(n).touches]
     if len(schedules) > 1:
         raise ConfigError(f"tricks {' and '.join(schedules)} both set the lr schedule; keep one")
-    overrides = {k: finite(k, v) for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     return apply(recipe.replace(tricks=recipe.tricks + tuple(chosen.items())), overrides)

@@ -117,7 +117,7 @@ def test_code_version_hashes_sorted_sources_and_changes_with_them(tmp_path):
         (tmp_path / pkg / "sub").mkdir(parents=True)
         (tmp_path / pkg / "a.py").write_text(f"A = '{pkg}'\n")
     (tmp_path / "tricks" / "sub" / "b.py").write_text("B = 1\n")
-    (tmp_path / "bench" / "table.py").write_text("T = 1\n")
+    (tmp_path / "bench" / "budgets.py").write_text("T = 1\n")
     (tmp_path / "tricks" / "notes.txt").write_text("not source")
     before = source_hash(tmp_path)
     (tmp_path / "tricks" / "notes.txt").write_text("still not source")
@@ -128,7 +128,7 @@ def test_code_version_hashes_sorted_sources_and_changes_with_them(tmp_path):
     (tmp_path / "tricks" / "sub" / "b.py").write_text("B = 2\n")
     changed = source_hash(tmp_path)
     assert changed != before
-    (tmp_path / "bench" / "table.py").write_text("T = 2\n")  # budgets decide what trains
+    (tmp_path / "bench" / "budgets.py").write_text("T = 2\n")  # budgets decide what trains
     assert source_hash(tmp_path) != changed
     assert code_version(tmp_path).endswith("+" + source_hash(tmp_path))
 

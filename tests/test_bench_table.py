@@ -1,6 +1,6 @@
-"""The ablation table (bench/ablations.toml, bench/table.py): it loads and validates, it holds every
-number of the notes, every replayable row parses and builds under every budget, and the budgets give
-the documented schedule and data sizes."""
+"""The ablation table (bench/ablations.toml, bench/table.py) and its budgets (bench/budgets.py): the table
+loads and validates, it holds every number of the notes, every replayable row parses and builds under
+every budget, and the budgets give the documented schedule and data sizes."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.table import (BUDGETS, SHORT_SECONDS, Row, fit_epochs, load_table, predicted_seconds,
-                         relative_cost, row_recipe, select, status_counts)
+from bench.budgets import BUDGETS, SHORT_SECONDS, fit_epochs, predicted_seconds, relative_cost, row_recipe
+from bench.table import Row, load_table, select, status_counts
 from recipes.build import build_tricks, model_for
 from recipes.parse import parse_recipe
 from tricks.errors import ConfigError

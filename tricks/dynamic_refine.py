@@ -25,7 +25,8 @@ generation. The earlier reading here, y <- (1 - w) * y + w * softmax(pred.detach
 forward pass, is not a teacher at all: at T = 1 its gradient w.r.t. the logits is exactly
 (1 - w) * (softmax(pred) - y), i.e. plain cross entropy scaled by (1 - w), a change of learning rate.
 Evaluation is untouched (run_valid False): the test split is scored against its true labels.
-Written by hand on top of `tricks.label_refinery.teacher_targets`: no library keeps such a snapshot.
+The maths is `refine_targets` (the refinery's `teacher_targets` blended with y_soft); the snapshot is
+written by hand: no library keeps one.
 """
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from tricks.errors import ConfigError
-from tricks.label_refinery import teacher_targets
 from tricks.losses import TrainingLoss, one_hot
 from tricks.mixup import MixUp
 from tricks.registry import Param, register_trick
@@ -59,7 +59,8 @@ def refine_targets(y_soft: torch.Tensor, teacher_logits: torch.Tensor, weight: f
     params=(
         Param("weight", float, 0.5, "weight w of the snapshot's prediction in the target", low=0.0, high=1.0),
         Param("temperature", float, 1.0, "softmax temperature T of the snapshot", low=0.0, low_open=True),
-        Param("start_epoch", int, 1, "first epoch (0-based) trained on refined targets; >= 1", low=1),
+        Param("start_epoch", int, 1, "first epoch (0-based) trained on refined targets; >= 1", low=1,
+              epochs=True),
     ),
     description="dynamic refine: label refinery whose teacher is the model at the end of the previous "
                 "epoch, targets (1-w)*y + w*softmax(snapshot(x)/T) (the notes' 'dyna', S1-S3)",
@@ -83,26 +84,27 @@ class DynamicRefine(TrainingLoss):
                               "(the first snapshot is taken at the end of an epoch)")
         self.weight, self.temperature, self.start_epoch = weight, temperature, start_epoch
         self.snapshot = None  # the frozen model of the previous epoch
-        self.teacher_probs = None  # softmax(snapshot(x) / T) of the current training batch
+        self.teacher_logits = None  # snapshot(x) of the current training batch
 
     def before_fit(self):
         if any(isinstance(cb, MixUp) and cb.mix == "losses" for cb in self.learn.cbs):
             raise ConfigError("dynarefine refines mixed labels, and mixup:mix=losses has none; use mix=labels")
-        self.snapshot, self.teacher_probs = None, None
+        self.snapshot, self.teacher_logits = None, None
 
     def before_batch(self):
-        self.teacher_probs = None
+        self.teacher_logits = None
         if self.snapshot is None or self.learn.epoch < self.start_epoch:
             return
-        self.teacher_probs = teacher_targets(self.snapshot, self.learn.xb[0], self.temperature)
+        with torch.no_grad():
+            self.teacher_logits = self.snapshot(self.learn.xb[0])
 
     def after_pred(self):
-        if self.teacher_probs is None:
+        if self.teacher_logits is None:
             return
         y = self.learn.yb[0]
-        y_soft = y if y.is_floating_point() else one_hot(y, self.teacher_probs.shape[1])
-        self.learn.yb = (blend_targets(y_soft, self.teacher_probs, self.weight),)
-        self.teacher_probs = None
+        y_soft = y if y.is_floating_point() else one_hot(y, self.teacher_logits.shape[1])
+        self.learn.yb = (refine_targets(y_soft, self.teacher_logits, self.weight, self.temperature),)
+        self.teacher_logits = None
 
     def after_epoch(self):
         # the snapshot of epoch e teaches epoch e + 1; none is needed after the last epoch
@@ -129,7 +131,7 @@ class DynamicRefine(TrainingLoss):
             self.snapshot.load_state_dict(state["snapshot"])
 
     def after_fit(self):
-        self.snapshot, self.teacher_probs = None, None
+        self.snapshot, self.teacher_logits = None, None
 
     def after_cancel_fit(self):
         super().after_cancel_fit()

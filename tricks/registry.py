@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -79,11 +80,17 @@ class Registry:
 
 
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+NONE_WORDS = ("none", "null")
 
 
 @dataclass(frozen=True)
 class Param:
-    """A typed trick parameter: its default (the notes' value) and what values are allowed."""
+    """A typed value of a trick or of a `Recipe` field: its default and what values are allowed.
+
+    `epochs`: the value counts epochs (a budget that shortens the run scales it with the run's length,
+    `bench.budgets.scaled`): an int is a schedule of its own (0: none), a float a length inside the run
+    (in iterations when its trick's `unit` is 'iter'), a str '/'-separated epochs inside the run.
+    """
 
     name: str
     kind: type  # int, float, bool or str
@@ -94,9 +101,13 @@ class Param:
     low_open: bool = False  # True: low itself is not allowed
     high_open: bool = False
     choices: tuple[str, ...] | None = None
+    none: bool = False  # None is allowed too (written none or null)
+    epochs: bool = False
 
     def coerce(self, text: str) -> Any:
         """The typed value of the text in `key=text`; a ConfigError saying what was expected."""
+        if self.none and text.lower() in NONE_WORDS:
+            return None
         try:
             if self.kind is bool:
                 if text.lower() in TRUE_WORDS:
@@ -104,13 +115,19 @@ class Param:
                 if text.lower() in FALSE_WORDS:
                     return self.check(False)
                 raise ValueError
-            return self.check(self.kind(text))
+            value = self.kind(text)
         except ValueError:
             word = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}[self.kind]
             raise ConfigError(f"{self.name}={text!r}: {self.name} must be {word}") from None
+        return self._check(value, repr(text))
 
     def check(self, value: Any) -> Any:
-        """`value` if allowed, else a ConfigError naming the allowed values."""
+        """`value` if allowed, else a ConfigError naming the allowed values (a NaN or inf is never allowed)."""
+        return self._check(value, value)
+
+    def _check(self, value: Any, shown: Any) -> Any:
+        if value is None and self.none:
+            return None
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{self.name}={value!r} is not allowed; choose one of {', '.join(self.choices)}")
         if self.kind in (int, float):
@@ -118,6 +135,8 @@ class Param:
             too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
             if too_low or too_high:
                 raise ConfigError(f"{self.name}={value} is out of range; allowed: {self.allowed()}")
+        if isinstance(value, float) and not math.isfinite(value):  # no range refuses NaN
+            raise ConfigError(f"{self.name}={shown}: {self.name} must be a finite number")
         return value
 
     def allowed(self) -> str:
@@ -137,11 +156,11 @@ class TrickSpec:
     `build(recipe, **params)` returns the Callback; `recipe` is the resolved `recipes.recipe.Recipe`
     (read for values such as the peak lr, never imported here). `touches` names what the trick
     changes: input, targets, loss, lr, optimizer, weights, model. A `per_run` trick configures the
-    whole run (the refinery's generations): the trainer builds its callbacks itself.
+    whole run (the refinery's generations): the trainer builds its callbacks itself, and `build` is None.
     """
 
     name: str
-    build: Callable[..., Any]
+    build: Callable[..., Any] | None
     params: tuple[Param, ...]
     description: str
     paper: str
@@ -178,14 +197,14 @@ def register_trick(name: str, *, params: tuple[Param, ...] = (), description: st
     """Decorator on a Callback class: register it as trick `name`.
 
     Without `build`, the trick is built as `cls(**params)`; give `build(recipe, **params)` when the
-    callback needs values from the recipe.
+    callback needs values from the recipe. A `per_run` trick is never built from its parameters alone.
     """
     bad = set(touches) - set(TOUCHES)
     if bad:
         raise ValueError(f"trick '{name}': unknown touches {sorted(bad)}; allowed: {TOUCHES}")
 
     def deco(cls: T) -> T:
-        make = build if build is not None else (lambda recipe, **kw: cls(**kw))
+        make = build if build is not None or per_run else (lambda recipe, **kw: cls(**kw))
         TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches), per_run))
         return cls
 

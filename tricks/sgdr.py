@@ -90,7 +90,7 @@ def build_sgdr(recipe, **p) -> "SGDR":
 @register_trick(
     "sgdr",
     params=(
-        Param("len", float, 10.0, "first cycle length, in `unit`", low=0, low_open=True),
+        Param("len", float, 10.0, "first cycle length, in `unit`", low=0, low_open=True, epochs=True),
         Param("unit", str, "epoch", "unit of len", choices=UNITS),
         Param("mult", float, 2.0, "cycle length multiplier", low=1),
         Param("decay", float, 1.0, "peak lr multiplier per cycle", low=0, high=1, low_open=True),

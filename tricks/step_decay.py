@@ -64,7 +64,7 @@ def build_step_decay(recipe, *, at: str, gamma: float, warmup: bool) -> "StepDec
 @register_trick(
     "stepdecay",
     params=(
-        Param("at", str, "100/150", "milestone epochs, '/'-separated"),
+        Param("at", str, "100/150", "milestone epochs, '/'-separated", epochs=True),
         Param("gamma", float, 0.1, "lr multiplier at each milestone", low=0, high=1, low_open=True, high_open=True),
         Param("warmup", bool, True, "the recipe's warmup first"),
     ),
