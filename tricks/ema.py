@@ -7,7 +7,10 @@ and BatchNorm running statistics; integer buffers such as num_batches_tracked ar
 
 The notes' alpha is `decay` (alpha=0.9 means ema = 0.9 * ema + 0.1 * w), which is timm's convention:
 the update CALLS timm's `ModelEmaV3.update` (a lerp by 1 - decay), on the model's own device. The
-average starts as a copy of the model at the start of the fit.
+average starts as a copy of the model at the start of the fit, in the model's dtype: float32 in a run
+(bf16 / fp16 precision autocasts; the weights stay float32), so an update draws no random numbers
+(timm 1.0.31 rounds only a bfloat16 average stochastically, from a private generator; 1.0.29 never),
+and the average with the step counter is all a checkpoint needs to resume bit for bit.
 
 Modes (the notes' S9 rows):
 - plain: only the average (alpha=0.9, sgd_wd=5e-4, lr=wd=0: 93.17).
@@ -103,13 +106,12 @@ class EMA(Callback):
                         if p.requires_grad and id(p) not in no_decay]
 
     def checkpoint_state(self) -> dict:
-        """What `recipes.checkpoint` saves to resume a run: the average and the step counter."""
-        return {"average": self.average.module.state_dict(), "steps": self.steps,
-                "sr_generator": self.average._sr_generator.get_state()}
+        """What `recipes.checkpoint` saves to resume a run: the average and the step counter (all of the
+        average's state: its updates draw no random numbers, module docstring)."""
+        return {"average": self.average.module.state_dict(), "steps": self.steps}
 
     def load_checkpoint_state(self, state: dict) -> None:
         self.average.module.load_state_dict(state["average"])
-        self.average._sr_generator.set_state(state["sr_generator"])
         self.steps = int(state["steps"])
 
     def before_batch(self):
