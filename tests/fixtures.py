@@ -1,7 +1,9 @@
-"""Writers of small datasets in the exact on-disk formats, and the path of the shared real archive.
+"""The tests' shared helpers: writers of small datasets in the exact on-disk formats, the path of the
+shared real archive, toy data and Learners, spying callbacks, ablation-table rows.
 
-Plain functions (not pytest fixtures) so that any test file can import them. Each writer returns
-what a reader must give back: class names and (images uint8 (N, C, H, W), labels int64) per split.
+Plain functions (not pytest fixtures) so that any test file can import them (`from fixtures import ...`,
+the one way). Each writer returns what a reader must give back: class names and (images uint8
+(N, C, H, W), labels int64) per split.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback, CancelFitException
 from PIL import Image
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -253,3 +256,80 @@ def lr_per_batch(cb, epochs: int, n_iter: int) -> list[float]:
                     cbs=[TrainEvalCallback(), cb, Spy()], default_cbs=False)
     learn.fit(epochs)
     return seen
+
+
+def toy_learner(text, *cbs, epochs=1):
+    """A Learner for recipe `text` on small toy data (bs 16: 4 train and 2 test batches an epoch), extra cbs."""
+    from recipes.build import build_dataloaders, build_learner, build_model
+    from recipes.parse import parse_recipe
+
+    recipe = parse_recipe(text, epochs=epochs, bs=16, eval_bs=16, device="cpu")
+    data = toy_data(n_train=64, n_test=32)
+    torch.manual_seed(0)
+    dls = build_dataloaders(recipe, data, torch.device("cpu"))
+    return build_learner(recipe, dls, build_model(recipe, data), cbs=list(cbs))
+
+
+class Spy(Callback):
+    """Records, per batch: training?, the loss function in place, the targets and the prediction."""
+
+    order = 99
+    run_valid = True
+
+    def __init__(self):
+        self.rows = []
+
+    def after_loss(self):
+        self.rows.append(dict(training=self.learn.training, epoch=self.learn.epoch, loss_func=self.learn.loss_func,
+                              x=self.learn.xb[0].clone(), y=self.learn.yb[0].clone(),
+                              pred=self.learn.pred.detach().clone(), loss=self.learn.loss.detach().clone()))
+
+
+class CancelAfter(Callback):
+    """Cancels the fit after `n` training batches."""
+
+    order = 100
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def after_batch(self):
+        if self.learn.training:
+            self.seen += 1
+            if self.seen == self.n:
+                raise CancelFitException()
+
+
+def check_loss_restored(text):
+    """The recipe's tricks swap the loss during training and put the original back after a full fit and
+    after a cancelled one. Returns the loss function seen in training."""
+    for cancel in (None, CancelAfter(2)):
+        spy = Spy()
+        learn = toy_learner(text, spy, *([cancel] if cancel else []))
+        original = learn.loss_func
+        learn.fit(1)
+        assert learn.loss_func is original
+        during = {r["loss_func"] for r in spy.rows if r["training"]}
+        assert len(during) == 1 and original not in during
+        if cancel:
+            assert sum(r["training"] for r in spy.rows) == 2
+    return during.pop()
+
+
+def run_recipe(text, tmp_path, epochs=1):
+    """`recipe run` of `text` on small toy data into `tmp_path/run`: its result, checked for the epochs."""
+    from recipes.parse import parse_recipe
+    from recipes.run import train
+
+    result = train(parse_recipe(text, epochs=epochs, bs=32, device="cpu"), tmp_path / "run",
+                   data=toy_data(n_train=64, n_test=32))
+    assert result["epochs"] == epochs and 0.0 <= result["test_acc"] <= 100.0
+    return result
+
+
+def row(rid: str, recipe: str = "baseline", status: str = "measured", kind: str = "single", **options):
+    """An ablation-table row (`bench.table.Row`) with one noted number, options as given."""
+    from bench.table import Row
+
+    return Row(id=rid, section=rid.split(".")[0], recipe=recipe, options=options, noted=(90.0,), kind=kind,
+               status=status, why="", baseline=None)

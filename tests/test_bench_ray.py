@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fixtures import write_cifar10
-from test_bench_replay import row
+from fixtures import row, write_cifar10
 
 from bench.cli import main
 from bench.job import run_folder

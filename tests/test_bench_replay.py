@@ -15,14 +15,9 @@ from bench.job import run_folder
 from bench.replay import replay
 from bench.store import Store, code_version
 from bench.table import Row
-from fixtures import write_cifar10, write_cifar100
+from fixtures import row, write_cifar10, write_cifar100
 
 TESTS = Path(__file__).resolve().parent
-
-
-def row(rid: str, recipe: str = "baseline", status: str = "measured", kind: str = "single", **options) -> Row:
-    return Row(id=rid, section=rid.split(".")[0], recipe=recipe, options=options, noted=(90.0,), kind=kind,
-               status=status, why="", baseline=None)
 
 
 def kill_rows() -> list[Row]:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 
-from test_losses import CancelAfter, Spy, check_loss_restored, run_recipe, toy_learner
+from fixtures import CancelAfter, Spy, check_loss_restored, run_recipe, toy_learner
 from tricks.dynamic_refine import DynamicRefine, blend_targets, refine_targets
 from tricks.errors import ConfigError
 from tricks.label_refinery import teacher_targets
@@ -32,7 +32,7 @@ def test_refined_targets_are_the_formula_and_detached(batch):
 
 
 def test_refine_targets_is_the_blend_of_the_refinery_teacher_targets(batch):
-    """The callback blends `teacher_targets(snapshot, x, T)`; that is `refine_targets` of snapshot(x)."""
+    """The callback's `refine_targets` of snapshot(x) is the refinery's `teacher_targets(snapshot, x, T)` blended."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
     x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 5, (8,))

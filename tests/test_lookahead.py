@@ -10,7 +10,7 @@ from fastai.optimizer import OptimWrapper
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train
-from tests.test_train import toy_data
+from fixtures import toy_data
 from tricks.data.loaders import DeviceLoader, device_dataloaders
 from tricks.lookahead import Lookahead, LookaheadOptimizer
 from tricks.schedules import LRSchedule, warmup_cosine

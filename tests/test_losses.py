@@ -1,85 +1,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback, CancelFitException
 
-from recipes.build import build_dataloaders, build_learner, build_model
 from recipes.parse import parse_recipe
-from recipes.run import train
 from tricks.errors import ConfigError
-from fixtures import toy_data as fixtures_toy_data
+from fixtures import Spy, check_loss_restored, run_recipe, toy_learner
 from tricks.label_smoothing import LabelSmoothing, OneHot
 from tricks.losses import (kl_div_loss, one_hot, smooth_targets, soft_target_cross_entropy, switch_loss)
 
-
-# ---- shared helpers (imported by test_mixup.py and test_dynamic_refine.py) ----
-
-def toy_data(seed=0):
-    return fixtures_toy_data(seed, n_train=64, n_test=32)
-
-
-def toy_learner(text, *cbs, epochs=1):
-    """A Learner for recipe `text` on toy data (bs 16: 4 train and 2 test batches an epoch), extra cbs."""
-    recipe = parse_recipe(text, epochs=epochs, bs=16, eval_bs=16, device="cpu")
-    data = toy_data()
-    torch.manual_seed(0)
-    dls = build_dataloaders(recipe, data, torch.device("cpu"))
-    return build_learner(recipe, dls, build_model(recipe, data), cbs=list(cbs))
-
-
-class Spy(Callback):
-    """Records, per batch: training?, the loss function in place, the targets and the prediction."""
-
-    order = 99
-    run_valid = True
-
-    def __init__(self):
-        self.rows = []
-
-    def after_loss(self):
-        self.rows.append(dict(training=self.learn.training, epoch=self.learn.epoch, loss_func=self.learn.loss_func,
-                              x=self.learn.xb[0].clone(), y=self.learn.yb[0].clone(),
-                              pred=self.learn.pred.detach().clone(), loss=self.learn.loss.detach().clone()))
-
-
-class CancelAfter(Callback):
-    """Cancels the fit after `n` training batches."""
-
-    order = 100
-
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def after_batch(self):
-        if self.learn.training:
-            self.seen += 1
-            if self.seen == self.n:
-                raise CancelFitException()
-
-
-def check_loss_restored(text):
-    """The recipe's tricks swap the loss during training and put the original back after a full fit and
-    after a cancelled one. Returns the loss function seen in training."""
-    for cancel in (None, CancelAfter(2)):
-        spy = Spy()
-        learn = toy_learner(text, spy, *([cancel] if cancel else []))
-        original = learn.loss_func
-        learn.fit(1)
-        assert learn.loss_func is original
-        during = {r["loss_func"] for r in spy.rows if r["training"]}
-        assert len(during) == 1 and original not in during
-        if cancel:
-            assert sum(r["training"] for r in spy.rows) == 2
-    return during.pop()
-
-
-def run_recipe(text, tmp_path, epochs=1):
-    result = train(parse_recipe(text, epochs=epochs, bs=32, device="cpu"), tmp_path / "run", data=toy_data())
-    assert result["epochs"] == epochs and 0.0 <= result["test_acc"] <= 100.0
-    return result
-
-
-# ---- the losses ----
 
 @pytest.fixture
 def batch():

@@ -5,7 +5,7 @@ from fastai.callback.core import Callback
 from timm.data.mixup import mixup_target
 
 from recipes.parse import parse_recipe
-from test_losses import Spy, check_loss_restored, run_recipe, toy_learner
+from fixtures import Spy, check_loss_restored, run_recipe, toy_learner
 from tricks.errors import ConfigError
 from tricks.losses import kl_div_loss, one_hot, smooth_targets, soft_target_cross_entropy
 from tricks.mixup import KLMixUp, MixUp, mix_rows, mixed_loss, mixup_batch

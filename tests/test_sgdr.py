@@ -8,10 +8,9 @@ from timm.scheduler import CosineLRScheduler
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train
-from tests.test_train import toy_data
+from fixtures import lr_per_batch, toy_data
 from tricks.errors import ConfigError
 from tricks.sgdr import SGDR, sgdr_lr
-from fixtures import lr_per_batch
 
 PEAK, FLOOR, START = 0.2, 1e-4, 1e-5
 N_ITER = 3  # batches per epoch in the tiny Learner

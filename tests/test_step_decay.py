@@ -6,10 +6,9 @@ import torch
 from recipes.build import build_tricks
 from recipes.parse import parse_recipe
 from recipes.run import train
-from tests.test_train import toy_data
+from fixtures import lr_per_batch, toy_data
 from tricks.errors import ConfigError
 from tricks.step_decay import StepDecay, step_decay_lr
-from fixtures import lr_per_batch
 
 N_ITER = 3
 
