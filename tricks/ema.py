@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.schedule import LRFinder
 from fastai.torch_core import norm_bias_params
 from timm.utils.model_ema import ModelEmaV3
 
@@ -96,8 +97,12 @@ class EMA(Callback):
         self.decay, self.eval, self.every, self.mode = decay, eval, every, mode
         self.peak_lr, self.wd, self.wd_bn_bias = peak_lr, wd, wd_bn_bias
         self.average: ModelEmaV3 | None = None
+        self.active = True  # False during fastai's lr_find: its mock steps are not averaged
 
     def before_fit(self):
+        self.active = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
+        if not self.active:  # lr_find puts the model back itself; the average of a real fit stays
+            return
         model = self.learn.model
         self.average = ModelEmaV3(model, decay=self.decay)
         self.steps, self.swapped, self.cancelled = 0, False, False
@@ -115,10 +120,12 @@ class EMA(Callback):
         self.steps = int(state["steps"])
 
     def before_batch(self):
-        if self.mode == "noschedule" and self.training:
+        if self.mode == "noschedule" and self.training and self.active:
             self.learn.opt.set_hyper("lr", self.peak_lr)
 
     def after_step(self):
+        if not self.active:
+            return
         self.steps += 1
         if self.steps % self.every:
             return
@@ -127,7 +134,7 @@ class EMA(Callback):
             decay_ema_weights(self.decayed, self.learn.opt.hypers[0]["lr"], self.wd)
 
     def before_validate(self):
-        if self.eval and self.average is not None:
+        if self.eval and self.active and self.average is not None:
             swap_state(self.learn.model, self.average.module)
             self.swapped = True
 
@@ -139,7 +146,7 @@ class EMA(Callback):
         self.cancelled = True
 
     def after_fit(self):
-        if self.eval and not self.cancelled:
+        if self.eval and self.active and not self.cancelled:
             self.learn.model.load_state_dict(self.average.module.state_dict())
 
     def _swap_back(self):

@@ -89,7 +89,9 @@ class LRSchedule(Callback):
 
     def before_fit(self):
         self.lrs = []
-        self.active = not check_one_lr_schedule(self)
+        # fastai runs before_fit for validate / get_preds / predict too; a Learner from load_learner has no
+        # optimizer there, and nothing trains: the schedule stands aside
+        self.active = self.learn.opt is not None and not check_one_lr_schedule(self)
 
     def fit_lr(self) -> float:
         """The lr given to `fit` (fastai's convention: `learn.fit(n, lr)`, else `learn.lr`), as the optimizer

@@ -129,6 +129,8 @@ class SGDR(LRSchedule):
 
     def before_fit(self):
         super().before_fit()
+        if not self.active:
+            return
         n_iter = len(self.learn.dls.train)
         per_epoch = n_iter if self.in_iters() else 1  # time units per epoch
         cycle_len = self.cycle_len * (per_epoch if self.unit == "epoch" else 1)

@@ -97,7 +97,7 @@ class StepDecay(LRSchedule):
 
     def before_fit(self):
         super().before_fit()
-        if self.peak is None:
+        if self.active and self.peak is None:
             self.schedule = self.schedule_for(self.fit_lr())
 
     def progress(self) -> float:

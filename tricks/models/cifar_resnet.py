@@ -181,11 +181,11 @@ def cifar_resnet(depth: int, *, preact: bool = False, num_classes: int, in_chans
                        in_chans=in_chans, shortcut=shortcut, zero_init_last=zero_init_last)
 
 
-for _depth in (20, 32, 44, 56, 110):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     MODELS.add(f"resnet{_depth}", functools.partial(cifar_resnet, _depth),
                description=f"CIFAR ResNet-{_depth} v1: {3 * ((_depth - 2) // 6)} basic blocks, 16-32-64 channels",
                paper="He et al. 2016, Deep Residual Learning, arXiv:1512.03385", options=RESNET_OPTIONS)
-for _depth in (20, 32, 44, 56, 110):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     MODELS.add(f"preact_resnet{_depth}", functools.partial(cifar_resnet, _depth, preact=True),
                description=f"CIFAR pre-activation ResNet-{_depth} v2: {3 * ((_depth - 2) // 6)} blocks, 16-32-64 channels",
                paper="He et al. 2016, Identity Mappings in Deep Residual Networks, arXiv:1603.05027",
