@@ -20,7 +20,7 @@ which tricks run or their other parameters:
   test 10,000 images), so a typical row (4 epochs, 5,000 images) is predicted at 56 s plus ~10 s of
   start-up. Two replay workers of one thread each train ~12% more images per second in all than one
   of two threads (`--workers 2`).
-- `smoke`: a few batches per row, so that CI replays the whole table in minutes: 64 training and 64
+- `smoke`: one batch per row, so that CI replays the whole table in minutes: 40 training and 40
   test images (at least one per class), batch 32, 1 epoch per fit, refinery generations capped at 1.
   The numbers mean nothing beyond 'it runs'.
 
@@ -62,7 +62,7 @@ SHORT_SECONDS = 150.0  # predicted train + test seconds of one row at most
 TRAIN_IMAGES_PER_SECOND = 400.0  # ResNet-20, batch 256, on 2 idle CPU cores, measured (module docstring)
 TEST_IMAGES_PER_SECOND = 1400.0
 # smoke budget
-SMOKE_IMAGES = 64
+SMOKE_IMAGES = 40
 SMOKE_BS = 32
 SMOKE_GENERATIONS = 1
 # the notes' full training sets, for scaling iteration-counted lengths and per-class counts

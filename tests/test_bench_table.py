@@ -258,7 +258,7 @@ def test_smoke_budget_sizes(table):
     row = by_id(rows)
     for rid in ("S9.baseline", "S6.chdrop2.e400", "S11.wrn28_10"):
         r = row_recipe(row[rid], "smoke", 0)
-        assert (r.epochs, r.subset, r.test_subset, r.bs) == (1, 64, 64, 32)
+        assert (r.epochs, r.subset, r.test_subset, r.bs) == (1, 40, 40, 32)
     r = row_recipe(row["S6.chdrop2.refine.first50"], "smoke", 0)
     assert fit_epochs(r) == [1, 1]  # generations capped at 1
     r = row_recipe(row["S7.mul"], "smoke", 0)  # two milestones need three epochs
