@@ -165,9 +165,10 @@ def load_records(results_dir: Path, results_file: Path = DEFAULT_PATH) -> list[d
 
 def report_data(records: list[dict], budget: str | None) -> str | None:
     """The dataset checksum a report shows: that of the `budget` record finished last (numbers trained on
-    other data are never averaged with them; the report counts what it leaves out)."""
+    other data are never averaged with them; the report counts what it leaves out); on equal `finished_at`
+    (whole seconds), the later record."""
     of_budget = [r for r in records if r["budget"] == budget]
-    return max(of_budget, key=finished)["dataset_checksum"] if of_budget else None
+    return max(reversed(of_budget), key=finished)["dataset_checksum"] if of_budget else None
 
 
 def used_records(records: list[dict], rows: list, budget: str | None,

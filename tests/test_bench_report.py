@@ -9,7 +9,7 @@ from scipy.stats import t
 
 from bench import cli, results_file
 from bench.report import (END, SAME_MARGIN, START, T_TABLE, Measures, fmt_diff, headline_markdown, load_records,
-                          replace_between_markers, t_quantile, used_records, verdict, welch, write_report)
+                          replace_between_markers, report_data, t_quantile, used_records, verdict, welch, write_report)
 from bench.store import Store
 from bench.table import Conclusion, Row
 from tricks.errors import ConfigError, RunFolderError
@@ -100,6 +100,15 @@ def interval(a, b):
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     d, half = statistics.fmean(a) - statistics.fmean(b), t.ppf(0.975, df) * math.sqrt(va + vb)
     return d, (d - half, d + half)
+
+
+def test_report_data_is_the_last_finished_and_the_later_record_on_a_tie():
+    rec = lambda checksum, at, budget="smoke": {"budget": budget, "dataset_checksum": checksum, "finished_at": at}
+    t0, t1 = "2026-11-30T03:00:00+00:00", "2026-11-30T03:00:01+00:00"
+    assert report_data([rec("a", t1), rec("b", t0)], "smoke") == "a"
+    assert report_data([rec("a", t0), rec("b", t0)], "smoke") == "b"  # same second: the later one
+    assert report_data([rec("a", t0), rec("b", t1, "short")], "smoke") == "a"
+    assert report_data([rec("a", t0)], "full") is None
 
 
 def test_welch_interval_is_the_closed_form():
