@@ -1,6 +1,7 @@
 """Issue 12, section 2 (first part): the tricks that only need the classifier or the activations (finalbn,
 fcdrop, rotation, leakyrelu, swish) on the models fastai users have: fastai's XResNet, torchvision's ResNet,
-a user's own nn.Sequential with a final nn.Linear; a one-line refusal where no classifier can be found."""
+timm's ResNetV2 (a 1x1-conv head), a user's own nn.Sequential with a final nn.Linear; a one-line refusal where no
+classifier can be found."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,7 @@ from tricks import FCDropout, FinalBN, LeakyReLUSwap, RotationHead, SwishSwap
 from tricks.data.loaders import DeviceLoader, device_dataloaders
 from tricks.errors import ConfigError
 from tricks.models import create_model
-from tricks.surgery import ClassifierWrap, classifier_linear, classifier_path, pooled_features
+from tricks.surgery import ClassifierWrap, SideLinear, classifier_layer, classifier_path, pooled_features
 
 MODELS = {
     "fastai:xresnet18": "11",
@@ -44,23 +45,19 @@ def features_and_logits(model, x):
 def test_the_classifier_is_found_and_wrapped_in_place(name):
     model, x = make(name).eval(), torch.randn(2, 3, 32, 32)
     assert classifier_path(model) == MODELS[name]
-    fc = classifier_linear(model)
+    fc = classifier_layer(model)
     feats, ref = features_and_logits(model, x)
     assert torch.equal(pooled_features(model, x), feats) and feats.shape == (2, fc.in_features)
     torch.testing.assert_close(F.linear(feats, fc.weight, fc.bias), ref)
 
     edited(FCDropout(p=0.5), model)  # order 2, then finalbn (3) wraps the wrap, then the rotation head (7)
     edited(FinalBN(), model)
-    if isinstance(model, nn.Sequential):  # fastai's XResNet, the user's model
-        with pytest.raises(ConfigError, match=f"^trick 'rotation' cannot add its head to model {type(model).__name__}: "):
-            RotationHead().check(model)
-    else:
-        edited(RotationHead(), model)
-        assert model.rotation_head.in_features == fc.in_features
+    edited(RotationHead(), model)  # also on an nn.Sequential (fastai's XResNet, the user's model): see below
+    assert type(model.rotation_head) is SideLinear and model.rotation_head.in_features == fc.in_features
     head = model.get_submodule(MODELS[name])
     assert isinstance(head, ClassifierWrap) and isinstance(head[1], ClassifierWrap)
     assert isinstance(head[0], nn.BatchNorm1d) and isinstance(head[1][0], nn.Dropout) and head[1][1] is fc
-    assert classifier_path(model) == MODELS[name] and classifier_linear(model) is fc
+    assert classifier_path(model) == MODELS[name] and classifier_layer(model) is fc
     bn = head[0]
     # eval: dropout is the identity, a fresh BN divides by sqrt(1 + eps), the rotation head is not in the output
     torch.testing.assert_close(model(x), F.linear(feats / (1 + bn.eps) ** 0.5, fc.weight, fc.bias))
@@ -103,8 +100,6 @@ TRICKS = {"finalbn": FinalBN, "fcdrop": FCDropout, "rotation": RotationHead, "le
 @pytest.mark.parametrize("trick", list(TRICKS))
 def test_trains_in_a_learner_and_is_undone_on_a_cancelled_fit(name, trick, one_torch_thread):
     model = make(name)
-    if trick == "rotation" and isinstance(model, nn.Sequential):
-        pytest.skip("rotation is refused on nn.Sequential models (see test_the_classifier_is_found_and_wrapped_in_place)")
     keys = list(model.state_dict())
     learn = Learner(tiny_dls(), model, loss_func=nn.CrossEntropyLoss(), cbs=[TRICKS[trick](), cancel_at_train()])
     learn.fit(1, 0.01)  # cancelled as training starts: the surgery is undone
@@ -123,10 +118,8 @@ def test_a_model_without_a_classifier_found_is_refused_in_one_line(trick):
     with pytest.raises(ConfigError) as e:
         TRICKS[trick]().check(model)
     assert str(e.value) == (f"trick '{trick}' cannot find the classifier of model Sequential; looked for timm's "
-                            "get_classifier() (pretrained_cfg['classifier']), torchvision's `fc` nn.Linear, or an "
-                            "nn.Linear as the model's last module")
-    with pytest.raises(ConfigError, match=f"^trick '{trick}' cannot find the classifier of model ResNetV2; "):
-        TRICKS[trick]().check(create_model("timm:resnetv2_18", num_classes=4))  # its head is a 1x1 conv
+                            "get_classifier() (pretrained_cfg['classifier']: an nn.Linear or a 1x1 nn.Conv2d), "
+                            "torchvision's `fc` nn.Linear, or an nn.Linear as the model's last module")
 
 
 def test_create_model_builds_fastai_and_torchvision_models_and_refuses_what_does_not_apply():
@@ -140,5 +133,10 @@ def test_create_model_builds_fastai_and_torchvision_models_and_refuses_what_does
         create_model("fastai:xresnet19", num_classes=3)
     with pytest.raises(ConfigError, match=r"^unknown torchvision model 'resnet19'; did you mean "):
         create_model("torchvision:resnet19", num_classes=3)
-    with pytest.raises(ConfigError, match=r"^option stem='conv3x3s1-nomaxpool' does not apply to model 'fastai:xresnet18'"):
-        create_model("fastai:xresnet18", num_classes=3, stem="conv3x3s1-nomaxpool")
+    with pytest.raises(ConfigError, match=r"^option shortcut='conv3x3' does not apply to model 'fastai:xresnet18'; "
+                                          r"it takes: zero_init_last, stem \(and bn_momentum\)$"):
+        create_model("fastai:xresnet18", num_classes=3, shortcut="conv3x3")
+    with pytest.raises(ConfigError, match=r"^stem='conv3x3s1-nomaxpool' cannot handle model 'torchvision:vgg11': "):
+        create_model("torchvision:vgg11", num_classes=3, stem="conv3x3s1-nomaxpool")
+    with pytest.raises(ConfigError, match=r"^option zero_init_last=True does not apply to model 'torchvision:vgg11' "):
+        create_model("torchvision:vgg11", num_classes=3, zero_init_last=True)

@@ -20,13 +20,12 @@ class CancelAfterOneBatch(Callback):
         raise CancelFitException
 
 
-# (model, where the dropout goes in each block: the module feeding the last conv, and that conv)
-BRANCHES = [("resnet20", "act1", "conv2"), ("preact_resnet20", "drop", "conv2"),
-            ("timm:resnet18", "act1", "conv2"), ("timm:resnet26", "act2", "conv3")]
+# (model, the last conv of each branch: the dropout is on its input)
+BRANCHES = [("resnet20", "conv2"), ("preact_resnet20", "conv2"), ("timm:resnet18", "conv2"), ("timm:resnet26", "conv3")]
 
 
-@pytest.mark.parametrize("name,slot,last_conv", BRANCHES)
-def test_resdrop_sits_right_before_the_last_conv_of_every_branch(name, slot, last_conv):
+@pytest.mark.parametrize("name,last", BRANCHES)
+def test_resdrop_sits_right_before_the_last_conv_of_every_branch(name, last):
     torch.manual_seed(0)
     model = create_model(name, num_classes=4)
     keys = list(model.state_dict())
@@ -34,18 +33,18 @@ def test_resdrop_sits_right_before_the_last_conv_of_every_branch(name, slot, las
     assert list(model.state_dict()) == keys  # no parameter renamed
     n = 0
     for block in blocks(model):
-        drop = getattr(block, slot) if slot == "drop" else getattr(block, slot)[1]
+        drop = getattr(block, last).resdrop
         assert type(drop) is nn.Dropout and drop.p == 0.3
         n += 1
-    assert n == len(list(blocks(create_model(name, num_classes=4))))
-    # in training, the last conv's input is the ReLU output, each unit either 0 or scaled by 1/(1-p)
-    block = next(iter(blocks(model)))
-    relu = block.act2 if slot == "drop" else getattr(block, slot)[0]
+    assert n == len(list(blocks(create_model(name, num_classes=4)))) == sum(type(m) is nn.Dropout for m in model.modules())
+    # in training, the last conv sees its input (the branch's ReLU output) with each unit either 0 or scaled by 1/(1-p)
+    conv = getattr(next(iter(blocks(model))), last)
     seen = {}
-    relu.register_forward_hook(lambda m, i, o: seen.__setitem__("relu", o.clone()))
-    getattr(block, last_conv).register_forward_pre_hook(lambda m, i: seen.__setitem__("conv_in", i[0].clone()))
+    conv.register_forward_pre_hook(lambda m, i: seen.__setitem__("relu", i[0].clone()), prepend=True)  # before resdrop
+    conv.register_forward_pre_hook(lambda m, i: seen.__setitem__("conv_in", i[0].clone()))  # after it
     model.train()
     model(torch.randn(4, 3, 32, 32))
+    assert (seen["relu"] >= 0).all()
     kept = seen["conv_in"] != 0
     assert torch.allclose(seen["conv_in"][kept], seen["relu"][kept] / 0.7, rtol=1e-6)
     assert 0.2 < 1 - kept[seen["relu"] != 0].float().mean().item() < 0.4  # about p of the units dropped
@@ -80,6 +79,8 @@ def test_unsupported_models_and_conflicts_are_one_line_config_errors():
         ResidualDropout().check(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ConfigError, match="drop_rate"):
         ResidualDropout().check(create_model("wrn10_1", num_classes=4, drop_rate=0.3))
+    with pytest.raises(ConfigError, match=r"^resdrop and model CifarResNet's own dropout .*a resdrop already there"):
+        ResidualDropout().check(edited(ResidualDropout(), create_model("resnet20", num_classes=4)))
     with pytest.raises(ConfigError, match="drop_rate"):
         FCDropout(where="before").check(create_model("timm:resnet18", num_classes=4, drop_rate=0.3))
     FCDropout(where="after").check(create_model("timm:resnet18", num_classes=4, drop_rate=0.3))
@@ -93,20 +94,21 @@ def test_surgery_once_over_two_fits_and_undone_on_cancel():
     learn = learner("baseline+resdrop:p=0.1+fcdrop:p=0.1")
     learn.fit(1)
     learn.fit(1)
-    assert all(type(b.act1[0]) is nn.ReLU and type(b.act1[1]) is nn.Dropout for b in blocks(learn.model))
+    assert all(type(b.conv2.resdrop) is nn.Dropout and len(b.conv2._forward_pre_hooks) == 1 for b in blocks(learn.model))
     assert type(learn.model.fc[1]) is nn.Linear
 
     learn = learner("baseline+resdrop+fcdrop", cbs=[cancel_at_train()])
     plain = repr(learn.model)
     learn.fit(1)
     assert repr(learn.model) == plain
+    assert not any(b.conv2._forward_pre_hooks for b in blocks(learn.model))  # the hooks went too
 
 
 def test_cancel_after_training_started_keeps_the_trained_structure():
     learn = learner("baseline+resdrop+fcdrop", cbs=[CancelAfterOneBatch()])
     learn.fit(1)
     assert learn.train_iter == 1 and type(learn.model.fc[0]) is nn.Dropout
-    assert all(type(b.act1[1]) is nn.Dropout for b in blocks(learn.model))
+    assert all(type(b.conv2.resdrop) is nn.Dropout for b in blocks(learn.model))
 
 
 @pytest.mark.parametrize("text,model", [("baseline+resdrop:p=0.1", "resnet20"),

@@ -56,10 +56,12 @@ def test_lastbn_off_keeps_the_relu_and_drops_the_bn():
     assert repr(edited(LastBN(on=True), on)) == plain
 
 
-@pytest.mark.parametrize("name,word", [("resnet20", "ResNet v1"), ("timm:resnet18", "timm ResNet")])
+@pytest.mark.parametrize("name,word", [("resnet20", "CifarResNet, a CIFAR ResNet v1"), ("timm:resnet18", "ResNet, a timm ResNet"),
+                                       ("fastai:xresnet18", "XResNet, a fastai XResNet"),
+                                       ("torchvision:resnet18", "ResNet, a torchvision ResNet")])
 def test_lastbn_refuses_models_without_a_final_bn(name, word):
-    with pytest.raises(ConfigError, match=rf"^lastbn applies to pre-activation models, not \w+ \({word}\); "
-                                          r"use preact_resnet<d> or wrn<d>_<k>$"):
+    with pytest.raises(ConfigError, match=rf"^lastbn applies to pre-activation models, not {word} \(.*\); "
+                                          r"use preact_resnet<d>, wrn<d>_<k> or timm:resnetv2_<d>$"):
         LastBN(on=False).check(create_model(name, num_classes=4))
 
 

@@ -11,6 +11,7 @@ from recipes.run import train
 from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.rotation_head import RotationHead, rotate_batch
+from tricks.surgery import SideLinear
 from fixtures import cancel_at_train, learner, toy_data
 
 
@@ -48,7 +49,7 @@ def test_head_on_the_pooled_features_and_model_output_unchanged(name):
         cb.edit(model, cb.check(model))
         assert torch.equal(model(x), before)
     head = model.rotation_head
-    assert type(head) is nn.Linear and (head.in_features, head.out_features) == (model.fc.in_features, 4)
+    assert type(head) is SideLinear and (head.in_features, head.out_features) == (model.fc.in_features, 4)
     assert not head.training  # same mode as the model
     assert "rotation_head.weight" in model.state_dict()
 
@@ -68,7 +69,7 @@ def test_loss_grows_by_exactly_weight_times_the_rotation_ce(name):
     k = torch.randint(0, 4, (6,))
     turned = torch.stack([torch.rot90(x[i], int(k[i]), dims=(1, 2)) for i in range(6)])
     pool = model.global_pool if name.startswith("timm") else model.pool
-    by_hand = base + 0.7 * F.cross_entropy(model.rotation_head(pool(model.forward_features(turned))), k)
+    by_hand = base + 0.7 * F.cross_entropy(model.rotation_head.linear(pool(model.forward_features(turned))), k)
     assert torch.allclose(got, by_hand, rtol=1e-6, atol=0)
     assert torch.allclose(cb.learn.loss, by_hand.detach(), rtol=1e-6, atol=0)
     grads = torch.autograd.grad(got, list(model.parameters()), retain_graph=True)
@@ -102,9 +103,15 @@ def test_head_trained_in_the_optimizer_once_and_removed_on_cancel():
     assert {id(p) for g in learn.opt.opt.param_groups for p in g["params"]} == {id(p) for p in learn.model.parameters()}
 
 
-def test_other_models_refused():
-    with pytest.raises(ConfigError, match=r"^trick 'rotation' cannot add its head to model Sequential: "):
-        RotationHead().check(nn.Sequential(nn.Flatten(), nn.Linear(3, 4)))  # classifier found, but a Sequential
+def test_side_linear_passes_its_input_through_and_maps_with_linear():
+    head = SideLinear(3, 4)
+    x = torch.randn(2, 3)
+    assert head(x) is x
+    assert torch.equal(head.linear(x), F.linear(x, head.weight, head.bias))
+
+
+def test_models_without_a_classifier_refused():
+    assert RotationHead().check(nn.Sequential(nn.Flatten(), nn.Linear(3, 4))) is None  # classifier found, no family
     with pytest.raises(ConfigError, match=r"^trick 'rotation' cannot find the classifier of model Sequential; "
                                           r"looked for timm's get_classifier\(\)"):
         RotationHead().check(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))

@@ -11,9 +11,11 @@
 - Swish / SiLU (Ramachandran et al. 2017, "Searching for Activation Functions", arXiv:1710.05941):
   f(x) = x * sigmoid(x); torch's nn.SiLU. The notes (S9): 92.82 against ReLU's 93.23.
 
-Every nn.ReLU module is replaced (CIFAR nets: stem, block act1/act2/act_out, final_act; timm ResNets:
-stem act1 and block act1/act2/act3; any other model: wherever they are), keeping its `inplace`. Done once,
-before the first fit.
+Every nn.ReLU module is replaced, wherever it is, keeping its `inplace` (CIFAR nets: stem, block
+act1/act2/act_out, final_act; timm ResNets: stem act1 and block act1/act2/act3; timm ResNetV2: the `act` of
+every BatchNormAct2d; fastai's XResNet: every ConvLayer's and ResBlock's `act`; torchvision's ResNets: the
+one `relu` of the stem and of each block). Any model with an nn.ReLU module, of a known family or not. Done
+once, before the first fit.
 """
 from __future__ import annotations
 
@@ -21,8 +23,7 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.models.cifar_resnet import CifarResNet
-from tricks.surgery import ModelSurgery, TimmResNet, family
+from tricks.surgery import Family, ModelSurgery, find_family
 
 
 def relus(model: nn.Module) -> list[tuple[nn.Module, str, nn.ReLU]]:
@@ -36,17 +37,16 @@ class ActivationSwap(ModelSurgery):
 
     order = 1  # model surgery first: later tricks (e.g. resdrop) wrap the new activations
 
-    def check(self, model: nn.Module) -> str:
-        kind = family(model, self.trick) if isinstance(model, (CifarResNet, TimmResNet)) else "any"
+    def check(self, model: nn.Module) -> Family | None:
         if not relus(model):
             raise ConfigError(f"trick '{self.trick}' found no nn.ReLU in {type(model).__name__} to replace; "
                               "use one activation trick per recipe")
-        return kind
+        return find_family(model)
 
     def make(self, relu: nn.ReLU) -> nn.Module:
         raise NotImplementedError
 
-    def edit(self, model: nn.Module, kind: str) -> None:
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
         for parent, name, relu in relus(model):
             self.edits.set(parent, name, self.make(relu))
 
@@ -71,8 +71,8 @@ class LeakyReLUSwap(ActivationSwap):
     def make(self, relu: nn.ReLU) -> nn.Module:
         return nn.LeakyReLU(self.slope, inplace=relu.inplace)
 
-    def edit(self, model: nn.Module, kind: str) -> None:
-        super().edit(model, kind)
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
+        super().edit(model, fam)
         if self.msra > 0:
             for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
                 self.edits.keep(conv.weight)

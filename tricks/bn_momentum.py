@@ -22,7 +22,7 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import ModelSurgery
+from tricks.surgery import Family, ModelSurgery, find_family
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -59,11 +59,11 @@ class BNMomentum(ModelSurgery):
         super().__init__()
         self.bn_momentum = momentum
 
-    def check(self, model: nn.Module) -> str:
+    def check(self, model: nn.Module) -> Family | None:
         if not batchnorms(model):
             raise ConfigError(f"bnmom: model {type(model).__name__} has no BatchNorm to set")
-        return "any"
+        return find_family(model)  # any model with a BatchNorm, of a known family or not
 
-    def edit(self, model: nn.Module, kind: str) -> None:
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
         for bn in batchnorms(model):
             self.edits.set(bn, "momentum", self.bn_momentum)

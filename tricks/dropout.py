@@ -5,12 +5,14 @@ Dropout (Srivastava et al. 2014, JMLR 15) zeroes each unit with probability p an
 S9) try it in two places:
 
 - `resdrop`: right before the last conv of every residual branch, the place Wide ResNets put it
-  (Zagoruyko & Komodakis 2016, arXiv:1605.07146). Pre-activation blocks (v2, WRN) have a `drop` slot
-  there (BN-ReLU-[drop]-conv2; 'the middle of the branch' in the notes' words), which gets the
-  nn.Dropout. In v1 and timm blocks the activation that feeds the last conv becomes
-  nn.Sequential(activation, nn.Dropout(p)) (v1 and timm BasicBlock `act1`, timm Bottleneck `act2`;
-  timm's anti-aliasing `aa`, an identity in plain ResNets, comes after it). Dropping after the ReLU
-  is dropping the last conv's input, and no parameter is renamed: `model.pth` keeps its keys.
+  (Zagoruyko & Komodakis 2016, arXiv:1605.07146): on the input of the conv that `tricks.surgery.last_conv`
+  names for the model's family (`conv2`, `conv3`, fastai's last `ConvLayer` conv; see the table in
+  `tricks.surgery`). That conv gets an nn.Dropout child `resdrop`, and a forward pre-hook
+  (`drop_conv_input`) passes the conv's input through it. In every family that input is the output of the
+  branch's activation (pre-activation blocks: BN-ReLU-[drop]-conv2, 'the middle of the branch' in the
+  notes' words), so this is dropout after that ReLU, as v1 blocks with their own activation module
+  would have it; torchvision's blocks, which call one `relu` module before the last conv and again after
+  the addition, get it in the same place. No parameter is added or renamed: `model.pth` keeps its keys.
 - `fcdrop`: on the pooled features before the classifier, nn.Sequential(nn.Dropout(p), fc)
   ('before'), or on the logits after it, nn.Sequential(fc, nn.Dropout(p)) ('after'). The classifier's
   keys become `fc.1.*` / `fc.0.*`.
@@ -21,11 +23,17 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import (ClassifierWrap, ModelSurgery, act_before_last_conv, blocks, classifier_family, family,
-                            like, wrap_classifier)
+from tricks.surgery import (ClassifierWrap, Family, ModelSurgery, classifier_family, family, last_conv, like,
+                            wrap_classifier)
 
 POSITIONS = ("before_last_conv",)
 WHERES = ("before", "after")
+
+
+def drop_conv_input(conv: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a branch's last conv: its input through the conv's `resdrop` child (an nn.Dropout).
+    Module-level so that a pickled model (fastai's export) keeps it."""
+    return (conv.resdrop(args[0]), *args[1:])
 
 
 @register_trick(
@@ -40,7 +48,7 @@ WHERES = ("before", "after")
 class ResidualDropout(ModelSurgery):
     """Insert nn.Dropout(p) before the last conv of every residual branch."""
 
-    order = 2  # model surgery: after the activation swap (1), so the dropout follows the new activation
+    order = 2  # model surgery: after the activation swap (1), with the fc dropout
     trick = "resdrop"
 
     def __init__(self, p: float = 0.1, position: str = "before_last_conv"):
@@ -49,21 +57,18 @@ class ResidualDropout(ModelSurgery):
             raise ConfigError(f"resdrop position '{position}' is not one of {', '.join(POSITIONS)}")
         self.drop_p, self.position = p, position
 
-    def check(self, model: nn.Module) -> str:
-        kind = family(model, self.trick)
-        if kind == "preact" and any(isinstance(b.drop, nn.Dropout) for b in blocks(model)):
-            raise ConfigError("resdrop and the model's drop_rate both put dropout in the residual branch; "
-                              "set one of them")
-        return kind
+    def check(self, model: nn.Module) -> Family:
+        fam = family(model, self.trick)
+        if any(isinstance(m, nn.Dropout) and m.p > 0 for b in fam.blocks(model) for m in b.modules()):
+            raise ConfigError(f"resdrop and model {type(model).__name__}'s own dropout in the residual branches "
+                              "(its drop_rate, or a resdrop already there) both drop there; set one of them")
+        return fam
 
-    def edit(self, model: nn.Module, kind: str) -> None:
-        for block in blocks(model):
-            drop = like(model, nn.Dropout(self.drop_p))
-            if kind == "preact":
-                self.edits.set(block, "drop", drop)
-            else:
-                name = act_before_last_conv(block)
-                self.edits.set(block, name, nn.Sequential(getattr(block, name), drop))
+    def edit(self, model: nn.Module, fam: Family) -> None:
+        for block in fam.blocks(model):
+            conv = last_conv(block)
+            self.edits.set(conv, "resdrop", like(model, nn.Dropout(self.drop_p)))
+            self.edits.pre_hook(conv, drop_conv_input)
 
 
 @register_trick(
@@ -87,14 +92,14 @@ class FCDropout(ModelSurgery):
             raise ConfigError(f"fcdrop where='{where}' is not one of {', '.join(WHERES)}")
         self.drop_p, self.where = p, where
 
-    def check(self, model: nn.Module) -> str:
-        kind = classifier_family(model, self.trick)
+    def check(self, model: nn.Module) -> Family | None:
+        fam = classifier_family(model, self.trick)
         if self.where == "before" and hasattr(model, "get_classifier") and getattr(model, "drop_rate", 0):
             raise ConfigError(f"fcdrop:where=before and the model's drop_rate={model.drop_rate} both drop "
                               "the features before the fc; set one of them")
-        return kind
+        return fam
 
-    def edit(self, model: nn.Module, kind: str) -> None:
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
         drop = like(model, nn.Dropout(self.drop_p))
         wrap_classifier(self.edits, model,
                         lambda fc: ClassifierWrap(drop, fc) if self.where == "before" else ClassifierWrap(fc, drop))

@@ -8,10 +8,14 @@ batch statistics in training, running statistics in evaluation; torch's nn.Batch
   `position=features` (default): BatchNorm1d(num_features) on the pooled features, the classifier
   becomes nn.Sequential(BN, fc) -- 'the BN before the classifier', the usual BN-neck;
   `position=logits`: BatchNorm1d(num_classes) on the logits, nn.Sequential(fc, BN) -- literally the
-  last thing before the cross entropy. The classifier's keys become `fc.1.*` / `fc.0.*`.
+  last thing before the cross entropy. The classifier's keys become `fc.1.*` / `fc.0.*`. Any model whose
+  classifier `tricks.surgery.classifier_path` finds; where that classifier is a 1x1 conv on (B, C, 1, 1)
+  features (timm's ResNetV2 head), the BN is a BatchNorm2d, which on 1x1 maps normalises exactly as a
+  BatchNorm1d on (B, C).
 - `lastbn` (notes S9, resnetv2 'without the last bn, p=0.1: 92.75'): pre-activation nets end with
-  BN-ReLU (`model.final_act`); `on=false` replaces that BN with nn.Identity and keeps the ReLU.
-  `on=true` is the model as built. v1 and timm ResNets have no such BN: a ConfigError.
+  BN-ReLU (`model.final_act` of the CIFAR nets, `model.norm` of timm's ResNetV2, a BatchNormAct2d);
+  `on=false` replaces that BN, keeping the ReLU (where the model's family says, `Family.final_norm`).
+  `on=true` is the model as built. Post-activation families have no such BN: a ConfigError.
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import (ClassifierWrap, ModelSurgery, classifier_family, classifier_linear, family, like,
-                            num_features, wrap_classifier)
+from tricks.surgery import (ClassifierWrap, Family, ModelSurgery, classifier_family, classifier_layer,
+                            classifier_widths, family, like, wrap_classifier)
 
 POSITIONS = ("features", "logits")
 
@@ -46,15 +50,17 @@ class FinalBN(ModelSurgery):
             raise ConfigError(f"finalbn position '{position}' is not one of {', '.join(POSITIONS)}")
         self.position = position
 
-    def check(self, model: nn.Module) -> str:
+    def check(self, model: nn.Module) -> Family | None:
         return classifier_family(model, self.trick)
 
-    def edit(self, model: nn.Module, kind: str) -> None:
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
+        norm = nn.BatchNorm2d if isinstance(classifier_layer(model), nn.Conv2d) else nn.BatchNorm1d
+        n_in, n_out = classifier_widths(model)
         if self.position == "features":
-            bn = like(model, nn.BatchNorm1d(num_features(model)))
+            bn = like(model, norm(n_in))
             wrap_classifier(self.edits, model, lambda fc: ClassifierWrap(bn, fc))
         else:
-            bn = like(model, nn.BatchNorm1d(classifier_linear(model).out_features))
+            bn = like(model, norm(n_out))
             wrap_classifier(self.edits, model, lambda fc: ClassifierWrap(fc, bn))
 
 
@@ -66,7 +72,8 @@ class FinalBN(ModelSurgery):
     touches=("model",),
 )
 class LastBN(ModelSurgery):
-    """on=false: `model.final_act` = nn.Sequential(nn.Identity(), ReLU) instead of (BN, ReLU)."""
+    """on=false: the final BN of a pre-activation net replaced, its ReLU kept (CIFAR nets: `model.final_act` =
+    nn.Sequential(nn.Identity(), ReLU) instead of (BN, ReLU); timm's ResNetV2: `model.norm` = its ReLU)."""
 
     order = 4  # model surgery: after the final BN (3), before the last gamma (5)
     trick = "lastbn"
@@ -76,14 +83,15 @@ class LastBN(ModelSurgery):
         super().__init__()
         self.on = on
 
-    def check(self, model: nn.Module) -> str:
-        kind = family(model, self.trick)
-        if kind != "preact":
-            what = "timm ResNet" if kind == "timm" else "ResNet v1"
-            raise ConfigError(f"lastbn applies to pre-activation models, not {type(model).__name__} ({what}); "
-                              "use preact_resnet<d> or wrn<d>_<k>")
-        return kind
+    def check(self, model: nn.Module) -> Family:
+        fam = family(model, self.trick)
+        if fam.final_norm is None:
+            raise ConfigError(f"lastbn applies to pre-activation models, not {type(model).__name__}, a {fam.label}; "
+                              "use preact_resnet<d>, wrn<d>_<k> or timm:resnetv2_<d>")
+        return fam
 
-    def edit(self, model: nn.Module, kind: str) -> None:
+    def edit(self, model: nn.Module, fam: Family) -> None:
         if not self.on:
-            self.edits.set(model.final_act, "0", nn.Identity())
+            path, replacement = fam.final_norm(model)
+            parent, _, name = path.rpartition(".")
+            self.edits.set(model.get_submodule(parent) if parent else model, name, replacement)

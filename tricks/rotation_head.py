@@ -5,15 +5,18 @@ Uncertainty", arXiv:1906.12340). Notes S9: 'a self-supervised head that predicts
 together with mixup: 89.06'.
 
 A 4-way head `model.rotation_head` = nn.Linear(num_features, 4) sits on the pooled features, next to
-the classifier. For each training batch x (the current `learn.xb[0]`: after channel drop and mixup),
+the classifier, as a `tricks.surgery.SideLinear`: an nn.Linear that calling passes its input through, so that
+in a model that is an nn.Sequential (fastai's XResNet), which runs every child in turn, the head follows
+the classifier and `model(x)` is unchanged; the loss calls its linear map, `rotation_head.linear`. For each training batch x (the current `learn.xb[0]`: after channel drop and mixup),
 every image gets one rotation k ~ U{0, 1, 2, 3} (k * 90 degrees, torch.rot90 over (H, W)), and
 
     loss = CE(classifier(x), y) + weight * CE(rotation_head(pool(features(rot_k(x)))), k)
 
 One random rotation per image (not all four, as Gidaris et al. do) keeps the cost to one extra
 forward and backward of the batch. That extra forward runs in training mode, so the BN running
-statistics also see the rotated images. Evaluation is untouched: the head is not part of
-`model(x)` and no loss is added. Images must be square.
+statistics also see the rotated images. Evaluation is untouched: the head does not change
+`model(x)` and no loss is added. Images must be square. The pooled features are where the model's family
+says (`tricks.surgery.pooled_features`; for a model of no family, the classifier's input).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
-from tricks.surgery import ModelSurgery, classifier_family, like, num_features, pooled_features
+from tricks.surgery import Family, ModelSurgery, SideLinear, classifier_family, like, num_features, pooled_features
 
 ROTATIONS = 4
 
@@ -40,8 +43,8 @@ def rotate_batch(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def rotation_loss(model: nn.Module, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """CE(model.rotation_head(pooled features of the rotated batch), k)."""
-    return F.cross_entropy(model.rotation_head(pooled_features(model, rotate_batch(x, k))), k)
+    """CE(model.rotation_head's linear map of the pooled features of the rotated batch, k)."""
+    return F.cross_entropy(model.rotation_head.linear(pooled_features(model, rotate_batch(x, k))), k)
 
 
 @register_trick(
@@ -64,15 +67,11 @@ class RotationHead(ModelSurgery):
         super().__init__()
         self.weight = weight
 
-    def check(self, model: nn.Module) -> str:
-        kind = classifier_family(model, self.trick)
-        if isinstance(model, nn.Sequential):
-            raise ConfigError(f"trick 'rotation' cannot add its head to model {type(model).__name__}: it is an "
-                              "nn.Sequential, whose forward would run the head after the classifier")
-        return kind
+    def check(self, model: nn.Module) -> Family | None:
+        return classifier_family(model, self.trick)
 
-    def edit(self, model: nn.Module, kind: str) -> None:
-        self.edits.set(model, "rotation_head", like(model, nn.Linear(num_features(model), ROTATIONS)))
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
+        self.edits.set(model, "rotation_head", like(model, SideLinear(num_features(model), ROTATIONS)))
 
     def after_loss(self):
         x = self.learn.xb[0]

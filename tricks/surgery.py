@@ -1,90 +1,229 @@
-"""Model surgery shared by the tricks that change the network: find the blocks, the last BN of each
-residual branch, the classifier and the pooled features of the models those tricks support, record
-every change so it can be undone, and a Callback base that edits the model once at `before_fit`.
+"""Model surgery shared by the tricks that change the network: one description per model family of where its
+residual blocks, the last BN and last conv of each residual branch, the final BN of a pre-activation net, the
+classifier and the pooled features are; every change recorded so it can be undone; and a Callback base that
+edits the model once at `before_fit`.
 
-Supported: the CIFAR ResNets of `tricks.models.cifar_resnet` (v1 'resnet<d>', pre-activation
-'preact_resnet<d>', 'wrn<d>_<k>') and timm ResNets (`timm.models.resnet.ResNet` with BasicBlock or
-Bottleneck blocks: 'timm:resnet18', 'timm:resnet50', ...). Any other model is a ConfigError, except for
-the tricks that only need the classifier or the activations (finalbn, fcdrop, rotation, leakyrelu,
-swish): they take any model whose classifier `classifier_path` finds (timm's get_classifier, torchvision's
-`fc`, a final nn.Linear as fastai's XResNet has), the pooled features then being the classifier's input.
+The families (`MODEL_FAMILIES`, one `Family` each; `family(model)` finds a model's):
 
-Where things are (the last BN of a branch is what Goyal et al. 2017 and timm's `zero_init_last` zero):
+| family | model | blocks, in forward order | last BN of a branch | last conv of a branch | final BN | classifier | pooled features |
+|---|---|---|---|---|---|---|---|
+| v1 | `CifarResNet` (`resnet<d>`) | `BasicBlock` | `bn2` | `conv2` | - | `fc` | `pool(forward_features(x))` |
+| preact | `CifarResNet(preact=True)` (`preact_resnet<d>`, `wrn<d>_<k>`) | `PreActBlock` | `bn2` (before the last conv) | `conv2` | `final_act.0` | `fc` | idem |
+| timm | timm `ResNet` (`timm:resnet18`, ...) | `BasicBlock` / `Bottleneck` | `bn2` / `bn3` | `conv2` / `conv3` | - | `pretrained_cfg['classifier']` (`fc`) | `global_pool(forward_features(x))` |
+| timm-v2 | timm `ResNetV2`, pre-activation, BatchNorm (`timm:resnetv2_18`, `resnetv2_50d`, ...; not the GroupNorm / EvoNorm / FRN ones) | `PreActBasic` / `PreActBottleneck` | `norm2` / `norm3` (before the last conv) | `conv2` / `conv3` | `norm` (BN + its ReLU `norm.act`) | `head.fc` (a 1x1 conv) | `head.global_pool(forward_features(x))`, flattened |
+| fastai | fastai `XResNet` (`fastai:xresnet18` ... `xresnet152`, `_deep`, `xse_resnext`) | `ResBlock` | the BN of the last `ConvLayer` of `convpath` (fastai's `BatchZero`) | its conv | - | the last module, an `nn.Linear` (`'11'`) | the children before the classifier, run in turn |
+| torchvision | torchvision `ResNet` (`torchvision:resnet18`, `wide_resnet50_2`, ...) | `BasicBlock` / `Bottleneck` | `bn2` / `bn3` | `conv2` / `conv3` | - | `fc` | `flatten(avgpool(layer4(...)))`, as its forward |
 
-| family | blocks | last BN of a branch | activation before the last conv | classifier |
-|---|---|---|---|---|
-| v1 | `model.blocks()` | `bn2` | `act1` | `model.fc` |
-| pre-activation (v2, WRN) | `model.blocks()` | `bn2` (before the last conv, see `cifar_resnet`) | `act2` (then `drop`) | `model.fc` |
-| timm BasicBlock | `layer1..4` | `bn2` | `act1` | `pretrained_cfg['classifier']` ('fc') |
-| timm Bottleneck | `layer1..4` | `bn3` | `act2` | idem |
+The last BN of a branch is what Goyal et al. 2017 and timm's `zero_init_last` zero in post-activation blocks,
+and in the pre-activation blocks the BN before the last conv, as `cifar_resnet` defines it for the notes'
+'pre-act with last-gamma' (for timm's ResNetV2 too: its own zero_init_last zeros the last conv instead).
 
-Pooled features (the classifier's input) are `model.pool(model.forward_features(x))` for the CIFAR nets
-and `model.global_pool(model.forward_features(x))` for timm (timm's own drop_rate dropout left out).
+What the structural tricks change, the same way in every family:
+
+| trick | change | `model.pth` keys |
+|---|---|---|
+| resdrop | an `nn.Dropout` child `resdrop` on the branch's last conv, applied to that conv's input by a forward pre-hook (`tricks.dropout.drop_conv_input`) | unchanged (a dropout has no parameters; the hook is no key) |
+| lastgamma | the last BN's `weight` filled with 0 or 1 | unchanged |
+| lastbn (pre-activation families) | the final BN replaced, its activation kept | the final BN's keys gone |
+| finalbn, fcdrop | the classifier wrapped as `ClassifierWrap(BN, fc)`, `(fc, BN)`, `(Dropout, fc)` or `(fc, Dropout)` | the classifier's become `<fc>.0.*` / `<fc>.1.*` |
+| rotation | `model.rotation_head`, a `SideLinear` | `rotation_head.weight`, `rotation_head.bias` added |
+| leakyrelu, swish | every `nn.ReLU` module replaced | unchanged |
+
+The dropout goes on the conv rather than on the activation before it because not every family has an
+activation module of its own there: torchvision's blocks call one `relu` module before the last conv and
+again after the addition. A forward pre-hook is kept by `copy.deepcopy` and by pickling (fastai's
+`export` / `load_learner`: the hook is a module-level function), torch.compile traces it, and it follows the
+model's train/eval mode and device through its `resdrop` child. A fit cancelled before training undoes the
+surgeries of all the tricks together, the last made first (`ModelSurgery.after_cancel_fit`).
+
+The tricks that only need the classifier or the activations (finalbn, fcdrop, rotation, leakyrelu, swish) also
+take a model of no family whose classifier `classifier_path` finds (timm's get_classifier, torchvision's `fc`,
+an nn.Linear as the model's last module); its pooled features are then the classifier's input, caught by a
+forward pre-hook (an nn.Sequential whose classifier is a child: its children before the classifier, run in turn).
 """
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
+import torchvision.models.resnet as tv_resnet
 from fastai.callback.core import Callback
-from timm.models.resnet import BasicBlock as TimmBasicBlock
-from timm.models.resnet import Bottleneck as TimmBottleneck
-from timm.models.resnet import ResNet as TimmResNet
+from fastai.layers import ConvLayer, ResBlock
+from fastai.vision.models.xresnet import XResNet
+from timm.models import resnet as timm_resnet
+from timm.models import resnetv2 as timm_resnetv2
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.models.cifar_resnet import CifarResNet
+from tricks.models.cifar_resnet import BasicBlock, CifarResNet, PreActBlock
 
-SUPPORTED = ("the CIFAR ResNets (resnet<d>, preact_resnet<d>, wrn<d>_<k>) and timm ResNets "
-             "(timm:resnet18, timm:resnet50, ...)")
-FAMILIES = ("v1", "preact", "timm")
 _MISSING = object()
-
-
-def family(model: nn.Module, trick: str) -> str:
-    """'v1', 'preact' or 'timm'; a one-line ConfigError naming the model class for anything else."""
-    if isinstance(model, CifarResNet):
-        return "preact" if model.preact else "v1"
-    if isinstance(model, TimmResNet):
-        return "timm"
-    raise ConfigError(f"trick '{trick}' cannot change model {type(model).__name__}; it supports {SUPPORTED}")
-
-
-def blocks(model: nn.Module) -> Iterator[nn.Module]:
-    """Every residual block, in forward order."""
-    if isinstance(model, CifarResNet):
-        yield from model.blocks()
-    else:
-        yield from (m for m in model.modules() if isinstance(m, (TimmBasicBlock, TimmBottleneck)))
-
-
-def last_bn(block: nn.Module) -> nn.BatchNorm2d:
-    """The last BN of the residual branch (the one zero-init-last-gamma zeros)."""
-    return block.bn3 if isinstance(block, TimmBottleneck) else block.bn2
-
-
-def act_before_last_conv(block: nn.Module) -> str:
-    """Name of the activation module whose output feeds the branch's last conv (v1, timm)."""
-    return "act2" if isinstance(block, TimmBottleneck) else "act1"
+_EDIT_STAMPS = itertools.count(1)
 
 
 class ClassifierWrap(nn.Sequential):
     """The nn.Sequential a trick wraps a classifier in (fcdrop, finalbn): the next trick finds the whole."""
 
 
-CLASSIFIER_LOOKED_FOR = ("timm's get_classifier() (pretrained_cfg['classifier']), torchvision's `fc` nn.Linear, "
-                         "or an nn.Linear as the model's last module")
+class SideLinear(nn.Linear):
+    """An nn.Linear kept beside a model's forward rather than in it (the rotation head): calling the module
+    passes its input through unchanged -- so in an nn.Sequential model, where every child runs in turn, it can
+    follow the classifier without changing what `model(x)` returns -- and `linear(x)` is the linear map
+    x @ weight.T + bias. Its parameters are nn.Linear's `weight` and `bias`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _children_before(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """x through the children of an nn.Sequential `model` that come before its child `name`."""
+    for child_name, child in model.named_children():
+        if child_name == name:
+            return x
+        x = child(x)
+    raise AssertionError(f"{name} is not a child of the model")
+
+
+def _fastai_branch_end(block: nn.Module) -> tuple[str, str]:
+    i = max(i for i, m in enumerate(block.convpath) if isinstance(m, ConvLayer))
+    j = next(j for j, m in enumerate(block.convpath[i]) if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return f"convpath.{i}.{j}", f"convpath.{i}.0"
+
+
+def _timm_classifier(model: nn.Module) -> str | None:
+    """timm's `get_classifier()` path, `pretrained_cfg['classifier']` ('fc', 'head.fc')."""
+    return (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if hasattr(model, "get_classifier") else None
+
+
+def _torchvision_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+        x = getattr(model, name)(x)
+    return torch.flatten(x, 1)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where things are in one family of models, for every trick that changes a model.
+
+    `matches(model)` says whether a model is of the family; `branch_end(block)` gives the dotted paths, inside the block, of the last BN and the last conv of its
+    residual branch; `final_norm(model)` (pre-activation families only) the path of the net's final BN and the
+    module that replaces it without the BN (its activation kept); `classifier(model)` the classifier's dotted
+    path (None: the generic search of `classifier_path`); `pooled(model, x)` the pooled features (None: the
+    classifier's input, see `pooled_features`).
+    """
+
+    name: str
+    label: str
+    matches: Callable[[nn.Module], bool]
+    block_types: tuple[type, ...]
+    branch_end: Callable[[nn.Module], tuple[str, str]]
+    preact: bool = False
+    final_norm: Callable[[nn.Module], tuple[str, nn.Module]] | None = None
+    classifier: Callable[[nn.Module], str | None] | None = None
+    pooled: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+
+    def blocks(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Every residual block, in forward order (the order the model registers them in, for these families)."""
+        return (m for m in model.modules() if isinstance(m, self.block_types))
+
+
+def _built_of(model_type: type, block_types: tuple[type, ...]) -> Callable[[nn.Module], bool]:
+    """A model of `model_type` with blocks of `block_types`."""
+    return lambda model: isinstance(model, model_type) and any(isinstance(m, block_types) for m in model.modules())
+
+
+_TIMM_V2_BLOCKS = (timm_resnetv2.PreActBasic, timm_resnetv2.PreActBottleneck)
+
+MODEL_FAMILIES = (
+    Family("v1", "CIFAR ResNet v1 (resnet<d>)", lambda m: isinstance(m, CifarResNet) and not m.preact,
+           (BasicBlock,), lambda b: ("bn2", "conv2"),
+           classifier=lambda m: "fc", pooled=lambda m, x: m.pool(m.forward_features(x))),
+    Family("preact", "CIFAR pre-activation ResNet (preact_resnet<d>, wrn<d>_<k>)",
+           lambda m: isinstance(m, CifarResNet) and m.preact, (PreActBlock,), lambda b: ("bn2", "conv2"),
+           preact=True, final_norm=lambda m: ("final_act.0", nn.Identity()),
+           classifier=lambda m: "fc", pooled=lambda m, x: m.pool(m.forward_features(x))),
+    Family("timm", "timm ResNet (timm:resnet18, ...)",
+           _built_of(timm_resnet.ResNet, (timm_resnet.BasicBlock, timm_resnet.Bottleneck)),
+           (timm_resnet.BasicBlock, timm_resnet.Bottleneck),
+           lambda b: ("bn3", "conv3") if isinstance(b, timm_resnet.Bottleneck) else ("bn2", "conv2"),
+           classifier=_timm_classifier, pooled=lambda m, x: m.global_pool(m.forward_features(x))),
+    Family("timm-v2", "timm pre-activation ResNetV2 with BatchNorm (timm:resnetv2_18, ...)",
+           lambda m: _built_of(timm_resnetv2.ResNetV2, _TIMM_V2_BLOCKS)(m) and all(
+               isinstance(b.norm1, nn.BatchNorm2d) for b in m.modules() if isinstance(b, _TIMM_V2_BLOCKS)),
+           _TIMM_V2_BLOCKS,
+           lambda b: ("norm3", "conv3") if isinstance(b, timm_resnetv2.PreActBottleneck) else ("norm2", "conv2"),
+           preact=True, final_norm=lambda m: ("norm", m.norm.act), classifier=_timm_classifier,
+           pooled=lambda m, x: torch.flatten(m.head.global_pool(m.forward_features(x)), 1)),
+    Family("fastai", "fastai XResNet (fastai:xresnet18, ..., fastai:xse_resnext50)", _built_of(XResNet, (ResBlock,)),
+           (ResBlock,), _fastai_branch_end, pooled=lambda m, x: _children_before(m, classifier_path(m), x)),
+    Family("torchvision", "torchvision ResNet (torchvision:resnet18, ..., torchvision:wide_resnet50_2)",
+           _built_of(tv_resnet.ResNet, (tv_resnet.BasicBlock, tv_resnet.Bottleneck)),
+           (tv_resnet.BasicBlock, tv_resnet.Bottleneck),
+           lambda b: ("bn3", "conv3") if isinstance(b, tv_resnet.Bottleneck) else ("bn2", "conv2"),
+           classifier=lambda m: "fc", pooled=_torchvision_pooled),
+)
+SUPPORTED = ", ".join(f.label for f in MODEL_FAMILIES)
+
+
+def find_family(model: nn.Module) -> Family | None:
+    """The model's family, or None."""
+    return next((f for f in MODEL_FAMILIES if f.matches(model)), None)
+
+
+def family(model: nn.Module, trick: str) -> Family:
+    """The model's family; a one-line ConfigError naming the model class and the supported families otherwise."""
+    fam = find_family(model)
+    if fam is None:
+        raise ConfigError(f"trick '{trick}' cannot change model {type(model).__name__}; it supports {SUPPORTED}")
+    return fam
+
+
+def _block_family(block: nn.Module) -> Family:
+    fam = next((f for f in MODEL_FAMILIES if isinstance(block, f.block_types)), None)
+    if fam is None:
+        raise ConfigError(f"{type(block).__name__} is not a residual block of a supported model ({SUPPORTED})")
+    return fam
+
+
+def blocks(model: nn.Module) -> Iterator[nn.Module]:
+    """Every residual block of a model of a supported family, in forward order."""
+    fam = find_family(model)
+    return fam.blocks(model) if fam is not None else iter(())
+
+
+def last_bn(block: nn.Module) -> nn.BatchNorm2d:
+    """The last BN of the block's residual branch (see the module's table)."""
+    return block.get_submodule(_block_family(block).branch_end(block)[0])
+
+
+def last_conv(block: nn.Module) -> nn.Conv2d:
+    """The last conv of the block's residual branch."""
+    return block.get_submodule(_block_family(block).branch_end(block)[1])
+
+
+CLASSIFIER_LOOKED_FOR = ("timm's get_classifier() (pretrained_cfg['classifier']: an nn.Linear or a 1x1 nn.Conv2d), "
+                         "torchvision's `fc` nn.Linear, or an nn.Linear as the model's last module")
+
+
+def _is_classifier(module: nn.Module, conv_ok: bool) -> bool:
+    if isinstance(module, (nn.Linear, ClassifierWrap)) and not isinstance(module, SideLinear):
+        return True
+    return conv_ok and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
 
 
 def _classifier_path(model: nn.Module) -> str | None:
-    if isinstance(model, CifarResNet):
-        return "fc"
-    path = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if hasattr(model, "get_classifier") else None
-    if path is None and isinstance(getattr(model, "fc", None), (nn.Linear, ClassifierWrap)):
-        path = "fc"  # torchvision's ResNets, Wide ResNets, ...
+    fam = find_family(model)
+    path = fam.classifier(model) if fam is not None and fam.classifier is not None else _timm_classifier(model)
+    if path is None and _is_classifier(getattr(model, "fc", None), conv_ok=False):
+        path = "fc"  # torchvision's models, ...
     if path is not None:
-        head = model.get_submodule(path)
-        return path if isinstance(head, (nn.Linear, ClassifierWrap)) else None
+        return path if _is_classifier(model.get_submodule(path), conv_ok=True) else None
     leaves = [n for n, m in model.named_modules() if n and next(m.children(), None) is None
               and not n.startswith("rotation_head")]
     if not leaves:
@@ -92,13 +231,13 @@ def _classifier_path(model: nn.Module) -> str | None:
     path = leaves[-1]  # the last module: an nn.Linear, or the last module of a trick's ClassifierWrap
     while "." in path and isinstance(model.get_submodule(path.rpartition(".")[0]), ClassifierWrap):
         path = path.rpartition(".")[0]
-    return path if isinstance(model.get_submodule(path), (nn.Linear, ClassifierWrap)) else None
+    return path if _is_classifier(model.get_submodule(path), conv_ok=False) else None
 
 
 def classifier_path(model: nn.Module, trick: str = "?") -> str:
-    """Dotted path of the final classifier: 'fc' (CIFAR nets, torchvision), timm's `pretrained_cfg['classifier']`
-    ('fc', 'head.fc'), else the model's last module if it is an nn.Linear (fastai's XResNet: '11'); once a
-    trick wrapped it, the path of the wrap. A one-line ConfigError naming the model class otherwise."""
+    """Dotted path of the final classifier (see the module's table; a model of no family: timm's
+    `pretrained_cfg['classifier']`, torchvision's 'fc', else the model's last module if it is an nn.Linear);
+    once a trick wrapped it, the path of the wrap. A one-line ConfigError naming the model class otherwise."""
     path = _classifier_path(model)
     if path is None:
         raise ConfigError(f"trick '{trick}' cannot find the classifier of model {type(model).__name__}; "
@@ -106,13 +245,11 @@ def classifier_path(model: nn.Module, trick: str = "?") -> str:
     return path
 
 
-def classifier_family(model: nn.Module, trick: str) -> str:
-    """For the tricks that only need the classifier: the model's family if it has one, else 'any' once the
-    classifier is found (a ConfigError if not)."""
+def classifier_family(model: nn.Module, trick: str) -> Family | None:
+    """For the tricks that only need the classifier: the model's family (None for a model of no family) once
+    its classifier is found; a one-line ConfigError if it is not."""
     classifier_path(model, trick)
-    if isinstance(model, (CifarResNet, TimmResNet)):
-        return family(model, trick)
-    return "any"
+    return find_family(model)
 
 
 def wrap_classifier(edits: "Edits", model: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> None:
@@ -122,27 +259,37 @@ def wrap_classifier(edits: "Edits", model: nn.Module, wrap: Callable[[nn.Module]
     edits.set(model.get_submodule(parent) if parent else model, name, wrap(model.get_submodule(path)))
 
 
-def classifier_linear(model: nn.Module) -> nn.Linear:
-    """The classifier's nn.Linear, also when a trick has wrapped it."""
+def classifier_layer(model: nn.Module) -> nn.Linear | nn.Conv2d:
+    """The classifier's nn.Linear (or timm's 1x1 nn.Conv2d head), also when a trick has wrapped it."""
     head = model.get_submodule(classifier_path(model))
-    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+    return [m for m in head.modules() if _is_classifier(m, conv_ok=True) and not isinstance(m, ClassifierWrap)][-1]
+
+
+def classifier_widths(model: nn.Module) -> tuple[int, int]:
+    """(inputs, outputs) of the classifier: (num_features, num_classes)."""
+    layer = classifier_layer(model)
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels, layer.out_channels
+    return layer.in_features, layer.out_features
 
 
 def num_features(model: nn.Module) -> int:
-    """Width of the pooled features (the classifier's in_features)."""
-    if isinstance(model, (CifarResNet, TimmResNet)):
-        return model.num_features
-    return classifier_linear(model).in_features
+    """Width of the pooled features (the classifier's input width)."""
+    return classifier_widths(model)[0]
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, num_features): the globally pooled features of input x (any other model: the classifier's input,
-    caught by a forward pre-hook on a forward pass of x)."""
-    if isinstance(model, (CifarResNet, TimmResNet)):
-        pool = model.global_pool if isinstance(model, TimmResNet) else model.pool
-        return pool(model.forward_features(x))
+    """(B, num_features): the globally pooled features of input x, as the model's family computes them; for a
+    model of no family the classifier's input (an nn.Sequential's children before it, else caught by a forward
+    pre-hook on a forward pass of x)."""
+    fam = find_family(model)
+    if fam is not None and fam.pooled is not None:
+        return fam.pooled(model, x)
+    path = classifier_path(model)
+    if isinstance(model, nn.Sequential) and "." not in path:
+        return _children_before(model, path, x)
     seen = []
-    hook = model.get_submodule(classifier_path(model)).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    hook = model.get_submodule(path).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     try:
         model(x)
     finally:
@@ -157,7 +304,8 @@ def like(model: nn.Module, module: nn.Module) -> nn.Module:
 
 
 class Edits:
-    """What a trick changed, so it can be put back: attributes set (modules, momenta) and tensors overwritten."""
+    """What a trick changed, so it can be put back: attributes set (modules, momenta), tensors overwritten and
+    forward hooks added."""
 
     def __init__(self):
         self.steps: list[Callable[[], None]] = []
@@ -175,6 +323,10 @@ class Edits:
         self.steps.append(lambda: tensor.data.copy_(saved))
         return tensor
 
+    def pre_hook(self, module: nn.Module, hook: Callable) -> None:
+        """module.register_forward_pre_hook(hook), removed on undo."""
+        self.steps.append(module.register_forward_pre_hook(hook).remove)
+
     def commit(self) -> None:
         """Forget the changes: they are now part of the model."""
         self.steps.clear()
@@ -183,6 +335,17 @@ class Edits:
         """Put everything back, last change first."""
         while self.steps:
             self.steps.pop()()
+
+
+def check_surgery(model: nn.Module, tricks, edit: bool = False) -> None:
+    """`check` the model against every ModelSurgery callback in `tricks` (a one-line ConfigError for the first
+    that cannot change it); with `edit`, each one's surgery follows its check, in the order given (the tricks'
+    `order`, as their before_fit would run it)."""
+    for trick in tricks:
+        if isinstance(trick, ModelSurgery):
+            fam = trick.check(model)
+            if edit:
+                trick.edit(model, fam)
 
 
 def rebuild_optimizer(learn) -> None:
@@ -198,8 +361,9 @@ class ModelSurgery(Callback):
 
     Subclasses set `trick` (their registered name, for messages), `order`, and `rebuild_opt` when they
     add or remove parameters (the optimizer fastai made before `before_fit` is then rebuilt), and
-    write `check(model)` (raise ConfigError; returns the family) and `edit(model, family)` using
-    `self.edits` for every change. A second fit on the same, already edited model changes nothing.
+    write `check(model)` (raise ConfigError; returns the model's `Family`, or None where a trick takes
+    models of no family) and `edit(model, fam)` using `self.edits` for every change. A second fit on the
+    same, already edited model changes nothing.
     A fit cancelled before its first training batch has completed (say another callback refuses at
     before_fit) puts the model back; once a batch has trained, or the fit has ended, the changes are
     part of the trained model and stay (early stopping, which cancels the fit, keeps a working model).
@@ -213,41 +377,36 @@ class ModelSurgery(Callback):
         super().__init__()
         self.edits = Edits()
         self.edited: nn.Module | None = None
+        self.stamp = 0  # when the edit was made: cancels undo the surgeries in reverse
 
-    def check(self, model: nn.Module) -> str:
+    def check(self, model: nn.Module) -> Family | None:
         return family(model, self.trick)
 
-    def edit(self, model: nn.Module, kind: str) -> None:
+    def edit(self, model: nn.Module, fam: Family | None) -> None:
         raise NotImplementedError
 
     def before_fit(self):
         model = self.learn.model
         if self.edited is model:
             return
-        kind = self.check(model)
-        self.edit(model, kind)
-        self.edited = model
+        fam = self.check(model)
+        self.edit(model, fam)
+        self.edited, self.stamp = model, next(_EDIT_STAMPS)
         if self.rebuild_opt:
             rebuild_optimizer(self.learn)
 
     def after_cancel_fit(self):
-        if not self.edits.steps or self.learn.train_iter > 0:
+        """The first ModelSurgery to hear of the cancel undoes every ModelSurgery's changes, the last made first
+        (fcdrop's wrap of the classifier inside finalbn's, ...), and rebuilds the optimizer once."""
+        if self.learn.train_iter > 0:
             return
-        self.edits.undo()
-        self.edited = None
-        if self.rebuild_opt:
+        made = sorted((cb for cb in self.learn.cbs if isinstance(cb, ModelSurgery) and cb.edits.steps),
+                      key=lambda cb: cb.stamp, reverse=True)
+        for cb in made:
+            cb.edits.undo()
+            cb.edited = None
+        if any(cb.rebuild_opt for cb in made):
             rebuild_optimizer(self.learn)
 
     def after_fit(self):
         self.edits.commit()  # a later cancel must not undo what training has built on
-
-
-def check_surgery(model: nn.Module, callbacks: list[Callback], *, edit: bool = False) -> None:
-    """Check `model` against every model-surgery trick in `callbacks`, in their order: the first that cannot
-    change it raises its one-line ConfigError before anything trains. With `edit`, each also makes its change
-    (as its before_fit would): the model a fit of these tricks trains."""
-    for trick in callbacks:
-        if isinstance(trick, ModelSurgery):
-            kind = trick.check(model)
-            if edit:
-                trick.edit(model, kind)

@@ -99,19 +99,22 @@ def _find(model: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def replace_stem(model: nn.Module, stem: str, label: str = "model") -> None:
-    """Apply an S3 stem option in place; ConfigError when the model's stem is not one this handles."""
+def replace_stem(model: nn.Module, stem: str, label: str = "model", first_conv: str | None = None,
+                 maxpools: tuple[str, ...] = _MAXPOOLS) -> None:
+    """Apply an S3 stem option in place; ConfigError when the model's stem is not one this handles. The first
+    conv is at `first_conv`, by default timm's `pretrained_cfg['first_conv']`; the max-pool at one of `maxpools`
+    (also used for torchvision's ResNets, 'conv1' and 'maxpool', and fastai's XResNets, '0.0' and '3')."""
     stride, keep_maxpool = _STEM_SPEC[stem]
-    path = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    path = first_conv or (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     old = _find(model, path) if isinstance(path, str) else None
     if not (isinstance(old, nn.Conv2d) and old.stride == (2, 2) and old.groups == 1):
         found = f"its first conv {path!r} is {old!r}" if old is not None else f"no first conv found at {path!r}"
         raise ConfigError(f"stem='{stem}' cannot handle model '{label}': {found}; the stem options need a "
                           f"stride-2 nn.Conv2d stem (ImageNet-style CNNs); use stem='default'")
-    pool = next((p for p in _MAXPOOLS if isinstance(_find(model, p), nn.MaxPool2d)), None)
+    pool = next((p for p in maxpools if isinstance(_find(model, p), nn.MaxPool2d)), None)
     if not keep_maxpool and pool is None:
         raise ConfigError(f"stem='{stem}' cannot remove the max-pool of model '{label}': it has no "
-                          f"nn.MaxPool2d at {' or '.join(map(repr, _MAXPOOLS))} (timm ResNets and ResNetV2s do); "
+                          f"nn.MaxPool2d at {' or '.join(map(repr, maxpools))} (timm ResNets and ResNetV2s do); "
                           f"use stem 'conv3x3s2' or 'default'")
     _set(model, path, _conv_like(old, 3, stride))
     if not keep_maxpool:
