@@ -39,8 +39,10 @@ class LookaheadOptimizer(FastaiLookahead):
         return {**state, "count": self.count, "slow_weights": slow}
 
     def load_state_dict(self, sd: dict) -> None:
+        """Also takes the wrapped optimizer's own state (no count, no slow weights: Lookahead starts over),
+        as fastai's `lr_find` saves it before this callback wraps and loads it back before it unwraps."""
         sd = dict(sd)
-        self.count, slow = int(sd.pop("count")), sd.pop("slow_weights")
+        self.count, slow = int(sd.pop("count", 0)), sd.pop("slow_weights", None)
         if slow is None:
             self.slow_weights = None
         else:
