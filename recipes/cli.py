@@ -258,18 +258,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
 
 
 def print_generations(console: Console, result: dict) -> None:
-    """A refine run's table: each generation's test accuracy, its difference from generation 0, and the
-    folder with its curves.png; then the seed, so that the numbers read as one measured run."""
+    """A refine run's table: each generation's test accuracy, its difference from generation 0, and its
+    curves inside the run folder (named below the table, so that no column is cut at 80 columns); the seed
+    in the title, so that the numbers read as one measured run."""
     accs = result["generation_test_acc"]
     folders = [g.get("folder", f"gen{i}") for i, g in enumerate(result.get("generations", []))] or \
         [f"gen{i}" for i in range(len(accs))]
     table = Table(title=f"generations (seed {result.get('seed', '?')})")
-    for col in ("generation", "test accuracy (%)", "vs generation 0 (points)", "run folder and plots"):
-        table.add_column(col, no_wrap=col != "run folder and plots", overflow="fold")
+    for col in ("generation", "test accuracy (%)", "vs generation 0 (points)", "plot"):
+        table.add_column(col, no_wrap=True)
     for i, (acc, folder) in enumerate(zip(accs, folders)):
-        table.add_row(str(i), f"{acc:.2f}", "-" if i == 0 else f"{acc - accs[0]:+.2f}",
-                      f"{Path(result['out']) / folder}/ (curves.png)")
+        table.add_row(str(i), f"{acc:.2f}", "-" if i == 0 else f"{acc - accs[0]:+.2f}", f"{folder}/curves.png")
     console.print(table)
+    console.print(f"generation folders (config, metrics.csv, model.pth, curves.png) in {result['out']}",
+                  highlight=False, soft_wrap=True)
 
 
 def one_line(error: Exception) -> str:

@@ -165,11 +165,14 @@ def test_a_refine_run_ends_with_its_generations_table():
 
     from recipes.cli import print_generations
 
-    console = Console(file=io.StringIO(), width=140)
-    print_generations(console, {"generation_test_acc": [88.25, 88.75, 87.5], "seed": 0, "out": "/runs/r",
-                                "generations": [{"folder": "gen0"}, {"folder": "gen1"}, {"folder": "gen2"}]})
-    text = console.file.getvalue()
-    rows = [line for line in text.splitlines() if "/runs/r/gen" in line]
-    assert len(rows) == 3 and "generations (seed 0)" in text
-    assert "88.25" in rows[0] and "88.75" in rows[1] and "+0.50" in rows[1] and "-0.75" in rows[2]
-    assert "/runs/r/gen2/ (curves.png)" in rows[2]
+    out = "/runs/baseline_model=resnet8_crop_pad=0_refine_gens=2-20261130-032952"
+    for width in (80, 140):  # nothing cut or wrapped at 80 columns
+        console = Console(file=io.StringIO(), width=width)
+        print_generations(console, {"generation_test_acc": [88.25, 88.75, 87.5], "seed": 0, "out": out,
+                                    "generations": [{"folder": "gen0"}, {"folder": "gen1"}, {"folder": "gen2"}]})
+        text = console.file.getvalue()
+        rows = [line for line in text.splitlines() if "curves.png" in line and "│" in line]
+        assert len(rows) == 3 and "generations (seed 0)" in text
+        assert "88.25" in rows[0] and "88.75" in rows[1] and "+0.50" in rows[1] and "-0.75" in rows[2]
+        assert all(f"gen{i}/curves.png" in rows[i] for i in range(3))
+        assert f"in {out}" in text.replace("\n", "")
