@@ -203,6 +203,23 @@ def cifar10_jpeg_folder(root: Path, classes=CIFAR10_CLASSES[:5], per_split=(("tr
     return root
 
 
+def check_evaluation(learn, dls) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A trained Learner's evaluation, exact: `validate`'s loss and accuracy are the plain cross entropy and
+    accuracy of `get_preds`' logits against the true labels of the image folder `dls` reads, and
+    `get_preds(with_decoded=True)` gives their softmax and argmax. Returns (logits, targets, probabilities)."""
+    import torch.nn.functional as F
+
+    loss, acc = learn.validate()
+    logits, targets = learn.get_preds(act=lambda x: x)
+    assert targets.tolist() == [dls.vocab.o2i[p.parent.name] for p in dls.valid_ds.items]
+    torch.testing.assert_close(torch.tensor(loss), F.cross_entropy(logits, targets), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(acc), (logits.argmax(1) == targets).float().mean())
+    probs, targets2, decoded = learn.get_preds(with_decoded=True)
+    torch.testing.assert_close(probs, F.softmax(logits, 1))
+    assert torch.equal(decoded, probs.argmax(1)) and torch.equal(targets2, targets)
+    return logits, targets, probs
+
+
 def cancel_at_train():
     """A callback that cancels the fit as training starts (after the model surgery of before_fit)."""
     from fastai.callback.core import Callback, CancelFitException

@@ -16,7 +16,7 @@ from fastai.vision.augment import Flip
 from fastai.vision.data import ImageDataLoaders
 from torch import nn
 
-from fixtures import CIFAR10_CLASSES, cifar10_jpeg_folder
+from fixtures import CIFAR10_CLASSES, check_evaluation, cifar10_jpeg_folder
 from tricks import DynamicRefine, KLMixUp, LabelRefinery, LabelSmoothing, MixUp, OneHot
 from tricks.losses import kl_div_loss, soft_target_cross_entropy
 
@@ -86,15 +86,7 @@ def test_a_trained_learner_with_the_trick_attached_keeps_working(name, dls, tmp_
     assert isinstance(learn.loss_func, CrossEntropyLossFlat)  # ... and the Learner's own after it
 
     # validate: the plain cross entropy against the true labels, on the predictions get_preds gives
-    loss, acc = learn.validate()
-    logits, targets = learn.get_preds(act=lambda x: x)
-    assert targets.tolist() == [dls.vocab.o2i[p.parent.name] for p in dls.valid_ds.items]
-    torch.testing.assert_close(torch.tensor(loss), F.cross_entropy(logits, targets), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(acc), (logits.argmax(1) == targets).float().mean())
-
-    probs, targets2, decoded = learn.get_preds(with_decoded=True)
-    torch.testing.assert_close(probs, F.softmax(logits, 1))
-    assert torch.equal(decoded, probs.argmax(1)) and torch.equal(targets2, targets)
+    logits, targets, probs = check_evaluation(learn, dls)
 
     for i in (0, len(dls.valid_ds) - 1):
         label, idx, p = learn.predict(dls.valid_ds.items[i])

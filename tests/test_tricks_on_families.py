@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 import torchvision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
@@ -26,7 +25,7 @@ from fastai.vision.data import ImageDataLoaders
 from fastai.vision.models.xresnet import xresnet18
 
 import tricks
-from fixtures import cifar10_jpeg_folder
+from fixtures import check_evaluation, cifar10_jpeg_folder
 from tricks.errors import ConfigError
 from tricks.models import create_model
 from tricks.registry import TRICKS
@@ -125,15 +124,7 @@ def test_trick_in_a_users_learner(trick, family, dls, tmp_path, one_torch_thread
         learn.fit_one_cycle(1, 0.01)
     assert learn.loss_func is own_loss
 
-    loss, acc = learn.validate()
-    logits, targets = learn.get_preds(act=lambda x: x)
-    assert targets.tolist() == [dls.vocab.o2i[p.parent.name] for p in dls.valid_ds.items]
-    torch.testing.assert_close(torch.tensor(loss), F.cross_entropy(logits, targets), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(acc), (logits.argmax(1) == targets).float().mean())
-
-    probs, _, decoded = learn.get_preds(with_decoded=True)
-    torch.testing.assert_close(probs, F.softmax(logits, 1))
-    assert torch.equal(decoded, probs.argmax(1))
+    logits, targets, probs = check_evaluation(learn, dls)
     label, idx, p = learn.predict(dls.valid_ds.items[0])
     assert int(idx) == int(probs[0].argmax()) and label == dls.vocab[int(idx)]
     torch.testing.assert_close(p, probs[0])
