@@ -10,7 +10,7 @@
 `zero_init_last` (the recipes' presets set it) means the same for both as for the project's models: the last
 BN gamma of every residual branch starts at 0 (True) or 1 (False). torchvision's ResNets take it as their own
 `zero_init_residual`; fastai's XResNets are built with it (fastai's `NormType.BatchZero` on the last BN of
-every ResBlock), so False sets those gammas to 1 (the BNs `tricks.surgery.last_bn` names).
+every ResBlock: right after construction, the only BNs whose gamma is all zeros), so False sets those to 1.
 
 The notes' S3 stems (`stem=conv3x3s2`, `conv3x3s2-nomaxpool`, `conv3x3s1-nomaxpool`, see `timm_models`) apply
 where the stem starts with a stride-2 conv and a max-pool: torchvision's ResNets (`conv1`, `maxpool`, as timm's
@@ -43,14 +43,12 @@ def create_fastai_model(name: str, *, num_classes: int, in_chans: int = 3, zero_
     the last BN gamma of every branch 0 (`zero_init_last`, as fastai builds it) or 1; an S3 `stem`."""
     from fastai.vision.models import xresnet
 
-    from tricks.surgery import blocks, last_bn  # not at the top: tricks.surgery imports this package
-
     if name not in fastai_model_names():
         raise ConfigError(unknown_name_message("fastai model", name, fastai_model_names()))
     model = getattr(xresnet, name)(pretrained=False, n_out=num_classes, c_in=in_chans)
-    if not zero_init_last:
-        for block in blocks(model):
-            nn.init.ones_(last_bn(block).weight)
+    if not zero_init_last:  # fastai's BatchZero BNs: every other BN starts at gamma 1
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.any()):
+            nn.init.ones_(bn.weight)
     if stem != "default":
         replace_stem(model, stem, label=FASTAI_PREFIX + name, first_conv="0.0", maxpools=("3",))
     return model
