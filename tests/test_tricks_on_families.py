@@ -1,9 +1,9 @@
 """Every registered trick in a fastai user's own Learner, on each model family fastai users have (issue 12):
 `ImageDataLoaders` over a folder of real CIFAR-10 JPEGs, fastai's batch transforms, the model as its own
-library builds it, one short fit (`fit_one_cycle`, or `fit` for the tricks that set the lr), then the rest of
-fastai's API on the trained Learner with the trick still attached. Exact where the maths gives it:
-`predict`'s class is the argmax of `get_preds` for the same item, `validate`'s loss is the plain cross entropy
-of those predictions, and `load_learner`'s predictions equal the original Learner's.
+library builds it, one short fit (`fit_one_cycle` or `fit_flat_cos`; `fit` for the tricks that set the lr),
+then the rest of fastai's API on the trained Learner with the trick still attached. Exact where the maths
+gives it: `predict`'s class is the argmax of `get_preds` for the same item, `validate`'s loss is the plain
+cross entropy of those predictions, and `load_learner`'s predictions equal the original Learner's.
 
 A trick that does not apply to a family (`lastbn` needs a pre-activation net) must refuse it with one line
 naming the model class, before anything trains."""
@@ -15,7 +15,7 @@ import timm
 import torch
 import torchvision
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner)
+from fastai.callback.schedule import fit_flat_cos, fit_one_cycle  # noqa: F401  (patch Learner)
 from fastai.data.transforms import Normalize
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner, load_learner
@@ -40,6 +40,7 @@ FAMILIES = {
     "torchvision": lambda c: torchvision.models.resnet18(num_classes=c),
 }
 PREACT = {"project-preact", "timm-v2"}
+FLAT_COS = {"timm", "torchvision", "timm-v2"}  # fitted with fit_flat_cos; the others with fit_one_cycle
 
 
 def teacher(dls):
@@ -120,6 +121,8 @@ def test_trick_in_a_users_learner(trick, family, dls, tmp_path, one_torch_thread
         return
     if trick in SETS_LR:
         learn.fit(1, 0.01)  # the trick is the lr schedule: fit_one_cycle's would be a second one (refused)
+    elif family in FLAT_COS:
+        learn.fit_flat_cos(1, 0.01)
     else:
         learn.fit_one_cycle(1, 0.01)
     assert learn.loss_func is own_loss
