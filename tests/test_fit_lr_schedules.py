@@ -31,13 +31,13 @@ class LRSpy(Callback):
             self.lrs.append(self.learn.opt.hypers[-1]["lr"])
 
 
-def tiny_learner(*cbs, lr=1e-3, opt_func=SGD):
+def tiny_learner(*cbs, lr=1e-3, opt_func=SGD, path=None):
     images, labels = torch.zeros(8 * N_ITER, 1, 2, 2, dtype=torch.uint8), torch.zeros(8 * N_ITER, dtype=torch.long)
     dl = DeviceLoader(images, labels, bs=8, mean=torch.tensor([0.5]), std=torch.tensor([0.5]), drop_last=True)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     spy = LRSpy()
     learn = Learner(device_dataloaders(dl, dl.new(shuffle=False)), model, loss_func=torch.nn.CrossEntropyLoss(),
-                    opt_func=opt_func, lr=lr, cbs=[*cbs, spy])
+                    opt_func=opt_func, lr=lr, cbs=[*cbs, spy], path=path)
     return learn, spy
 
 
@@ -85,13 +85,13 @@ def test_two_lr_schedules_are_refused_with_one_line():
         learn.fit(1, 0.1)
 
 
-def test_fit_one_cycle_alone_and_lr_find_with_a_schedule_trick_still_work():
+def test_fit_one_cycle_alone_and_lr_find_with_a_schedule_trick_still_work(tmp_path):
     learn, spy = tiny_learner()
     learn.fit_one_cycle(1, 0.1)
     assert max(spy.lrs) <= 0.1 and len(spy.lrs) == N_ITER
     lrs = []
     for cbs in ((), (SGDR(cycle_len=1),)):  # lr_find sets the lr, the trick stands aside
-        learn, spy = tiny_learner(*cbs)
+        learn, spy = tiny_learner(*cbs, path=tmp_path)  # lr_find saves the model under path/models
         learn.lr_find(start_lr=1e-4, end_lr=1e-1, num_it=5, show_plot=False)
         lrs.append(spy.lrs)
     assert lrs[1] == lrs[0] and lrs[0][:5] == pytest.approx([1e-4 * 1000 ** (i / 6) for i in range(5)])
