@@ -96,6 +96,11 @@ def _fastai_branch_end(block: nn.Module) -> tuple[str, str]:
     return f"convpath.{i}.{j}", f"convpath.{i}.0"
 
 
+def _last_child(model: nn.Module) -> str:
+    """The name of an nn.Sequential's last child but the rotation head (fastai's XResNet: its classifier, '11')."""
+    return next(n for n, c in reversed(list(model.named_children())) if not isinstance(c, SideLinear))
+
+
 def _timm_classifier(model: nn.Module) -> str | None:
     """timm's `get_classifier()` path, `pretrained_cfg['classifier']` ('fc', 'head.fc')."""
     return (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if hasattr(model, "get_classifier") else None
@@ -161,7 +166,8 @@ MODEL_FAMILIES = (
            preact=True, final_norm=lambda m: ("norm", m.norm.act), classifier=_timm_classifier,
            pooled=lambda m, x: torch.flatten(m.head.global_pool(m.forward_features(x)), 1)),
     Family("fastai", "fastai XResNet (fastai:xresnet18, ..., fastai:xse_resnext50)", _built_of(XResNet, (ResBlock,)),
-           (ResBlock,), _fastai_branch_end, pooled=lambda m, x: _children_before(m, classifier_path(m), x)),
+           (ResBlock,), _fastai_branch_end, classifier=_last_child,
+           pooled=lambda m, x: _children_before(m, _last_child(m), x)),
     Family("torchvision", "torchvision ResNet (torchvision:resnet18, ..., torchvision:wide_resnet50_2)",
            _built_of(tv_resnet.ResNet, (tv_resnet.BasicBlock, tv_resnet.Bottleneck)),
            (tv_resnet.BasicBlock, tv_resnet.Bottleneck),
