@@ -230,6 +230,7 @@ class Case:
     prog: str = "recipe"
     subprocess: bool = False
     env: Callable[[World], dict[str, str]] | None = None  # extra environment (made before the snapshot)
+    section: str = "Bad input"            # the README table's heading for this case
 
 
 def run(recipe: str, *extra: str, data: Callable[[World], Path] | None = None, out=None,
@@ -376,12 +377,17 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, world, data_env, c
 
 
 def bad_input_table() -> str:
-    """The README's table of these cases: the input (the case id), the command, what the user sees."""
-    lines = ["| input | command | what the user sees (exit 2, one line on stderr) |", "|---|---|---|"]
-    for case in CASES:
-        message = case.message.replace("|", "\\|")
-        lines.append(f"| {case.id} | `{case.prog}` | `{case.prog}: error: ...{message}...` |")
-    return "\n".join(lines) + "\n"
+    """The README's tables of these cases, one per section: the input (the case id), the command, what the
+    user sees."""
+    lines: list[str] = []
+    for section in dict.fromkeys(case.section for case in CASES):
+        lines += [f"**{section}**", "", "| input | command | what the user sees (exit 2, one line on stderr) |",
+                  "|---|---|---|"]
+        for case in (c for c in CASES if c.section == section):
+            message = case.message.replace("|", "\\|")
+            lines.append(f"| {case.id} | `{case.prog}` | `{case.prog}: error: ...{message}...` |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def test_the_readmes_table_is_these_cases():
