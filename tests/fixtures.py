@@ -8,6 +8,7 @@ the one way). Each writer returns what a reader must give back: class names and 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import tarfile
@@ -144,6 +145,51 @@ def make_tar(src: Path, archive: Path, arcname: str | None = None) -> Path:
     mode = "w" if str(archive).endswith(".tar") else "w:gz"
     with tarfile.open(archive, mode) as tar:
         tar.add(src, arcname=arcname or Path(src).name)
+    return Path(archive)
+
+
+class RunsCode:
+    """An object whose unpickling runs code, as an attacker's data file would: it writes the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('this ran')",)
+
+
+def plant_code(file: Path, marker: Path) -> Path:
+    """Rewrite the CIFAR pickle `file` with one more entry, last, whose unpickling writes `marker`: a plain
+    `pickle.load` runs it and still returns every entry a reader needs."""
+    with open(file, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    d[b"x"] = RunsCode(marker)
+    _pickle(file, d)
+    return Path(file)
+
+
+ZEROS_CHUNK = 64 << 20
+
+
+def write_zeros_tar_gz(archive: Path, members: list[tuple[str, int]], folder: Path | None = None) -> Path:
+    """A .tar.gz of `folder` (under its name), then one member of `size` zero bytes per (name, size), about 1 KiB
+    on disk per 64 MiB: the gzip stream is gzip members one after another (as gzip allows), the same compressed
+    64 MiB of zeros repeated."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        if folder is not None:
+            tar.add(folder, arcname=Path(folder).name)
+        head = buf.getvalue()[:tar.offset]  # the members, without the end-of-archive blocks close() adds
+    chunk = gzip.compress(bytes(ZEROS_CHUNK), mtime=0)
+    with open(archive, "wb") as f:
+        f.write(gzip.compress(head, mtime=0))
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            f.write(gzip.compress(info.tobuf(tarfile.PAX_FORMAT), mtime=0))
+            f.write(chunk * (size // ZEROS_CHUNK))
+            f.write(gzip.compress(bytes(size % ZEROS_CHUNK + (-size) % tarfile.BLOCKSIZE), mtime=0))
+        f.write(gzip.compress(bytes(2 * tarfile.BLOCKSIZE), mtime=0))  # the end of the archive
     return Path(archive)
 
 

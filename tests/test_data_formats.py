@@ -116,13 +116,13 @@ def test_gray_and_alpha_folders(tmp_path, data_env, channels, want):
 
 def test_mixed_channels_follow_the_majority(tmp_path, data_env):
     rgb, gray = pixels(2, 3, 4, 4, seed=1), pixels(1, 1, 4, 4, seed=2)
-    write_image_folder(tmp_path / "m", {"train": {"a": [rgb[0], gray[0], rgb[1]]}, "test": {"a": [rgb[0]]}})
+    write_image_folder(tmp_path / "m", {"train": {"a": [rgb[0], gray[0], rgb[1]], "b": [rgb[1]]}, "test": {"a": [rgb[0]]}})
     data = load_dataset("folder", tmp_path / "m")
     assert data.channels == 3
     assert torch.equal(data.train.images[1], gray[0].expand(3, -1, -1))
     assert torch.equal(data.train.images[0], rgb[0])
 
-    write_image_folder(tmp_path / "n", {"train": {"a": [gray[0], rgb[0], gray[0]]}, "test": {"a": [gray[0]]}})
+    write_image_folder(tmp_path / "n", {"train": {"a": [gray[0], rgb[0], gray[0]], "b": [gray[0]]}, "test": {"a": [gray[0]]}})
     data = load_dataset("folder", tmp_path / "n")
     as_gray = decode_image(read_file(str(tmp_path / "n" / "train" / "a" / "0001.png")), ImageReadMode.GRAY)
     assert data.channels == 1 and torch.equal(data.train.images[1], as_gray)
@@ -267,7 +267,7 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tarfile.TarFile, "extractall", killed)
     with pytest.raises(KeyboardInterrupt):
         cache.extract_archive(archive, tmp_path / "cache")
-    assert list((tmp_path / "cache" / "extracted").iterdir()) == []
+    assert not (tmp_path / "cache").exists()  # the folders it made are removed too
 
 
 def test_corrupt_archive_is_a_data_error(tmp_path, data_env):
@@ -275,7 +275,7 @@ def test_corrupt_archive_is_a_data_error(tmp_path, data_env):
     bad.write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
     with pytest.raises(DataError, match="cannot extract archive .*broken.tar.gz"):
         load_dataset("folder", bad)
-    assert [p for p in (data_env / "extracted").iterdir()] == []
+    assert not data_env.exists()
 
 
 def test_archive_with_unsafe_member_is_refused(tmp_path, data_env):

@@ -138,14 +138,68 @@ def cache_key(name: str, fmt: str, fp: list, size: tuple[int, int] | None) -> st
     return _hash([FORMAT_VERSION, name, fmt, fp, list(size) if size else None])
 
 
-def extract_archive(archive: Path, cache_dir: Path) -> Path:
-    """Extract `archive` once into `<cache_dir>/extracted/<key>/` (via a temp dir and a rename)."""
+# Bounds on what one archive may write, checked on each member's header before its bytes are written. The shared
+# cifar10-jpeg.tar.gz (19,751,770 bytes) holds 60,023 members, 55,250,913 bytes in all (tests/test_hostile_data.py
+# checks); torchvision's CIFAR archives (~163 MiB) hold under 10 members of about their own size in all, the largest
+# cifar-100-python/train with 50,000 x 3,072 bytes of pixels (154 MB).
+MAX_MEMBERS = 500_000
+MAX_MEMBER_BYTES = 1 << 30          # 1 GiB
+MAX_EXPANSION = 20                  # in all: at most 20 times the archive's size ...
+MIN_TOTAL_BYTES = 1 << 30           # ... or 1 GiB, whichever is larger
+BOUNDS_HINT = ("extract it yourself and pass the folder if you trust it (an archive may hold at most "
+               f"{MAX_MEMBERS:,} members, {MAX_MEMBER_BYTES >> 30} GiB in one member, and {MAX_EXPANSION}x its size "
+               f"or {MIN_TOTAL_BYTES >> 30} GiB in all)")
+
+
+def default_total_bytes(archive: Path) -> int:
+    """The most bytes `archive` may extract to: `MAX_EXPANSION` times its size, or `MIN_TOTAL_BYTES`."""
+    return max(MIN_TOTAL_BYTES, MAX_EXPANSION * Path(archive).stat().st_size)
+
+
+def bounded_members(tar: tarfile.TarFile, archive: Path, max_members: int, max_member_bytes: int,
+                    max_total_bytes: int):
+    """`tar`'s members, read one header at a time; a DataError as soon as the member count, one member's size or
+    the total size (headers' sizes: what extraction would write, a sparse member at its full size) is over its
+    bound, before that member is written. Written by hand: tarfile checks paths and links (filter='data') only."""
+    count = total = 0
+    for member in tar:
+        count += 1
+        total += member.size
+        if count > max_members:
+            raise DataError(f"archive '{archive}' holds more than {max_members:,} members; refusing to extract it "
+                            f"(an archive bomb?): {BOUNDS_HINT}")
+        if member.size > max_member_bytes:
+            raise DataError(f"archive '{archive}' member '{member.name}' is {member.size:,} bytes, over the "
+                            f"{max_member_bytes:,} allowed for one member; refusing to extract it: {BOUNDS_HINT}")
+        if total > max_total_bytes:
+            raise DataError(f"archive '{archive}' would extract to more than {max_total_bytes:,} bytes (at member "
+                            f"'{member.name}'); refusing to extract it: {BOUNDS_HINT}")
+        yield member
+
+
+def _new_cache_folders(cache_dir: Path) -> list[Path]:
+    """The folders an extraction would create (deepest first), removed again when it fails and they are empty."""
+    return [p for p in (Path(cache_dir) / "extracted", Path(cache_dir)) if not p.exists()]
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def extract_archive(archive: Path, cache_dir: Path, *, max_members: int = MAX_MEMBERS,
+                    max_member_bytes: int = MAX_MEMBER_BYTES, max_total_bytes: int | None = None) -> Path:
+    """Extract `archive` once into `<cache_dir>/extracted/<key>/` (via a temp dir and a rename), within the bounds
+    (`max_total_bytes` None: `default_total_bytes`); a refused or failed extraction leaves nothing behind."""
     st = archive.stat()
     key = _hash([os.path.abspath(archive), st.st_size, st.st_mtime_ns])
     base = Path(cache_dir) / "extracted"
     dest = base / key
     if dest.is_dir():
         return dest
+    total_bytes = default_total_bytes(archive) if max_total_bytes is None else max_total_bytes
+    new_folders = _new_cache_folders(cache_dir)
     try:
         base.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(base)  # left by a killed extraction
@@ -154,15 +208,18 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
         raise _unwritable(Path(cache_dir), e) from None
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            tar.extractall(tmp, members=bounded_members(tar, archive, max_members, max_member_bytes, total_bytes),
+                           filter="data")
         os.rename(tmp, dest)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_if_empty(new_folders)
         if dest.is_dir():  # another process finished first
             return dest
         raise DataError(f"cannot extract archive '{archive}' into '{base}': {type(e).__name__}: {e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_if_empty(new_folders)
         raise
     return dest
 
@@ -186,6 +243,21 @@ def _load(file: Path) -> dict | None:
         return None
 
 
+def _read_archive(archive: Path, cache_dir: Path, size: tuple[int, int] | None,
+                  prefer: tuple[str, ...]) -> tuple[tuple[str, ...], Split, Split, str]:
+    """Extract `archive` and read it: (classes, train, test, format); an extraction whose data cannot be read
+    (a refused pickle, a bad image) is removed again, so a failed load leaves nothing in the cache."""
+    new_folders = _new_cache_folders(cache_dir)
+    extracted = extract_archive(archive, cache_dir)
+    try:
+        fmt, folder = formats.detect_format(extracted, prefer=prefer)
+        return (*formats.read_format(fmt, folder, size), fmt)
+    except BaseException:
+        shutil.rmtree(extracted, ignore_errors=True)
+        _remove_if_empty(new_folders)
+        raise
+
+
 def load_cached(name: str, path: Path, cache_dir: Path, size: tuple[int, int] | None = None,
                 prefer: tuple[str, ...] = ()) -> ImageData:
     """Load `path` (folder, file in a dataset folder, or archive) as dataset `name`, through the cache."""
@@ -203,8 +275,9 @@ def load_cached(name: str, path: Path, cache_dir: Path, size: tuple[int, int] | 
     if hit is not None:
         return ImageData(name, hit["classes"], hit["train"], hit["test"], source, hit["format"])
     if archive:
-        fmt, folder = formats.detect_format(extract_archive(path, cache_dir), prefer=prefer)
-    classes, train, test = formats.read_format(fmt, folder, size)
+        classes, train, test, fmt = _read_archive(path, cache_dir, size, prefer)
+    else:
+        classes, train, test = formats.read_format(fmt, folder, size)
     _save({"version": FORMAT_VERSION, "format": fmt, "classes": list(classes),
            "train_images": train.images, "train_labels": train.labels,
            "test_images": test.images, "test_labels": test.labels}, file, Path(cache_dir))

@@ -8,16 +8,19 @@ Images are ordered as stored: pickle/idx order, or for an image folder by class 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import os
 import pickle
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from tricks.errors import DataError
@@ -137,11 +140,55 @@ def detect_format(path: Path, max_depth: int = 3, prefer: tuple[str, ...] = ()) 
 
 # ------------------------------------------------------------------------------------ cifar pickle
 
+def _latin1(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as protocol-2 pickles of `bytes` call it (`encode(text, 'latin1')`), and no other codec."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} (only 'latin1' makes bytes)")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR pickle names (checked with `pickletools.dis` on torchvision's files, written by Python 2
+# and NumPy 1, and on files written by Python 3 and NumPy 2): NumPy's array reconstruction under both of NumPy's
+# module names, the array and dtype types, and the codec call that protocol 2 uses for bytes under Python 3.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct, whichever this NumPy has
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle that names a global outside `CIFAR_PICKLE_GLOBALS`: refused before anything is imported."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualname = f"{module}.{name}"
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, tuples, bytes, strings, numbers and NumPy arrays: `find_class`
+    answers from `CIFAR_PICKLE_GLOBALS` and raises `ForbiddenGlobal` for any other name, so no code a file names
+    runs. The standard library's documented way to restrict unpickling (pickle docs, "Restricting Globals")."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return CIFAR_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise ForbiddenGlobal(module, name) from None
+
+
 def _unpickle(file: Path) -> dict:
-    """A CIFAR pickle (these files are pickles; only read data you trust)."""
+    """A CIFAR pickle, read by `CifarUnpickler` (a file naming any other global is a DataError; nothing runs)."""
     try:
         with open(file, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = CifarUnpickler(f, encoding="bytes").load()
+    except ForbiddenGlobal as e:
+        raise DataError(f"refusing CIFAR pickle '{file}': it asks to load '{e.qualname}', which no CIFAR file holds "
+                        "(only dicts, lists, bytes, strings, numbers and NumPy arrays are read); nothing was run: "
+                        "replace it with an intact copy of the dataset") from None
     except Exception as e:
         why = (str(e).splitlines() or [""])[0]
         raise DataError(f"cannot read CIFAR pickle '{file}' ({type(e).__name__}: {why}); replace it with an intact "
@@ -284,6 +331,44 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     return TF.to_dtype(t, torch.uint8, scale=True)
 
 
+def _file_bytes(path: str) -> torch.Tensor:
+    """A file's bytes as a uint8 tensor, read by NumPy: torchvision's `read_file` takes only names that are valid
+    UTF-8, and a name with other bytes (e.g. b'\\xff') comes from `os.scandir` surrogate-escaped."""
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+
+
+@contextlib.contextmanager
+def _native_stderr_dropped_on_error():
+    """Hold what C code writes to file descriptor 2 meanwhile (libjpeg's own 'Corrupt JPEG data: ...' lines) in a
+    temporary file: written back to fd 2 when the block ends normally, dropped when it raises (the DataError's one
+    line then says what was wrong). Written by hand: torchvision keeps libjpeg's default message handler, which
+    prints to fd 2, and has no option to silence it."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a daemon): nothing to hold
+        saved = None
+    if saved is None:
+        yield
+        return
+    held, failed = tempfile.TemporaryFile(), True
+    try:
+        sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+        yield
+        failed = False
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not failed:
+            held.seek(0)
+            text = held.read()
+            while text:
+                text = text[os.write(2, text):]
+        held.close()
+
+
 def _decode(paths: list[str], mode: ImageReadMode = ImageReadMode.UNCHANGED) -> list[torch.Tensor]:
     """Decode image files in a thread pool (torchvision's decoders release the GIL)."""
 
@@ -291,14 +376,15 @@ def _decode(paths: list[str], mode: ImageReadMode = ImageReadMode.UNCHANGED) -> 
         out = []
         for p in ps:
             try:
-                out.append(_to_uint8(decode_image(read_file(p), mode=mode)))
+                out.append(_to_uint8(decode_image(_file_bytes(p), mode=mode)))
             except Exception as e:
                 why = (str(e).splitlines() or [type(e).__name__])[0]
-                raise DataError(f"cannot decode image '{p}': {why}") from None
+                why = why.rsplit(".cpp:", 1)[-1].split(", ", 1)[-1] if ".cpp:" in why else why  # not the C++ source
+                raise DataError(f"cannot decode image '{p}': {why}; replace or remove it") from None
         return out
 
     step = 256
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+    with _native_stderr_dropped_on_error(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         parts = pool.map(chunk, [paths[i:i + step] for i in range(0, len(paths), step)])
         return [t for part in parts for t in part]
 
@@ -379,6 +465,10 @@ def read_format(fmt: str, folder: Path, size: tuple[int, int] | None = None) -> 
         classes, train, test = read_image_folder(folder, size)
     else:
         classes, train, test = READERS[fmt](folder)
+    if len(classes) < 2:
+        named = f" ('{classes[0]}')" if classes else ""
+        raise DataError(f"'{folder}' holds {len(classes)} class{named}; a classifier needs at least two: add the "
+                        "other classes' images (e.g. a second train/<class> folder)")
     for name, s in (("train", train), ("test", test)):
         if not len(s):
             raise DataError(f"'{folder}' holds no {name} images; a dataset needs at least one train and one test "
