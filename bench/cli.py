@@ -7,6 +7,10 @@
                                                                  train what is not in the results yet
     bench report [--results DIR] [--budget B] [--results-file PATH] [--readme PATH]
                                                                  report.md and PNG charts; the README table
+    bench decide [CONCLUSION-GLOB ...] [--budget B] [--max-seeds N] [--margin POINTS] [--until SECONDS]
+                 [--dry-run] [--simulate SPEC] and replay's --workers/--results/--data/--ray options
+                                                                 seeds only where a conclusion is still open
+    list, replay, report and decide take --table PATH: an ablation table of your own (bench/ablations.toml's format)
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
     bench perf   [--quick] [--results DIR] [--data PATH] [--device D]
                                                                  the trainer's cost over a plain loop, and more
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import sys
 import tempfile
@@ -30,7 +35,7 @@ from rich.table import Table
 from recipes.cli import Parser, UsageError, one_line
 from tricks.data import load_dataset
 from tricks.errors import TricksError, describe_os_error
-from tricks.files import write_atomic
+from tricks.files import no_space, write_atomic
 
 DEFAULT_RESULTS = "bench-results"
 
@@ -43,7 +48,7 @@ def output_format(args: argparse.Namespace) -> str:
 def cmd_list(args: argparse.Namespace, console: Console) -> None:
     from bench.table import load_table, select
 
-    rows, _ = load_table()
+    rows, _ = load_table(args.table)
     rows = select(rows, args.rows)
     records = [{"id": row.id, "recipe": row.recipe, "options": ", ".join(f"{k}={v}" for k, v in row.options.items()),
                 "noted": "/".join(f"{v:.2f}" for v in row.noted) or "-", "status": row.status,
@@ -85,7 +90,7 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
     from bench.replay import replay
     from bench.table import load_table, select
 
-    rows, _ = load_table()
+    rows, _ = load_table(args.table)
     rows = select(rows, args.rows)
     from bench.results_file import DEFAULT_PATH
 
@@ -100,18 +105,44 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> None:
-    from bench.report import headline_markdown, load_records, replace_between_markers, write_report
+    from bench.report import headline_markdown, load_records, readme_parts, replace_between_markers, write_report
     from bench.results_file import DEFAULT_PATH
     from bench.table import load_table
 
-    rows, conclusions = load_table()
+    rows, conclusions = load_table(args.table)
     results, results_file = Path(args.results), Path(args.results_file or DEFAULT_PATH)
+    if args.readme:
+        readme_parts(Path(args.readme))  # a README that cannot be read or changed fails before a file is written
     path = write_report(results, rows, conclusions, budget=args.budget, results_file=results_file)
     console.print(f"report: {path}", highlight=False, soft_wrap=True)
     if args.readme:
         replace_between_markers(Path(args.readme), headline_markdown(load_records(results, results_file), rows,
                                                                      conclusions))
         console.print(f"full-budget table: {args.readme}", highlight=False, soft_wrap=True)
+
+
+def cmd_decide(args: argparse.Namespace, console: Console) -> None:
+    from bench.decide import decide_table
+    from bench.replay import default_workers
+    from bench.results_file import DEFAULT_PATH
+    from bench.table import load_table
+
+    rows, conclusions = load_table(args.table)
+    workers = 1 if args.simulate else default_workers(args.device) if args.workers is None else args.workers
+    outcome, text = decide_table(
+        rows, conclusions, args.conclusions, budget=args.budget, results_dir=Path(args.results),
+        results_path=Path(args.results_file) if args.results_file else DEFAULT_PATH, data=args.data,
+        dataset=args.dataset, device=args.device, workers=workers, ray_address=args.ray, until=args.until,
+        max_seeds=args.max_seeds, margin=args.margin, dry_run=args.dry_run, simulate=args.simulate,
+        progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    print(text, end="")
+    if outcome.planned is not None:
+        print("next runs: " + (", ".join(f"{rid} seed {seed}" for rid, seed in outcome.planned) or "none"))
+    elif not args.simulate:
+        print(f"ran {outcome.ran}, failed {outcome.failed}, abandoned {outcome.abandoned}; "
+              f"verdicts: {Path(args.results) / 'decide.md'}")
+    if outcome.failed:
+        raise SystemExit(1)
 
 
 def cmd_load(args: argparse.Namespace, console: Console) -> None:
@@ -211,6 +242,22 @@ def build_parser() -> Parser:
                     help="the repository's full-budget records, merged in (default: bench/results/full.jsonl)")
     rr.add_argument("--readme", metavar="PATH", help="put the full-budget table between the lines "
                                                      "<!-- full-budget:start --> and <!-- full-budget:end --> of PATH")
+    dc = sub.add_parser("decide", help="run seeds only where a conclusion is still open; a verdict table")
+    dc.add_argument("conclusions", nargs="*", metavar="CONCLUSION-GLOB",
+                    help="globs over conclusion ids, e.g. 'S9.*' (default: every conclusion)")
+    dc.add_argument("--budget", choices=("smoke", "short", "full"), default="short")
+    dc.add_argument("--max-seeds", type=int, default=8, help="seeds per row at most (default 8)")
+    dc.add_argument("--margin", type=float, default=0.5,
+                    help="points within which 'same' is confirmed (default 0.5, the report's)")
+    dc.add_argument("--dry-run", action="store_true", help="print the verdicts and the next runs; train nothing")
+    dc.add_argument("--simulate", metavar="SPEC", help="draw each run from a normal distribution per row instead of "
+                                                       "training (a TOML file of row globs with mean, sd, seconds)")
+    for name in ("--workers", "--until", "--results-file", "--results", "--data", "--dataset", "--device", "--ray"):
+        action = next(a for a in rp._actions if name in a.option_strings)
+        dc.add_argument(name, type=action.type, default=action.default, help=action.help, metavar=action.metavar)
+    for command in (ls, rp, rr, dc):
+        command.add_argument("--table", metavar="PATH", help="an ablation table of your own in the TOML format of "
+                                                             "bench/ablations.toml (default: the notes' table)")
     load = sub.add_parser("load", help="time a dataset's decode and its cached load")
     load.add_argument("--dataset", default="cifar10")
     load.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
@@ -227,20 +274,39 @@ def build_parser() -> Parser:
     return parser
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """A UsageError for a numeric option out of its range: counts below 1, a --until that is not a finite
+    positive number of seconds (NaN compares false with everything, so it would run with no deadline)."""
+    workers = getattr(args, "workers", 1)
+    if getattr(args, "seeds", 1) < 1 or (workers is not None and workers < 1):
+        shown = "" if workers is None else f" --workers {workers}"
+        raise UsageError(f"--seeds and --workers must be at least 1, got --seeds {getattr(args, 'seeds', 1)}{shown}")
+    until = getattr(args, "until", None)
+    if until is not None and not (math.isfinite(until) and until > 0):
+        raise UsageError(f"--until must be a finite number of seconds above 0, got {until:g}; leave it out to run "
+                         "with no deadline")
+    for option in ("repeat", "parity_epochs"):
+        value = getattr(args, option, 1)
+        if value < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         args = build_parser().parse_args(argv)
-        workers = getattr(args, "workers", 1)
-        if getattr(args, "seeds", 1) < 1 or (workers is not None and workers < 1):
-            shown = "" if workers is None else f" --workers {workers}"
-            raise UsageError(f"--seeds and --workers must be at least 1, got --seeds {args.seeds}{shown}")
-        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
+        check_numbers(args)
+        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "decide": cmd_decide, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. --results naming a file or a folder that cannot be written: the path, one line
         print(f"bench: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch.save onto a file of a full disk: "unexpected pos", with the OSError as context
+        if not no_space(e):
+            raise
+        print(f"bench: error: no space left on device ({one_line(e)}); free some space", file=sys.stderr)
         return 2
     except sqlite3.Error as e:  # the results database cannot be opened or written
         where = getattr(args, "results", None) if "args" in locals() else None
