@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -438,6 +437,4 @@ def replace_between_markers(path: Path, text: str) -> None:
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         raise ConfigError(f"{path} needs one line {START} and after it one line {END}, around the full-budget table")
     body = "\n" + text.rstrip("\n") + "\n\n"
-    mode = os.stat(path).st_mode
-    write_atomic(path, "".join(lines[:starts[0] + 1]) + body + "".join(lines[ends[0]:]))
-    os.chmod(path, mode & 0o7777)  # write_atomic's temporary file is 0600
+    write_atomic(path, "".join(lines[:starts[0] + 1]) + body + "".join(lines[ends[0]:]))  # keeps path's mode

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tricks.errors import ConfigError
+from tricks.files import disk_full, no_space
 
 DEFAULT_PATH = Path(__file__).parent / "results" / "full.jsonl"
 REQUIRED = ("row_id", "recipe", "options", "budget", "seed", "code_version", "dataset_checksum", "epoch_acc",
@@ -63,9 +64,26 @@ def append(path: str | os.PathLike, record: dict) -> None:
         raise ValueError(f"a results record {wrong}; every record needs {', '.join(REQUIRED)}")
     line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
     path = Path(path)
+    try:
+        created = _append_line(path, line)
+    except OSError as e:
+        if no_space(e):  # the part of the line that was written is cut off again: the file is as it was
+            raise disk_full(path) from None
+        raise
+    if created:  # the new directory entry survives a power loss too
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _append_line(path: Path, line: bytes) -> bool:
+    """Append `line` under an exclusive lock, fsync'd; on an error (a full disk) the file is cut back to its
+    size before. Returns whether the file was created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
-    with open(path, "a+b") as f:
+    with open(path, "a+b", buffering=0) as f:  # unbuffered: nothing is left to write when the file is closed
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             size = f.seek(0, os.SEEK_END)
@@ -73,17 +91,17 @@ def append(path: str | os.PathLike, record: dict) -> None:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
                     line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                rest = memoryview(line)
+                while rest:  # a write on a nearly full disk can write a part
+                    rest = rest[f.write(rest):]
+                os.fsync(f.fileno())
+            except OSError:
+                os.ftruncate(f.fileno(), size)
+                raise
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    if created:  # the new directory entry survives a power loss too
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return created
 
 
 def read(path: str | os.PathLike) -> list[dict]:

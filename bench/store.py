@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 from contextlib import closing
 from importlib import metadata
@@ -27,6 +28,7 @@ from typing import Any
 
 from tricks.data import ImageData
 from tricks.errors import ConfigError, RunFolderError
+from tricks.files import disk_full, no_space
 
 DB_NAME = "results.sqlite"
 BUSY_TIMEOUT_S = 60.0
@@ -96,6 +98,8 @@ class Store:
             con.execute("PRAGMA journal_mode = WAL")
             con.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as e:
+            if disk_is_full(e, self.results_dir):
+                raise disk_full(self.path) from None
             raise RunFolderError(f"results database '{self.path}' cannot be opened ({e}); "
                                  "move it aside or give another results folder") from None
         return con
@@ -104,6 +108,8 @@ class Store:
         try:
             return fn()
         except sqlite3.DatabaseError as e:
+            if disk_is_full(e, self.results_dir):  # the transaction was rolled back: the stored runs are as they were
+                raise disk_full(self.path) from None
             raise RunFolderError(f"results database '{self.path}' cannot be used ({e}); "
                                  "move it aside and replay again") from None
 
@@ -160,6 +166,28 @@ class Store:
                     rec[k] = json.loads(rec[k])
             out.append(rec)
         return out
+
+
+LOW_SPACE = 2**20  # bytes
+
+
+def disk_is_full(e: sqlite3.Error, folder: Path) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL), also where a failed ROLLBACK replaced it (its context);
+    or its "disk I/O error" (SQLITE_IOERR) on a filesystem with under LOW_SPACE bytes free: a failed write of the
+    WAL index (-shm) is reported so, without the system's errno."""
+    seen, error = set(), e
+    while error is not None and id(error) not in seen:
+        code = getattr(error, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL:
+            return True
+        if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+            try:
+                return shutil.disk_usage(folder).free < LOW_SPACE
+            except OSError:
+                return False
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return no_space(e)
 
 
 def source_hash(root: Path | None = None, sources: tuple[str, ...] = SOURCES) -> str:

@@ -35,7 +35,6 @@ import json
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ import torch
 from fastai.callback.core import Callback
 
 from tricks.errors import RunFolderError, TrainingError
-from tricks.files import fsync_dir
+from tricks.files import fsync_dir, torch_bytes, write_temporary
 
 CHECKPOINT, PREVIOUS, DAMAGED = "checkpoint.pth", "checkpoint.prev.pth", "checkpoint.damaged.pth"
 FORMAT = "fastai-tricks checkpoint 1"
@@ -198,12 +197,8 @@ def save_checkpoint(out: Path, state: dict) -> Path:
     state = _cpu(state)
     state["sha256"] = digest(state)
     path = out / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{CHECKPOINT}.", suffix=".tmp")
+    tmp = write_temporary(path, torch_bytes(state))  # a full disk: DiskFullError, the last checkpoint kept
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
         if path.exists():
             os.replace(path, out / PREVIOUS)
         os.replace(tmp, path)

@@ -37,11 +37,44 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 from rich.console import Console
 from rich.table import Table
 
+
+def _matplotlib_folder() -> None:
+    """Point matplotlib (fastai imports it) at a folder it can write, where its own choice cannot be written (a
+    read-only HOME): it would warn on every start and build its font cache anew in a new temporary folder. Its own
+    choice (MPLCONFIGDIR, else ~/.config/matplotlib and ~/.cache/matplotlib) is tested as matplotlib tests it;
+    the folder given instead is `<tempdir>/fastai-tricks-matplotlib-<uid>`, kept from one run to the next."""
+    import tempfile
+
+    if "matplotlib" in sys.modules:
+        return
+    home = Path(os.path.expanduser("~"))
+    wanted = [Path(os.environ["MPLCONFIGDIR"])] if os.environ.get("MPLCONFIGDIR") else [
+        Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
+        Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"]
+    if all(_writable_folder(folder) for folder in wanted):
+        return
+    folder = Path(tempfile.gettempdir()) / f"fastai-tricks-matplotlib-{os.getuid()}"
+    if not _writable_folder(folder, mode=0o700) or folder.stat().st_uid != os.getuid():
+        folder = Path(tempfile.mkdtemp(prefix="fastai-tricks-matplotlib-"))  # another user's: one of our own
+    os.environ["MPLCONFIGDIR"] = str(folder)
+
+
+def _writable_folder(folder: Path, mode: int = 0o777) -> bool:
+    try:
+        folder.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK) and folder.is_dir()
+
+
+_matplotlib_folder()
+
 from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
 from tricks.registry import TRICKS
 from recipes.recipe import PARAMS, Recipe
 from tricks.errors import TrainingError, TricksError, describe_os_error
+from tricks.files import no_space
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
              "precision", "compile", "compile_mode")
@@ -335,6 +368,11 @@ def _main(argv: list[str] | None, console: Console) -> int:
         return 128 + e.signum
     except OSError as e:  # what the code did not turn into a TricksError: the file and what the system said
         print(f"recipe: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch.save onto a file of a full disk: "unexpected pos", with the OSError as context
+        if not no_space(e):
+            raise
+        print(f"recipe: error: no space left on device ({one_line(e)}); free some space", file=sys.stderr)
         return 2
     return 0
 

@@ -7,6 +7,8 @@ refinery run is evaluated at its last generation unless another is asked for.
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +92,18 @@ def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, dic
                              "`recipe run` wrote")
     weights = folder / "model.pth"
     try:
-        model = trained_model(recipe, num_classes, channels, weights, device)
+        with warnings.catch_warnings():  # a plain pickle (protocol 4): torch warns before it refuses the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            model = trained_model(recipe, num_classes, channels, weights, device)
     except TricksError:
         raise
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):
+            raise RunFolderError(f"cannot read the weights '{weights}' ({_reason(e)}); the file is damaged or not "
+                                 "a model.pth `recipe run` wrote") from None
+        raise RunFolderError(f"'{weights}' holds a pickled Python object (a whole model, as `torch.save(model)` "
+                             "writes), not the state_dict `recipe run` writes; it is not loaded, as loading it "
+                             "could run any code: give the run's own model.pth") from None
     except RuntimeError as e:
         if "state_dict" in str(e):  # weights of another model, or of another number of classes
             raise RunFolderError(f"the weights in '{weights}' do not fit the model its config.json names "

@@ -36,6 +36,7 @@ from recipes.speed import resolve_speed
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
 from tricks.errors import ConfigError, RunFolderError
+from tricks.files import disk_full, no_space
 
 CLAIM = ".claim"  # the marker a running run holds locked in its folder (see `claimed`)
 
@@ -109,11 +110,15 @@ def claimed(out: Path, recipe: Recipe, *, resume: bool):
         try:  # again on each try: a run that ended empty removes the folder it made
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if no_space(e):
+                raise disk_full(out) from None
             raise RunFolderError(f"--out '{out}' cannot be created ({e.strerror}); give a folder you can write "
                                  "to") from None
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
+            if no_space(e):
+                raise disk_full(path) from None
             raise RunFolderError(f"--out '{out}' cannot be claimed: '{path}' cannot be opened ({e.strerror}); "
                                  "give a folder you can write to") from None
         try:
@@ -140,7 +145,12 @@ def claimed(out: Path, recipe: Recipe, *, resume: bool):
                 "config": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest(),
                 "started": datetime.now().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as e:
+            if no_space(e):
+                raise disk_full(path) from None
+            raise
         yield
     finally:
         with contextlib.suppress(OSError):

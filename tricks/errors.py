@@ -22,6 +22,11 @@ class RunFolderError(TricksError):
     """A run folder that cannot be written without losing what is already there."""
 
 
+class DiskFullError(RunFolderError):
+    """A file that cannot be written because its filesystem (or the user's quota) is full; the file it would
+    have replaced, and every other file already written, is kept (`tricks.files.write_atomic`)."""
+
+
 class TrainingError(TricksError):
     """A fit that went wrong on valid input (e.g. a loss that became NaN or inf); the run folder is kept."""
 
@@ -36,5 +41,6 @@ def describe_os_error(e: OSError) -> str:
     hint = {errno.EEXIST: "; it is not a folder: give another path", errno.ENOTDIR: "; a file stands where a folder is needed",
             errno.EISDIR: "; a folder stands where a file is needed",
             errno.EACCES: "; give a path you can write to", errno.EROFS: "; give a path on a writable filesystem",
-            errno.ENOSPC: "; free some space"}.get(e.errno, "")
+            errno.ENOSPC: "; free some space or give a path on another disk",
+            errno.EDQUOT: "; free some space or give a path on another disk"}.get(e.errno, "")
     return f"{where}: {what}{hint}" if where else f"{what}{hint}"

@@ -24,7 +24,7 @@ import torch
 from tricks.data import formats
 from tricks.data.formats import ImageData, Split
 from tricks.errors import DataError
-from tricks.files import fsync_dir
+from tricks.files import disk_full, fsync_dir, new_file_mode, no_space
 
 FORMAT_VERSION = 1  # bump when readers change what they return, to drop old cache files
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -118,17 +118,20 @@ def _save(obj, file: Path, cache_dir: Path) -> None:
         remove_stale_temporaries(file.parent)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=_tmp_prefix(file.name), suffix=".tmp")
     except OSError as e:
-        raise _unwritable(cache_dir, e) from None
+        raise disk_full(file) if no_space(e) else _unwritable(cache_dir, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch.save(obj, f)  # straight to the file (a dataset can be GBs): a full disk is then torch's RuntimeError
             f.flush()
+            os.fchmod(f.fileno(), new_file_mode())  # mkstemp's 0600 would be kept by the rename
             os.fsync(f.fileno())
         os.replace(tmp, file)
         fsync_dir(file.parent)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if no_space(e):  # an OSError, or the RuntimeError of torch's zip writer with that OSError as its context
+            raise disk_full(file) from None
         if isinstance(e, OSError):
             raise _unwritable(cache_dir, e) from None
         raise
@@ -216,6 +219,8 @@ def extract_archive(archive: Path, cache_dir: Path, *, max_members: int = MAX_ME
         _remove_if_empty(new_folders)
         if dest.is_dir():  # another process finished first
             return dest
+        if no_space(e):
+            raise disk_full(dest) from None
         raise DataError(f"cannot extract archive '{archive}' into '{base}': {type(e).__name__}: {e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
