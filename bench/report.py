@@ -50,7 +50,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.results_file import DEFAULT_PATH, finished, merge, read
+from bench.results_file import DEFAULT_PATH, finished, merge, read_checked
 from bench.store import DB_NAME, Store
 from tricks.errors import ConfigError, RunFolderError
 from tricks.files import write_atomic
@@ -147,19 +147,40 @@ def latest(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def load_records(results_dir: Path, results_file: Path = DEFAULT_PATH) -> list[dict]:
-    """The local store's records (when `results_dir` holds one) merged with the results file's.
+def load_checked(results_dir: Path, results_file: Path = DEFAULT_PATH) -> tuple[list[dict], dict[str, list[str]]]:
+    """(the sound records of the local store (when `results_dir` holds one) merged with the results file's,
+    {store or file path: one reason per record skipped there}): a record that fails `bench.record.problem` is
+    left out and counted, never a crash.
 
-    Neither a store nor a record in the file is a one-line RunFolderError.
+    Neither a store nor a line in the file is a one-line RunFolderError.
     """
     results_dir = Path(results_dir)
     has_store = (results_dir / DB_NAME).is_file()
-    held = read(results_file)
-    if not has_store and not held:
+    held, skipped_in_file = read_checked(results_file)
+    if not has_store and not held and not skipped_in_file:
         raise RunFolderError(f"no results in '{results_dir}' (no {DB_NAME}); run `bench replay --results "
                              f"{results_dir}` first, or give the results folder it wrote ('{results_file}' holds "
                              "no runs either)")
-    return merge(Store(results_dir).records() if has_store else [], held)
+    stored, skipped_in_store = Store(results_dir).records_checked() if has_store else ([], [])
+    skipped = {str(where): reasons for where, reasons in ((results_dir / DB_NAME, skipped_in_store),
+                                                          (results_file, skipped_in_file)) if reasons}
+    return merge(stored, held), skipped
+
+
+def load_records(results_dir: Path, results_file: Path = DEFAULT_PATH) -> list[dict]:
+    """The sound records of the store and the file, merged (`load_checked` without what it skipped)."""
+    return load_checked(results_dir, results_file)[0]
+
+
+def skipped_line(skipped: dict[str, list[str]]) -> str | None:
+    """The report's one line on the records left out for failing the record check: the count, per place the
+    count and the first reason; None when none was."""
+    if not skipped:
+        return None
+    n = sum(len(reasons) for reasons in skipped.values())
+    places = "; ".join(f"{len(reasons)} in {where} (first: {reasons[0]})" for where, reasons in skipped.items())
+    runs = f"{n} stored run that fails" if n == 1 else f"{n} stored runs that fail"
+    return f"Skipped: {runs} the record check (bench/record.py), left out of every number here: {places}."
 
 
 def report_data(records: list[dict], budget: str | None) -> str | None:
@@ -339,7 +360,7 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
                  results_file: Path = DEFAULT_PATH) -> Path:
     """Write report.md and report-<section>.png into `results_dir`; returns report.md's path."""
     results_dir = Path(results_dir)
-    records = load_records(results_dir, results_file)
+    records, skipped = load_checked(results_dir, results_file)
     budget = choose_budget(records, budget)
     m = Measures(rows, conclusions, used_records(records, rows, budget))
     sections: dict[str, list[Any]] = defaultdict(list)
@@ -349,6 +370,8 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
     out = ["# Bench report: the notes' numbers replayed", ""]
     if budget is None:
         out += ["No results stored yet: run `bench replay` first.", ""]
+    if skipped:
+        out += [skipped_line(skipped), ""]
     versions = sorted({r["code_version"] for r in m.kept})
     checksums = sorted({r["dataset_checksum"] for r in m.kept})
     out += [(f"Budget: **{budget or '-'}**; {len(m.kept)} runs; code "
@@ -424,17 +447,29 @@ def headline_markdown(records: list[dict], rows: list, conclusions: list, budget
     return "\n".join(out) + "\n"
 
 
-def replace_between_markers(path: Path, text: str) -> None:
-    """Replace the lines between the lines START and END of `path` by `text` (atomically; nothing else changes)."""
+def readme_parts(path: Path) -> tuple[str, str]:
+    """(the text of `path` up to and with its START line, the text from its END line on); a one-line ConfigError
+    when it cannot be read, is not UTF-8, or lacks the markers. Checked before a report writes anything."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {path} ({e.strerror}); give a file with the lines {START} and {END}") from None
-    lines = raw.decode("utf-8").splitlines(keepends=True)
+    try:
+        lines = raw.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}); the README must be "
+                          "UTF-8 text: convert it (e.g. iconv -t UTF-8) and give it again") from None
     starts = [i for i, line in enumerate(lines) if line.strip() == START]
     ends = [i for i, line in enumerate(lines) if line.strip() == END]
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         raise ConfigError(f"{path} needs one line {START} and after it one line {END}, around the full-budget table")
-    body = "\n" + text.rstrip("\n") + "\n\n"
-    write_atomic(path, "".join(lines[:starts[0] + 1]) + body + "".join(lines[ends[0]:]))  # keeps path's mode
+    return "".join(lines[:starts[0] + 1]), "".join(lines[ends[0]:])
+
+
+def replace_between_markers(path: Path, text: str) -> None:
+    """Replace the lines between the lines START and END of `path` by `text` (atomically; nothing else changes).
+
+    A `path` that is a symbolic link stays one: the file it points to is written."""
+    head, tail = readme_parts(path)
+    write_atomic(Path(path).resolve(), head + "\n" + text.rstrip("\n") + "\n\n" + tail)  # keeps the file's mode

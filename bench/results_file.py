@@ -3,65 +3,48 @@
 A 200-epoch run takes hours on a GPU, so its record is kept where a clean clone has it: each finished
 run is one line, `json.dumps(record, sort_keys=True)`, appended under an exclusive `fcntl.flock` of
 the file, flushed and fsync'd, so several processes can append at once and a diff shows one line per
-run. `read` gives the records back and refuses, with one line naming the file and the line number,
-a line that is not a JSON object with every `REQUIRED` key (a writer killed mid-line leaves such a
-last line). `merge` keeps one record per `KEY`: the one with the latest `finished_at`.
+run. `read_checked` gives the sound records back and skips, each with a reason naming its line, a line
+that is not JSON (a writer killed mid-line leaves such a last line; NaN, Infinity and nesting too deep
+are refused) or not a record that passes `bench.record.problem` with every field of `FIELDS`: a damaged
+line is counted by the report, never a crash, and the other runs stay readable. `merge` keeps one record
+per `KEY`: the one with the latest `finished_at`.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tricks.errors import ConfigError
+from bench import record as record_check
+from bench.record import RecordRefused, finished, loads
+from tricks.errors import ConfigError, RunFolderError
 from tricks.files import disk_full, no_space
 
 DEFAULT_PATH = Path(__file__).parent / "results" / "full.jsonl"
-REQUIRED = ("row_id", "recipe", "options", "budget", "seed", "code_version", "dataset_checksum", "epoch_acc",
-            "test_acc", "best_test_acc", "generation_acc", "wall_seconds", "train_images_per_second",
-            "finished_at", "device", "gpu", "torch", "workers")
+# the store's fields (bench.record.FIELDS) and what only the file keeps: the trick options, speed and machine
+FIELDS = {**record_check.FIELDS, "options": "object", "train_images_per_second": "amount", "device": "text",
+          "gpu": "text?", "torch": "text", "workers": "count"}
+REQUIRED = tuple(FIELDS)
 KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")  # one run
-TYPES = {"row_id": str, "recipe": str, "options": dict, "budget": str, "seed": int, "code_version": str,
-         "dataset_checksum": str, "epoch_acc": list, "test_acc": (int, float), "best_test_acc": (int, float),
-         "finished_at": str}  # what the report computes with
 
 
 def problem(record: Any) -> str | None:
-    """What is wrong with `record` (not an object, a REQUIRED key missing, a value of a TYPES key of another
-    type, an unreadable finished_at), or None."""
-    if not isinstance(record, dict):
-        return f"is a JSON {type(record).__name__}, not an object"
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        return f"lacks the key(s) {', '.join(missing)}"
-    wrong = [k for k, t in TYPES.items() if not isinstance(record[k], t) or isinstance(record[k], bool)]
-    if wrong:
-        return f"has a value of the wrong type for {', '.join(wrong)}"
-    try:
-        finished(record)
-    except (TypeError, ValueError):
-        return f"has finished_at {record['finished_at']!r}, not an ISO 8601 time"
-    return None
-
-
-def finished(record: dict) -> datetime:
-    """`finished_at` as an aware datetime (a time without zone is taken as UTC)."""
-    t = datetime.fromisoformat(record["finished_at"])
-    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    """What is wrong with `record` as a line of the results file (`bench.record.problem` over FIELDS), or None."""
+    return record_check.problem(record, FIELDS)
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
     """Append `record` as one line to `path` (created with its folder), under an exclusive lock, fsync'd.
 
-    A missing REQUIRED key is a ValueError naming it. A last line left without its newline (a writer
-    killed mid-line) gets one first, so the new record stays a line of its own.
+    A record that fails `problem` is a ValueError saying why. A last line left without its newline (a writer
+    killed mid-line) gets one first, so the new record stays a line of its own. The file is read back after:
+    a line that is not there (a file that does not keep what is written) is a RunFolderError.
     """
     wrong = problem(record)
     if wrong:
-        raise ValueError(f"a results record {wrong}; every record needs {', '.join(REQUIRED)}")
+        raise ValueError(f"a results record {wrong}; every record needs {', '.join(REQUIRED)} (see FIELDS)")
     line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
     path = Path(path)
     try:
@@ -76,6 +59,9 @@ def append(path: str | os.PathLike, record: dict) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    if line.strip(b"\n") not in path.read_bytes().split(b"\n"):  # read back: what was written must be there
+        raise RunFolderError(f"results file {path} does not hold the run {record['row_id']} seed {record['seed']} "
+                             "just appended; give a regular file that keeps what is written")
 
 
 def _append_line(path: Path, line: bytes) -> bool:
@@ -104,35 +90,40 @@ def _append_line(path: Path, line: bytes) -> bool:
     return created
 
 
-def read(path: str | os.PathLike) -> list[dict]:
-    """The records of `path` in file order; a missing file gives []; blank lines are skipped.
+def read_checked(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """(the sound records of `path` in file order, one reason per line skipped: 'line N: ...').
 
-    A line that is not a JSON object with every REQUIRED key is a ConfigError naming the file and line.
+    A missing file gives ([], []); blank lines are passed over. A file that cannot be read is a ConfigError.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return []
+        return [], []
     except OSError as e:
-        raise ConfigError(f"results file {path} cannot be read ({e.strerror})") from None
+        raise ConfigError(f"results file {path} cannot be read ({e.strerror}); give a readable file") from None
     lines = data.split(b"\n")
-    out = []
+    out, skipped = [], []
     for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         cut = " (the last line has no newline: a writer stopped mid-line?)" if number == len(lines) else ""
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-            raise ConfigError(f"results file {path}, line {number}: not JSON ({reason}){cut}; "
-                              "fix or remove that line") from None
+            record = loads(raw)
+        except RecordRefused as e:
+            skipped.append(f"line {number}: {e}{cut}")
+            continue
         wrong = problem(record)
         if wrong:
-            raise ConfigError(f"results file {path}, line {number}: the record {wrong}; fix or remove that line")
+            skipped.append(f"line {number}: the record {wrong}")
+            continue
         out.append(record)
-    return out
+    return out, skipped
+
+
+def read(path: str | os.PathLike) -> list[dict]:
+    """The sound records of `path` in file order (`read_checked` without the lines it skipped)."""
+    return read_checked(path)[0]
 
 
 def merge(*record_lists: list[dict]) -> list[dict]:

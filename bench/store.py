@@ -7,6 +7,12 @@ fields (lists as JSON text) with the UNIQUE key `KEY` (row_id, recipe, budget, s
 dataset_checksum); `add` is `INSERT OR IGNORE`, so a run is never stored twice, and a run on other data
 is another run (a store written before the checksum joined the key is migrated when opened).
 
+Nothing in the file is trusted: opening a store whose `sqlite_master` holds anything its own CREATE
+statements do not make (`project_schema`: a view, a trigger, another table or index, other columns)
+is a one-line RunFolderError, as such an object can hide or drop runs; `add` checks the record
+(`bench.record.problem`) and reads it back by its key after the commit, failing loudly when it is not
+there; `records_checked` skips, with a reason each, the stored runs that fail that same check.
+
 `code_version()` names the code that produced a run: the package version + a hash of the sources that
 decide what a run trains and measures (`SOURCES`: every .py of `tricks/` and `recipes/`, and
 `bench/budgets.py`, which turns a row into a recipe under a budget). The replay, store, report and CLI
@@ -17,6 +23,7 @@ the key, so a row whose recipe is edited in the table replays again while the ot
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -26,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.record import RecordRefused, loads, problem
 from tricks.data import ImageData
 from tricks.errors import ConfigError, RunFolderError
 from tricks.files import disk_full, no_space
@@ -55,6 +63,7 @@ KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")
 TABLE = ("runs (id INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
          + f", UNIQUE ({', '.join(KEY)}))")
 SCHEMA = "CREATE TABLE IF NOT EXISTS " + TABLE
+LEGACY_KEY = KEY[:-1]  # the key before the data's checksum joined it: such a store is migrated when opened
 
 
 class Store:
@@ -72,8 +81,23 @@ class Store:
             raise RunFolderError(f"cannot create results folder '{self.results_dir}' ({e.strerror}); "
                                  "give a folder you can write to") from None
         with closing(self._connect()) as con:
+            self._run(con, lambda: self._refuse_foreign(con))
             self._run(con, lambda: con.execute(SCHEMA))
             self._run(con, lambda: self._migrate(con))
+
+    def _refuse_foreign(self, con: sqlite3.Connection) -> None:
+        """A RunFolderError naming what the file holds beyond the store's own schema (`project_schema`): a view,
+        a trigger, another table or index, a table runs of other columns or keys. Each could hide or drop runs."""
+        rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+        other_runs = " (not the bench's columns and key)"
+        foreign = [f"{kind} {name}" + (other_runs if (kind, name) == ("table", "runs") else "")
+                   for kind, name, table, sql in rows
+                   if _schema_row(kind, name, table, sql) not in project_schema()
+                   and not name.startswith("sqlite_stat")]  # ANALYZE's statistics: SQLite's own, harmless
+        if foreign:
+            raise RunFolderError(f"results database '{self.path}' is not the bench's store: it holds "
+                                 f"{', '.join(foreign)} beyond the bench's table runs; move it aside or give another "
+                                 "--results folder")
 
     def _migrate(self, con: sqlite3.Connection) -> None:
         """A store written before the data's checksum was part of a run's key gets the new key, rows kept."""
@@ -132,6 +156,9 @@ class Store:
         if missing or unknown:
             raise ConfigError(f"a results record needs exactly the keys {', '.join(COLUMNS)}; "
                               f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}")
+        wrong = problem({**record, "generation_acc": record.get("generation_acc")})
+        if wrong:
+            raise ConfigError(f"a results record {wrong}; see bench.record.FIELDS for what each field holds")
         values = []
         for k in COLUMNS:
             v = record.get(k)
@@ -149,23 +176,50 @@ class Store:
                     con.execute("ROLLBACK")
                     raise
             self._run(con, insert)
+        if not self.done(*(record[k] for k in KEY)):  # read back: what was written must be there
+            raise RunFolderError(f"results database '{self.path}' does not hold the run {record['row_id']} seed "
+                                 f"{record['seed']} just written (something in the database removed it); move it "
+                                 "aside and replay again")
 
     def records(self, budget: str | None = None) -> list[dict[str, Any]]:
-        """Every stored run (of `budget`, when given), oldest first, lists decoded from JSON."""
-        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
+        """Every sound stored run (of `budget`, when given), oldest first (`records_checked` without the skipped)."""
+        return self.records_checked(budget)[0]
+
+    def records_checked(self, budget: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """(every stored run of `budget` (None: of any) that passes `bench.record.problem`, oldest first, lists
+        decoded from JSON; one reason per run skipped: 'id N: ...'). Text that is not UTF-8 is read as bytes,
+        which the check refuses, instead of failing the whole query."""
+        sql = f"SELECT id, {', '.join(COLUMNS)} FROM runs"
         args: tuple = ()
         if budget is not None:
             sql, args = sql + " WHERE budget = ?", (budget,)
         with closing(self._connect()) as con:
+            con.text_factory = _text
             rows = self._run(con, lambda: con.execute(sql + " ORDER BY id", args).fetchall())
-        out = []
-        for row in rows:
-            rec = dict(zip(COLUMNS, row))
-            for k in JSON_COLUMNS:
-                if rec[k] is not None:
-                    rec[k] = json.loads(rec[k])
+        out, skipped = [], []
+        for rowid, *values in rows:
+            rec = dict(zip(COLUMNS, values))
+            try:
+                for k in JSON_COLUMNS:
+                    if isinstance(rec[k], (str, bytes)):
+                        rec[k] = loads(rec[k])
+            except RecordRefused as e:
+                skipped.append(f"id {rowid}: {k} {e}")
+                continue
+            wrong = problem(rec)
+            if wrong:
+                skipped.append(f"id {rowid}: the record {wrong}")
+                continue
             out.append(rec)
-        return out
+        return out, skipped
+
+
+def _text(raw: bytes) -> str | bytes:
+    """SQLite text as str, or as the bytes themselves when they are not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 LOW_SPACE = 2**20  # bytes
@@ -188,6 +242,23 @@ def disk_is_full(e: sqlite3.Error, folder: Path) -> bool:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return no_space(e)
+
+
+def _schema_row(kind: str, name: str, table: str, sql: str | None) -> tuple:
+    """A sqlite_master row as compared: a table renamed by the migration (`CREATE TABLE "runs"`) as created."""
+    return kind, name, table, sql.replace('CREATE TABLE "runs"', "CREATE TABLE runs", 1) if sql else sql
+
+
+@functools.cache
+def project_schema() -> frozenset[tuple]:
+    """The sqlite_master rows (`_schema_row`) the store's own CREATE statements make, of the current key and of
+    the key before the data's checksum joined it (`LEGACY_KEY`, migrated on open): made in a database in memory."""
+    rows = set()
+    for key in (KEY, LEGACY_KEY):
+        with closing(sqlite3.connect(":memory:")) as con:
+            con.execute(SCHEMA.replace(f"UNIQUE ({', '.join(KEY)})", f"UNIQUE ({', '.join(key)})"))
+            rows |= {_schema_row(*row) for row in con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")}
+    return frozenset(rows)
 
 
 def source_hash(root: Path | None = None, sources: tuple[str, ...] = SOURCES) -> str:

@@ -259,6 +259,45 @@ def empty_results(w: World) -> Path:
     return w.root / "no-results"
 
 
+STORE_SECTION = "Results store and file"
+
+
+def foreign_store(*sql: str) -> Callable[[World], Path]:
+    """A results folder whose store (one record) was changed by hand with `sql`: a view, a trigger."""
+
+    def make(w: World) -> Path:
+        import sqlite3
+
+        from bench.store import Store
+
+        folder = w.root / "hand-edited-results"
+        Store(folder).add(record())
+        (folder / "replay.lock").touch()  # as an earlier `bench replay` there leaves it
+        con = sqlite3.connect(folder / "results.sqlite")
+        for statement in sql:
+            con.execute(statement)
+        con.commit()
+        con.close()
+        return folder
+
+    return make
+
+
+def readme_in(encoding: str) -> Callable[[World], list[str]]:
+    """`bench report --readme` of a README with the full-budget markers, in `encoding` (not UTF-8)."""
+
+    def argv(w: World) -> list[str]:
+        readme = w.root / f"README-{encoding}.md"
+        readme.write_bytes("# Résumé\n<!-- full-budget:start -->\n<!-- full-budget:end -->\n".encode(encoding))
+        return ["report", "--results", str(w.results), "--readme", str(readme)]
+
+    return argv
+
+
+def load(*extra: str) -> Callable[[World], list[str]]:
+    return lambda w: ["load", "--data", str(w.data), *extra]
+
+
 MODULES = {"recipe": "recipes.cli", "bench": "bench.cli"}
 CASES = [
     # names
@@ -335,6 +374,39 @@ CASES = [
     Case("full-width-digits-in-recipe", run("baseline+mixup:alpha=\uff10.\uff13"),
          "has the non-ASCII character '\uff10' (U+FF10) at position 22; write recipes in ASCII only"),
     Case("full-width-digit-option", run("baseline", "--seed", "\uff13"), "argument --seed: invalid int value: '\uff13'"),
+    # issue 23: the results store and file
+    Case("store-runs-replaced-by-a-view",
+         bench("report", results=foreign_store("ALTER TABLE runs RENAME TO runs_data",
+                                               "CREATE VIEW runs AS SELECT * FROM runs_data")),
+         "hand-edited-results/results.sqlite' is not the bench's store: it holds table runs_data, index "
+         "sqlite_autoindex_runs_data_1, view runs beyond the bench's table runs; move it aside", prog="bench",
+         section=STORE_SECTION),
+    Case("store-with-a-trigger-that-deletes-runs",
+         bench("replay", "--rows", "S1.*", "--budget", "smoke", "--device", "cpu",
+               results=foreign_store("CREATE TRIGGER gone AFTER INSERT ON runs BEGIN DELETE FROM runs; END")),
+         "is not the bench's store: it holds trigger gone beyond the bench's table runs", prog="bench",
+         section=STORE_SECTION),
+    Case("store-with-another-table", bench("report", results=foreign_store("CREATE TABLE notes (text TEXT)")),
+         "is not the bench's store: it holds table notes beyond", prog="bench", section=STORE_SECTION),
+    Case("readme-in-latin-1", readme_in("latin-1"),
+         "README-latin-1.md is not UTF-8 (byte 3: b'\\xe9'); the README must be UTF-8 text", prog="bench",
+         section=STORE_SECTION),
+    Case("readme-in-utf-16", readme_in("utf-16"),
+         "README-utf-16.md is not UTF-8 (byte 0: b'\\xff'); the README must be UTF-8 text", prog="bench",
+         section=STORE_SECTION),
+    Case("load-repeat-zero", load("--repeat", "0"), "--repeat must be at least 1, got 0", prog="bench",
+         section=STORE_SECTION),
+    Case("load-repeat-negative", load("--repeat", "-1"), "--repeat must be at least 1, got -1", prog="bench",
+         section=STORE_SECTION),
+    Case("replay-until-nan", bench("replay", "--rows", "S1.*", "--budget", "smoke", "--until", "nan"),
+         "--until must be a finite number of seconds above 0, got nan; leave it out to run with no deadline",
+         prog="bench", section=STORE_SECTION),
+    Case("replay-until-inf", bench("replay", "--rows", "S1.*", "--budget", "smoke", "--until", "inf"),
+         "--until must be a finite number of seconds above 0, got inf", prog="bench", section=STORE_SECTION),
+    Case("replay-until-negative", bench("replay", "--rows", "S1.*", "--budget", "smoke", "--until", "-5"),
+         "--until must be a finite number of seconds above 0, got -5", prog="bench", section=STORE_SECTION),
+    Case("perf-parity-epochs-zero", lambda w: ["perf", "--parity-epochs", "0", "--results", str(w.results)],
+         "--parity-epochs must be at least 1, got 0", prog="bench", section=STORE_SECTION),
 ]
 
 

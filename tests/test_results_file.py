@@ -6,7 +6,7 @@ import multiprocessing
 
 import pytest
 
-from bench.results_file import DEFAULT_PATH, REQUIRED, append, merge, read
+from bench.results_file import DEFAULT_PATH, REQUIRED, append, merge, read, read_checked
 from tricks.errors import ConfigError
 
 
@@ -73,32 +73,55 @@ def test_read_missing_file_blank_lines_and_a_valid_last_line_without_newline(tmp
     assert [r["seed"] for r in read(path)] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"row_id": "x"\n', "line 2: not JSON (Expecting ',' delimiter); fix or remove that line"),
-    ("[1, 2]\n", "line 2: the record is a JSON list, not an object; fix or remove that line"),
-    ('{"row_id": "S9.x"}\n', "line 2: the record lacks the key(s) recipe, options, budget, seed, "),
-    ('{"row_id": "S9.x", "test_a',
-     "line 2: not JSON (Unterminated string starting at) (the last line has no newline: a writer stopped mid-line?)"),
+@pytest.mark.parametrize("content, reason", [
+    ('{"row_id": "x"\n', "line 2: is not JSON (Expecting ',' delimiter)"),
+    ("[1, 2]\n", "line 2: the record is a JSON list, not an object"),
+    ('{"row_id": "S9.x"}\n', "line 2: the record lacks the key(s) recipe, budget, seed, code_version, "
+     "dataset_checksum, epoch_acc, test_acc, best_test_acc, generation_acc, wall_seconds, finished_at, options, "
+     "train_images_per_second, device, gpu, torch, workers"),
+    ('{"row_id": "S9.x", "test_a', "line 2: is not JSON (Unterminated string starting at) (the last line has no "
+                                 "newline: a writer stopped mid-line?)"),
+    (json.dumps(record(seed=1)).replace("94.0", "NaN", 1) + "\n", "line 2: holds NaN, which is not a number a record "
+                                                                   "can keep"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "line 2: is nested too deep to read"),
+    (b"\xff\xfe{\x00}\x00\n", "line 2: is not UTF-8"),
 ])
-def test_read_refuses_a_bad_line_with_one_line_naming_file_and_line(tmp_path, content, message):
+def test_read_skips_a_bad_line_with_its_line_and_reason_and_keeps_the_others(tmp_path, content, reason):
     path = tmp_path / "full.jsonl"
-    path.write_text(json.dumps(record()) + "\n" + content)
-    with pytest.raises(ConfigError) as info:
-        read(path)
-    text = str(info.value)
-    assert text.startswith(f"results file {path}, ") and message in text and "\n" not in text
+    tail = content if isinstance(content, bytes) else content.encode()
+    path.write_bytes((json.dumps(record()) + "\n").encode() + tail + (json.dumps(record(seed=2)) + "\n").encode()
+                     * ("last line" not in reason))
+    records, skipped = read_checked(path)
+    assert skipped == [reason]
+    assert [r["seed"] for r in records] == [0, 2][:1 + ("last line" not in reason)]
+    assert read(path) == records
 
 
-def test_read_refuses_a_time_that_is_not_iso_and_values_of_the_wrong_type(tmp_path):
+def test_read_skips_a_time_that_is_not_iso_and_values_of_the_wrong_type_or_range(tmp_path):
     path = tmp_path / "full.jsonl"
-    path.write_text(json.dumps(record(finished="yesterday")) + "\n")
-    with pytest.raises(ConfigError, match="line 1: the record has finished_at 'yesterday', not an ISO 8601 time"):
-        read(path)
-    path.write_text(json.dumps(record()) + "\n" + json.dumps(record(seed="0", test_acc=True)) + "\n")
-    with pytest.raises(ConfigError, match="line 2: the record has a value of the wrong type for seed, test_acc;"):
-        read(path)
-    with pytest.raises(ValueError, match="wrong type for epoch_acc"):
+    lines = [record(finished="yesterday"), record(), record(seed="0", test_acc=True), record(test_acc=100.5),
+             record(epoch_acc=[90.0, -1.0]), record(generation_acc="93.0"), record(workers=0), record(gpu=["a"]),
+             record(wall_seconds=1e309 * 0)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))  # json.dumps writes NaN for the last
+    assert read_checked(path) == ([record()], [
+        "line 1: the record has finished_at 'yesterday', not an ISO 8601 time",
+        "line 3: the record has seed '0', not an integer in 0..9223372036854775807; test_acc True, not an accuracy in "
+        "0..100",
+        "line 4: the record has test_acc 100.5, not an accuracy in 0..100",
+        "line 5: the record has epoch_acc [90.0, -1.0], not a list of accuracies in 0..100",
+        "line 6: the record has generation_acc '93.0', not a list of accuracies in 0..100",
+        "line 7: the record has workers 0, not an integer >= 1",
+        "line 8: the record has gpu ['a'], not a non-empty text",
+        "line 9: holds NaN, which is not a number a record can keep"])
+    with pytest.raises(ValueError, match="epoch_acc '90.0', not a list of accuracies"):
         append(path, record(epoch_acc="90.0"))
+    with pytest.raises(ValueError, match="test_acc inf, not an accuracy"):
+        append(path, record(test_acc=float("inf")))
+
+
+def test_a_file_that_cannot_be_read_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=f"results file {tmp_path} cannot be read \\(Is a directory\\)"):
+        read(tmp_path)
 
 
 def test_merge_keeps_the_latest_finished_per_key_in_stable_order():
