@@ -134,12 +134,14 @@ def test_noschedule_holds_the_lr_at_the_peak_over_the_schedule():
     assert cb.peak_lr == 0.3
 
 
-def test_cancel_during_validation_restores_the_live_weights():
+def test_a_fit_cancelled_during_validation_ends_on_the_averaged_weights():
     spy = Spy(cancel_in_validation=True)
-    learn = fit_tiny(EMA(decay=0.9), spy)
+    ema = EMA(decay=0.9)
+    learn = fit_tiny(ema, spy)
     assert len(spy.live) == 1 + N_ITER
-    final = state(learn.model)
-    assert all(torch.equal(final[k], spy.live[-1][k]) for k in final)
+    final, average = state(learn.model), state(ema.average.module)
+    assert all(torch.equal(final[k], spy.ema[-1][k]) and torch.equal(average[k], spy.ema[-1][k]) for k in final)
+    assert not torch.equal(final["4.weight"], spy.live[-1]["4.weight"])
 
 
 def test_recipe_values_reach_the_callback():

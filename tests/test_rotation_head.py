@@ -60,7 +60,8 @@ def test_loss_grows_by_exactly_weight_times_the_rotation_ce(name):
     model.train()
     x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 4
     base = F.cross_entropy(model(x), y)
-    cb.learn = SimpleNamespace(model=model, xb=(x,), loss_grad=base, loss=base.detach().clone(), training=True)
+    cb.learn = SimpleNamespace(model=model, xb=(x,), loss_grad=base, loss=base.detach().clone(), training=True,
+                               cbs=[], yb=(y,))
     torch.manual_seed(5)
     cb("after_loss")
     got = cb.learn.loss_grad

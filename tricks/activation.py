@@ -68,6 +68,9 @@ class LeakyReLUSwap(ActivationSwap):
         super().__init__()
         self.slope, self.msra = slope, msra
 
+    def settings(self) -> str:
+        return f"slope={self.slope:g},msra={self.msra:g}"
+
     def make(self, relu: nn.ReLU) -> nn.Module:
         return nn.LeakyReLU(self.slope, inplace=relu.inplace)
 

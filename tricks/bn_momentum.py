@@ -59,6 +59,9 @@ class BNMomentum(ModelSurgery):
         super().__init__()
         self.bn_momentum = momentum
 
+    def settings(self) -> str:
+        return f"momentum={self.bn_momentum:g}"
+
     def check(self, model: nn.Module) -> Family | None:
         if not batchnorms(model):
             raise ConfigError(f"bnmom: model {type(model).__name__} has no BatchNorm to set")

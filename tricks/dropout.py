@@ -57,6 +57,9 @@ class ResidualDropout(ModelSurgery):
             raise ConfigError(f"resdrop position '{position}' is not one of {', '.join(POSITIONS)}")
         self.drop_p, self.position = p, position
 
+    def settings(self) -> str:
+        return f"p={self.drop_p:g},position={self.position}"
+
     def check(self, model: nn.Module) -> Family:
         fam = family(model, self.trick)
         if any(isinstance(m, nn.Dropout) and m.p > 0 for b in fam.blocks(model) for m in b.modules()):
@@ -91,6 +94,9 @@ class FCDropout(ModelSurgery):
         if where not in WHERES:
             raise ConfigError(f"fcdrop where='{where}' is not one of {', '.join(WHERES)}")
         self.drop_p, self.where = p, where
+
+    def settings(self) -> str:
+        return f"p={self.drop_p:g},where={self.where}"
 
     def check(self, model: nn.Module) -> Family | None:
         fam = classifier_family(model, self.trick)

@@ -20,12 +20,20 @@ Modes (the notes' S9 rows):
   being the recipe's wd, or this trick's `wd` when given (so `baseline:wd=0+ema:mode=lr_wd,wd=5e-4`
   is the 91.50 row). Buffers are not decayed.
 - noschedule: 'no cosine and no warmup, ema alone' (88.24): this callback sets lr = peak before
-  every training batch; its order (70) is after the lr schedule (60), which it overrides. The
-  schedule callback still records what it would have set; the epoch `lr` column shows the peak.
+  every training batch (each other param group in its ratio to the last one at before_fit); its
+  order (70) is after the lr schedule (60), which it overrides. The schedule callback still records
+  what it would have set; the epoch `lr` column shows the peak.
 
-With eval=true the EMA weights are swapped into the model at before_validate and swapped back at
-after_validate, and at the end of the fit they are copied into the model, so the saved weights are
-the evaluated EMA weights; with eval=false evaluation and saved weights are the live weights.
+With eval=true the averaged weights are the model's weights wherever fastai evaluates, saves or stops:
+they go into the model at before_validate and stay there through after_epoch up to this callback's
+own after_epoch (order 70), so fastai's `SaveModelCallback` and `EarlyStoppingCallback` (order 61),
+`ReduceLROnPlateau` and any after_epoch callback of a lower order see (and save) the weights whose
+score they read; the live weights come back at order 70, before the next epoch trains (and before the
+recipes' checkpoint, order 200, saves the live model). After the last epoch, after a fit stopped by
+EarlyStopping or cancelled mid-epoch, the model holds the average (`SaveModelCallback.after_fit`,
+order 61, may then load its best file over it: that file holds averaged weights too). A fit cancelled
+before its first step keeps the model as it was. With eval=false evaluation and saved weights are the
+live weights.
 """
 from __future__ import annotations
 
@@ -37,17 +45,21 @@ from timm.utils.model_ema import ModelEmaV3
 
 from tricks.errors import ConfigError
 from tricks.registry import TRICKS, Param, register_trick
+from tricks.schedules import lr_ratios, set_lr
 
 MODES = ("plain", "lr_wd", "noschedule")
 
 
 @torch.no_grad()
-def swap_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    """Exchange the values of every state_dict entry of two models of the same architecture, in place."""
-    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
-        tmp = x.clone()
+def copy_state(dst: torch.nn.Module, values: list[torch.Tensor]) -> None:
+    """Write `values` (one tensor per state_dict entry, in order) into `dst`'s state_dict entries, in place."""
+    for x, y in zip(dst.state_dict().values(), values):
         x.copy_(y)
-        y.copy_(tmp)
+
+
+def state_values(model: torch.nn.Module) -> list[torch.Tensor]:
+    """A copy of every state_dict entry of `model`, in order."""
+    return [v.detach().clone() for v in model.state_dict().values()]
 
 
 @torch.no_grad()
@@ -97,6 +109,7 @@ class EMA(Callback):
         self.decay, self.eval, self.every, self.mode = decay, eval, every, mode
         self.peak_lr, self.wd, self.wd_bn_bias = peak_lr, wd, wd_bn_bias
         self.average: ModelEmaV3 | None = None
+        self.live: list[torch.Tensor] | None = None
         self.active = True  # False during fastai's lr_find: its mock steps are not averaged
 
     def before_fit(self):
@@ -104,8 +117,9 @@ class EMA(Callback):
         if not self.active:  # lr_find puts the model back itself; the average of a real fit stays
             return
         model = self.learn.model
+        self.lr_ratios = lr_ratios(self.learn.opt) if self.learn.opt is not None else None
         self.average = ModelEmaV3(model, decay=self.decay)
-        self.steps, self.swapped, self.cancelled = 0, False, False
+        self.steps, self.live = 0, None  # live: the live weights while the model holds the average
         no_decay = set() if self.wd_bn_bias else {id(p) for p in norm_bias_params(model, with_bias=True)}
         self.decayed = [e for p, e in zip(model.parameters(), self.average.module.parameters())
                         if p.requires_grad and id(p) not in no_decay]
@@ -113,15 +127,20 @@ class EMA(Callback):
     def checkpoint_state(self) -> dict:
         """What `recipes.checkpoint` saves to resume a run: the average and the step counter (all of the
         average's state: its updates draw no random numbers, module docstring)."""
-        return {"average": self.average.module.state_dict(), "steps": self.steps}
+        state = {"average": self.average.module.state_dict(), "steps": self.steps}
+        if self.live is not None:  # saved after the last epoch, the model holding the average: the live weights too
+            state["live"] = dict(zip(self.learn.model.state_dict(), self.live))
+        return state
 
     def load_checkpoint_state(self, state: dict) -> None:
         self.average.module.load_state_dict(state["average"])
         self.steps = int(state["steps"])
+        if "live" in state:
+            self.learn.model.load_state_dict(state["live"])
 
     def before_batch(self):
         if self.mode == "noschedule" and self.training and self.active:
-            self.learn.opt.set_hyper("lr", self.peak_lr)
+            set_lr(self.learn.opt, self.peak_lr, self.lr_ratios)
 
     def after_step(self):
         if not self.active:
@@ -134,22 +153,23 @@ class EMA(Callback):
             decay_ema_weights(self.decayed, self.learn.opt.hypers[0]["lr"], self.wd)
 
     def before_validate(self):
-        if self.eval and self.active and self.average is not None:
-            swap_state(self.learn.model, self.average.module)
-            self.swapped = True
+        if self.eval and self.active and self.average is not None and self.live is None:
+            self.live = state_values(self.learn.model)
+            copy_state(self.learn.model, list(self.average.module.state_dict().values()))
 
-    def after_validate(self):
-        self._swap_back()
-
-    def after_cancel_fit(self):
-        self._swap_back()
-        self.cancelled = True
+    def after_epoch(self):
+        """Training goes on from the live weights; after the last epoch the model keeps the average. (fastai's
+        `validate` runs before_fit and after_epoch too: no step was taken, the live weights come back.)"""
+        if self.live is not None and (self.steps == 0 or self.epoch < self.n_epoch - 1):
+            self._restore_live()
 
     def after_fit(self):
-        if self.eval and self.active and not self.cancelled:
-            self.learn.model.load_state_dict(self.average.module.state_dict())
+        if not (self.eval and self.active) or self.average is None or self.steps == 0:
+            return  # nothing averaged: the model is as it was (a validate, a refused or early-cancelled fit)
+        if self.live is None:  # stopped mid-epoch: the average goes in now
+            copy_state(self.learn.model, list(self.average.module.state_dict().values()))
+        self.live = None  # the model holds the average (or the best file SaveModelCallback loaded over it)
 
-    def _swap_back(self):
-        if self.swapped:
-            swap_state(self.learn.model, self.average.module)
-            self.swapped = False
+    def _restore_live(self):
+        copy_state(self.learn.model, self.live)
+        self.live = None

@@ -50,6 +50,9 @@ class FinalBN(ModelSurgery):
             raise ConfigError(f"finalbn position '{position}' is not one of {', '.join(POSITIONS)}")
         self.position = position
 
+    def settings(self) -> str:
+        return f"position={self.position}"
+
     def check(self, model: nn.Module) -> Family | None:
         return classifier_family(model, self.trick)
 
@@ -82,6 +85,9 @@ class LastBN(ModelSurgery):
     def __init__(self, on: bool = True):
         super().__init__()
         self.on = on
+
+    def settings(self) -> str:
+        return f"on={str(self.on).lower()}"
 
     def check(self, model: nn.Module) -> Family:
         fam = family(model, self.trick)

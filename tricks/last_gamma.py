@@ -46,6 +46,9 @@ class LastGamma(ModelSurgery):
         super().__init__()
         self.on = on
 
+    def settings(self) -> str:
+        return f"on={str(self.on).lower()}"
+
     def edit(self, model: nn.Module, fam: Family) -> None:
         for b in fam.blocks(model):
             self.edits.keep(last_bn(b).weight)

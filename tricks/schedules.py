@@ -20,6 +20,7 @@ from fastai.callback.schedule import LRFinder, ParamScheduler, SchedCos, SchedEx
 from fastai.optimizer import OptimWrapper
 
 from tricks.errors import ConfigError
+from tricks.surgery import undone_on_refusal
 
 Schedule = Callable[[float], float]
 WARMUPS = ("linear", "exp")
@@ -45,16 +46,25 @@ def warmup_cosine(
     return lr_at
 
 
-def set_lr(opt, lr: float) -> None:
-    """`opt.set_hyper("lr", lr)`: the same for every param group. For fastai's plain `OptimWrapper` around a
-    torch optimizer the torch groups' "lr" is written directly (what its set_hyper does for a scalar, without
-    converting every group's hyper-parameters to fastai's names first: ~0.2 ms a batch); any other optimizer
-    (fastai's own, a Lookahead) goes through its set_hyper."""
+def lr_ratios(opt) -> list[float]:
+    """Each param group's lr over the last group's, as the optimizer holds them at before_fit: 1.0 for every group
+    of a plain fit, the discriminative ratios of `fit(n, slice(1e-5, 1e-2))` or of fastai's `fine_tune` groups.
+    The schedules scale each group from its own base lr with them, as fastai's ParamScheduler does."""
+    lrs = [float(h["lr"]) for h in opt.hypers]
+    return [1.0] * len(lrs) if lrs[-1] == 0 else [lr / lrs[-1] for lr in lrs]
+
+
+def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
+    """Group i's lr = lr * ratios[i] (the last group's lr is `lr`; no ratios: every group's). For fastai's plain
+    `OptimWrapper` around a torch optimizer the torch groups' "lr" is written directly (what its set_hyper does,
+    without converting every group's hyper-parameters to fastai's names first: ~0.2 ms a batch); any other
+    optimizer (fastai's own, a Lookahead) goes through its set_hyper."""
+    lrs = [lr] * len(opt.hypers) if ratios is None or all(r == 1.0 for r in ratios) else [lr * r for r in ratios]
     if type(opt) is OptimWrapper:
-        for group in opt.opt.param_groups:
-            group["lr"] = lr
+        for group, group_lr in zip(opt.opt.param_groups, lrs):
+            group["lr"] = group_lr
     else:
-        opt.set_hyper("lr", lr)
+        opt.set_hyper("lr", lrs)
 
 
 def check_one_lr_schedule(schedule: Callback) -> bool:
@@ -72,7 +82,8 @@ def check_one_lr_schedule(schedule: Callback) -> bool:
 
 
 class LRSchedule(Callback):
-    """Sets the optimizer's lr before every training batch from `schedule(progress)`.
+    """Sets the optimizer's lr before every training batch from `schedule(progress)`: the last param group's
+    (the lr given to `fit`), each other group's in its ratio to it at before_fit (`lr_ratios`).
 
     `step='iter'`: progress = iterations done / total iterations (changes every batch).
     `step='epoch'`: progress = epochs done / total epochs (constant within an epoch).
@@ -91,7 +102,9 @@ class LRSchedule(Callback):
         self.lrs = []
         # fastai runs before_fit for validate / get_preds / predict too; a Learner from load_learner has no
         # optimizer there, and nothing trains: the schedule stands aside
-        self.active = self.learn.opt is not None and not check_one_lr_schedule(self)
+        with undone_on_refusal(self.learn):  # a refused fit leaves no model surgery of the other tricks behind
+            self.active = self.learn.opt is not None and not check_one_lr_schedule(self)
+        self.ratios = lr_ratios(self.learn.opt) if self.active else None
 
     def fit_lr(self) -> float:
         """The lr given to `fit` (fastai's convention: `learn.fit(n, lr)`, else `learn.lr`), as the optimizer
@@ -114,5 +127,5 @@ class LRSchedule(Callback):
         if not self.training or not self.active:
             return
         lr = self.schedule(self.progress())
-        set_lr(self.learn.opt, lr)
+        set_lr(self.learn.opt, lr, self.ratios)
         self.lrs.append(lr)

@@ -25,6 +25,7 @@ from typing import Callable
 from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
 from tricks.schedules import LRSchedule
+from tricks.surgery import undo_surgeries
 
 UNITS = ("epoch", "iter")
 
@@ -110,6 +111,8 @@ class SGDR(LRSchedule):
 
     Time t is counted in iterations when step='iter' or unit='iter' (a len in epochs is then len *
     iterations per epoch), else in epochs; with step='epoch' the lr is constant within an epoch.
+    With several param groups (`fit(n, slice(1e-5, 1e-2))`, `fine_tune`) the last group follows the schedule
+    and every other group keeps its ratio to it (`tricks.schedules.lr_ratios`), as fastai's schedules do.
     """
 
     order = 60  # an lr schedule: replaces the default warmup + cosine
@@ -136,6 +139,7 @@ class SGDR(LRSchedule):
         cycle_len = self.cycle_len * (per_epoch if self.unit == "epoch" else 1)
         peak = self.fit_lr() if self.peak is None else self.peak
         if not self.floor < peak:
+            undo_surgeries(self.learn)  # a refused fit leaves no model surgery of the other tricks behind
             raise ConfigError(f"sgdr: floor={self.floor} must be below the peak lr={peak}")
         self.schedule = sgdr_schedule(peak=peak, floor=self.floor, cycle_len=cycle_len,
                                       cycle_mul=self.cycle_mul, cycle_decay=self.cycle_decay,

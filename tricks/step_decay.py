@@ -76,6 +76,7 @@ def build_step_decay(recipe, *, at: str, gamma: float, warmup: bool) -> "StepDec
 class StepDecay(LRSchedule):
     """Sets the step-decay lr before every training batch; t = epochs done (fractional with step='iter').
     The peak is `peak`, else (fastai's convention) the lr given to `fit`: `learn.fit(200, 0.1, cbs=StepDecay())`.
+    With several param groups every group keeps its ratio to the last one (`tricks.schedules.lr_ratios`).
     """
 
     order = 60  # an lr schedule: replaces the default warmup + cosine

@@ -13,6 +13,7 @@ The families (`MODEL_FAMILIES`, one `Family` each; `family(model)` finds a model
 | timm-v2 | timm `ResNetV2`, pre-activation, BatchNorm (`timm:resnetv2_18`, `resnetv2_50d`, ...; not the GroupNorm / EvoNorm / FRN ones) | `PreActBasic` / `PreActBottleneck` | `norm2` / `norm3` (before the last conv) | `conv2` / `conv3` | `norm` (BN + its ReLU `norm.act`) | `head.fc` (a 1x1 conv) | `head.global_pool(forward_features(x))`, flattened |
 | fastai | fastai `XResNet` (`fastai:xresnet18` ... `xresnet152`, `_deep`, `xse_resnext`) | `ResBlock` | the BN of the last `ConvLayer` of `convpath` (fastai's `BatchZero`) | its conv | - | the last module, an `nn.Linear` (`'11'`) | the children before the classifier, run in turn |
 | torchvision | torchvision `ResNet` (`torchvision:resnet18`, `wide_resnet50_2`, ...) | `BasicBlock` / `Bottleneck` | `bn2` / `bn3` | `conv2` / `conv3` | - | `fc` | `flatten(avgpool(layer4(...)))`, as its forward |
+| vision_learner/<family> | fastai's `vision_learner(dls, arch)`: nn.Sequential(body, head), the body `model[0]` (fastai's XResNet and torchvision's ResNets cut into an nn.Sequential; a timm name: `TimmBody`, its timm model `model[0].model`) | the blocks of the body's family, found inside it | as the body's family | as the body's family | timm's ResNetV2: `0.model.norm`; else - | the head's last nn.Linear (`1.8`) | its input (a forward pre-hook) |
 
 The last BN of a branch is what Goyal et al. 2017 and timm's `zero_init_last` zero in post-activation blocks,
 and in the pre-activation blocks the BN before the last conv, as `cifar_resnet` defines it for the notes'
@@ -43,8 +44,9 @@ forward pre-hook (an nn.Sequential whose classifier is a child: its children bef
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -52,12 +54,13 @@ import torch.nn.functional as F
 import torchvision.models.resnet as tv_resnet
 from fastai.callback.core import Callback
 from fastai.layers import ConvLayer, ResBlock
+from fastai.vision.learner import TimmBody
 from fastai.vision.models.xresnet import XResNet
 from timm.models import resnet as timm_resnet
 from timm.models import resnetv2 as timm_resnetv2
 from torch import nn
 
-from tricks.errors import ConfigError
+from tricks.errors import ConfigError, TricksError
 from tricks.models.cifar_resnet import BasicBlock, CifarResNet, PreActBlock
 
 _MISSING = object()
@@ -174,12 +177,47 @@ MODEL_FAMILIES = (
            lambda b: ("bn3", "conv3") if isinstance(b, tv_resnet.Bottleneck) else ("bn2", "conv2"),
            classifier=lambda m: "fc", pooled=_torchvision_pooled),
 )
-SUPPORTED = ", ".join(f.label for f in MODEL_FAMILIES)
+VISION_LEARNER_LABEL = "a fastai vision_learner model with any of these as its body"
+SUPPORTED = ", ".join([*(f.label for f in MODEL_FAMILIES), VISION_LEARNER_LABEL])
+
+
+def vision_learner_body(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(path, body) of a model fastai's `vision_learner` built, nn.Sequential(body, head): the body is `model[0]`
+    ('0': an nn.Sequential of the children of fastai's XResNet or a torchvision ResNet up to the pooling), or for a
+    timm name its `TimmBody`'s timm model ('0.model'); None for any other model."""
+    if type(model) is not nn.Sequential or len(model) != 2:
+        return None
+    body = model[0]
+    return ("0.model", body.model) if isinstance(body, TimmBody) else ("0", body)
+
+
+def _vision_learner_family(model: nn.Module) -> Family | None:
+    """The family of the blocks inside a vision_learner body, its paths seen from the whole model: the blocks and
+    branch ends as the family has them; the final BN where the body is the family's whole model (timm's ResNetV2
+    under TimmBody: '0.model.norm'); the classifier and pooled features those of any model of no family (the
+    head's last nn.Linear, its input)."""
+    found = vision_learner_body(model)
+    if found is None:
+        return None
+    path, body = found
+    inner = next((f for f in MODEL_FAMILIES if any(isinstance(m, f.block_types) for m in body.modules())), None)
+    if inner is None:
+        return None
+
+    def body_final_norm(m: nn.Module) -> tuple[str, nn.Module]:
+        norm_path, replacement = inner.final_norm(m.get_submodule(path))
+        return f"{path}.{norm_path}", replacement
+
+    whole_model = inner.final_norm is not None and inner.matches(body)
+    return replace(inner, name=f"vision_learner/{inner.name}",
+                   label=f"fastai vision_learner model, body: {inner.label}",
+                   matches=lambda m: _vision_learner_family(m) is not None,
+                   final_norm=body_final_norm if whole_model else None, classifier=None, pooled=None)
 
 
 def find_family(model: nn.Module) -> Family | None:
-    """The model's family, or None."""
-    return next((f for f in MODEL_FAMILIES if f.matches(model)), None)
+    """The model's family (a vision_learner model: the family of its body's blocks), or None."""
+    return next((f for f in MODEL_FAMILIES if f.matches(model)), None) or _vision_learner_family(model)
 
 
 def family(model: nn.Module, trick: str) -> Family:
@@ -349,31 +387,84 @@ def check_surgery(model: nn.Module, tricks, edit: bool = False) -> None:
     `order`, as their before_fit would run it)."""
     for trick in tricks:
         if isinstance(trick, ModelSurgery):
-            fam = trick.check(model)
             if edit:
-                trick.edit(model, fam)
+                trick.apply(model)
+            elif not trick.already_made(model):
+                trick.check(model)
 
 
 def rebuild_optimizer(learn) -> None:
-    """`learn.create_opt()` for the edited model, keeping the lr that `fit` set (create_opt starts from `learn.lr`)."""
-    lr = learn.opt.hypers[-1]["lr"] if learn.opt is not None else None
+    """`learn.create_opt()` for the edited model, keeping what the old optimizer held per param group: every
+    hyper-parameter (the lr `fit` set, the discriminative lrs of `fit(n, slice(1e-5, 1e-2))` and `fine_tune`,
+    wd, momentum) and the groups `freeze` froze. New parameters go to the group the Learner's splitter puts
+    them in (fastai's `vision_learner`: the head's, which holds the classifier they wrap or sit beside). Where
+    the splitter now gives another number of groups, every group gets the last group's lr. Written here: fastai
+    has no rebuild that keeps the groups' hyper-parameters."""
+    old = learn.opt
     learn.create_opt()
-    if lr is not None:
-        learn.opt.set_hyper("lr", lr)
+    if old is None:
+        return
+    hypers, new = old.hypers, learn.opt
+    if len(new.hypers) != len(hypers):
+        new.set_hyper("lr", hypers[-1]["lr"])
+        return
+    for key in hypers[0]:
+        if any(h.get(key) != g.get(key) for h, g in zip(hypers, new.hypers)):
+            new.set_hyper(key, [h[key] for h in hypers])
+    if getattr(old, "frozen_idx", 0):
+        new.freeze_to(old.frozen_idx)
+
+
+MARK = "tricks_surgeries"  # the model's attribute: {trick name: its settings} of the surgeries made on it
+
+
+def surgeries_made(model: nn.Module) -> dict[str, str]:
+    """{trick name: settings} of every ModelSurgery that has changed `model` (and was not undone)."""
+    return dict(getattr(model, MARK, {}))
+
+
+def undo_surgeries(learn) -> None:
+    """Undo every ModelSurgery's changes not yet part of the trained model (those of the fit now starting),
+    the last made first (fcdrop's wrap of the classifier inside finalbn's, ...), and rebuild the optimizer
+    once if any of them had rebuilt it."""
+    made = sorted((cb for cb in learn.cbs if isinstance(cb, ModelSurgery) and cb.edits.steps),
+                  key=lambda cb: cb.stamp, reverse=True)
+    for cb in made:
+        cb.edits.undo()
+    if any(cb.rebuild_opt for cb in made):
+        rebuild_optimizer(learn)
+
+
+@contextlib.contextmanager
+def undone_on_refusal(learn) -> Iterator[None]:
+    """Around a trick's before_fit checks: a refusal (a TricksError) first undoes the model surgery the fit's
+    other tricks have already made (`undo_surgeries`), then goes on up. fastai calls no after_cancel_fit for an
+    exception that is not its CancelFitException, so nothing else would put the model back."""
+    try:
+        yield
+    except TricksError:
+        undo_surgeries(learn)
+        raise
 
 
 class ModelSurgery(Callback):
-    """Base of the model-changing tricks: `edit` the model once at before_fit, undo on cancel.
+    """Base of the model-changing tricks: `edit` the model once at before_fit, undo on cancel or refusal.
 
     Subclasses set `trick` (their registered name, for messages), `order`, and `rebuild_opt` when they
-    add or remove parameters (the optimizer fastai made before `before_fit` is then rebuilt), and
-    write `check(model)` (raise ConfigError; returns the model's `Family`, or None where a trick takes
-    models of no family) and `edit(model, fam)` using `self.edits` for every change. A second fit on the
-    same, already edited model changes nothing.
-    A fit cancelled before its first training batch has completed (say another callback refuses at
-    before_fit) puts the model back; once a batch has trained, or the fit has ended, the changes are
-    part of the trained model and stay (early stopping, which cancels the fit, keeps a working model).
-    `check` may be called before fit (e.g. by the trainer) to fail early with a one-line message.
+    add or remove parameters (the optimizer fastai made before `before_fit` is then rebuilt, keeping each
+    param group's hyper-parameters, `rebuild_optimizer`), and write `check(model)` (raise ConfigError; returns
+    the model's `Family`, or None where a trick takes models of no family), `edit(model, fam)` using
+    `self.edits` for every change, and `settings()`, the parameters that decide the change.
+
+    Idempotent across fits: the model records the surgeries made on it (`surgeries_made`, the attribute
+    `tricks_surgeries`, set through `self.edits` so an undo removes it too), so a second fit with the same trick
+    -- the same callback, or a new one passed to `fit(..., cbs=[FinalBN()])` again -- changes nothing (no second
+    BN, the trained rotation head kept, the trained gammas not zeroed again); the same trick with other settings
+    is refused (ConfigError naming both).
+    A fit cancelled before its first training batch has completed puts the model back; so does a fit that any
+    trick refuses at before_fit (a ConfigError: `undone_on_refusal`). Once a batch has trained, or the fit has
+    ended, the changes are part of the trained model and stay (early stopping, which cancels the fit, keeps a
+    working model). `check` may be called before fit (e.g. by the trainer) to fail early with a one-line message.
     """
 
     trick = "?"
@@ -382,8 +473,15 @@ class ModelSurgery(Callback):
     def __init__(self):
         super().__init__()
         self.edits = Edits()
-        self.edited: nn.Module | None = None
         self.stamp = 0  # when the edit was made: cancels undo the surgeries in reverse
+
+    def settings(self) -> str:
+        """The parameters that decide what the surgery changes, as a recipe writes them ('position=logits';
+        compared across fits)."""
+        return ""
+
+    def named(self, settings: str) -> str:
+        return f"{self.trick}:{settings}" if settings else self.trick
 
     def check(self, model: nn.Module) -> Family | None:
         return family(model, self.trick)
@@ -391,28 +489,36 @@ class ModelSurgery(Callback):
     def edit(self, model: nn.Module, fam: Family | None) -> None:
         raise NotImplementedError
 
-    def before_fit(self):
-        model = self.learn.model
-        if self.edited is model:
-            return
+    def already_made(self, model: nn.Module) -> bool:
+        """True if this trick has changed `model` already, with these settings; ConfigError with others."""
+        made = surgeries_made(model)
+        if self.trick not in made:
+            return False
+        if made[self.trick] != self.settings():
+            raise ConfigError(f"{self.named(self.settings())} on a model that {self.named(made[self.trick])} has "
+                              "already changed; give the same settings, or build a new model")
+        return True
+
+    def apply(self, model: nn.Module) -> bool:
+        """Check and edit `model` unless this trick has changed it already; True if it was changed now."""
+        if self.already_made(model):
+            return False
         fam = self.check(model)
+        self.stamp = next(_EDIT_STAMPS)
         self.edit(model, fam)
-        self.edited, self.stamp = model, next(_EDIT_STAMPS)
-        if self.rebuild_opt:
+        self.edits.set(model, MARK, {**surgeries_made(model), self.trick: self.settings()})
+        return True
+
+    def before_fit(self):
+        with undone_on_refusal(self.learn):
+            changed = self.apply(self.learn.model)
+        if changed and self.rebuild_opt:
             rebuild_optimizer(self.learn)
 
     def after_cancel_fit(self):
-        """The first ModelSurgery to hear of the cancel undoes every ModelSurgery's changes, the last made first
-        (fcdrop's wrap of the classifier inside finalbn's, ...), and rebuilds the optimizer once."""
-        if self.learn.train_iter > 0:
-            return
-        made = sorted((cb for cb in self.learn.cbs if isinstance(cb, ModelSurgery) and cb.edits.steps),
-                      key=lambda cb: cb.stamp, reverse=True)
-        for cb in made:
-            cb.edits.undo()
-            cb.edited = None
-        if any(cb.rebuild_opt for cb in made):
-            rebuild_optimizer(self.learn)
+        """The first ModelSurgery to hear of the cancel undoes every ModelSurgery's changes (`undo_surgeries`)."""
+        if self.learn.train_iter == 0:
+            undo_surgeries(self.learn)
 
     def after_fit(self):
         self.edits.commit()  # a later cancel must not undo what training has built on
