@@ -101,7 +101,7 @@ def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, dic
         if "GLOBAL" not in str(e):
             raise RunFolderError(f"cannot read the weights '{weights}' ({_reason(e)}); the file is damaged or not "
                                  "a model.pth `recipe run` wrote") from None
-        raise RunFolderError(f"'{weights}' holds a pickled Python object (a whole model, as `torch.save(model)` "
+        raise RunFolderError(f"'{weights}' holds a pickled Python object (a whole model, as torch.save(model) "
                              "writes), not the state_dict `recipe run` writes; it is not loaded, as loading it "
                              "could run any code: give the run's own model.pth") from None
     except RuntimeError as e:

@@ -220,6 +220,32 @@ def other_architecture(run_dir: Path) -> None:
                run_dir / "model.pth")
 
 
+def whole_model_saved(run_dir: Path) -> None:
+    """model.pth as `torch.save(model)` writes it: the module pickled whole, not its state_dict."""
+    import torch
+
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 10)), run_dir / "model.pth")
+
+
+def plain_pickle(run_dir: Path) -> None:
+    """model.pth as `pickle.dump(model, f)` writes it (protocol 4: torch.load warns before it refuses it)."""
+    import torch
+
+    with open(run_dir / "model.pth", "wb") as f:
+        pickle.dump(torch.nn.Sequential(torch.nn.Linear(2, 2)), f)
+
+
+def unwritable_home(w: World) -> dict[str, str]:
+    """HOME a folder of mode 0o500 (as root, who writes there anyway, a path below a regular file), and
+    MPLCONFIGDIR empty: matplotlib, which fastai imports, has no config folder of its own to write."""
+    home = w.root / "home"
+    home.mkdir(mode=0o500)
+    if os.access(home, os.W_OK):
+        (w.root / "home-file").write_text("not a folder")
+        home = w.root / "home-file" / "home"
+    return {"HOME": str(home), "MPLCONFIGDIR": "", "XDG_CONFIG_HOME": "", "XDG_CACHE_HOME": ""}
+
+
 # ---------------------------------------------------------------------------------------------- cases
 
 @dataclass
@@ -299,6 +325,7 @@ def load(*extra: str) -> Callable[[World], list[str]]:
 
 
 MODULES = {"recipe": "recipes.cli", "bench": "bench.cli"}
+DISK = "Disk and files"
 CASES = [
     # names
     Case("unknown-trick", run("baseline+mixupp"), "unknown recipe term 'mixupp'; did you mean 'mixup'"),
@@ -407,6 +434,14 @@ CASES = [
          "--until must be a finite number of seconds above 0, got -5", prog="bench", section=STORE_SECTION),
     Case("perf-parity-epochs-zero", lambda w: ["perf", "--parity-epochs", "0", "--results", str(w.results)],
          "--parity-epochs must be at least 1, got 0", prog="bench", section=STORE_SECTION),
+    # disk and files (issue 23; a full disk needs a small tmpfs: tests/test_disk_full.py)
+    Case("eval-model-whole-module-pickled", damaged_run(whole_model_saved),
+         "/runs/trained/model.pth' holds a pickled Python object (a whole model, as torch.save(model) writes), "
+         "not the state_dict", subprocess=True, section=DISK),
+    Case("eval-model-plain-pickle", damaged_run(plain_pickle),
+         "/runs/trained/model.pth' (UnpicklingError: Weights only load failed)", subprocess=True, section=DISK),
+    Case("home-read-only", run("baseline+mixupp"), "unknown recipe term 'mixupp'", subprocess=True,
+         env=unwritable_home, section=DISK),
 ]
 
 

@@ -285,3 +285,71 @@ def test_bench_report_readme_on_a_full_disk_keeps_the_readme(disk, tmp_path, cap
                  "--readme", str(readme))
     assert_one_line(code, capsys.readouterr().err, readme, prog="bench")
     assert readme.read_bytes() == before
+
+
+# ---- the mode of what is written: what the umask gives a new file, not mkstemp's 0600 ----
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_the_files_written_have_the_mode_the_umask_gives(umask, mode, data, tmp_path, capsys, one_torch_thread):
+    from bench.report import replace_between_markers
+
+    previous = os.umask(umask)
+    try:
+        out = tmp_path / "run"
+        assert recipe(*run_args(data, out, 1)) == 0
+        results = tmp_path / "results"
+        Store(results).add(record())
+        append_result(results / "full.jsonl", full_record(0))
+        assert bench("report", "--results", str(results), "--results-file", str(results / "full.jsonl")) == 0
+        readme = tmp_path / "README.md"
+        readme.write_text("<!-- full-budget:start -->\n<!-- full-budget:end -->\n")
+        readme.chmod(0o640)  # a file replaced keeps its own mode
+        replace_between_markers(readme, "a table\n")
+    finally:
+        os.umask(previous)
+    capsys.readouterr()
+    written = sorted(out.iterdir()) + sorted(results.iterdir())
+    names = {p.name for p in written}
+    assert {"config.json", "metrics.csv", "model.pth", "result.json", "curves.png", "results.sqlite", "full.jsonl",
+            "report.md"} <= names
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: oct(mode) for p in written}
+    assert stat.S_IMODE(readme.stat().st_mode) == 0o640 and "a table" in readme.read_text()
+
+
+# ---- matplotlib with a HOME that cannot be written ----
+
+def unwritable_home(tmp_path: Path) -> Path:
+    """A HOME that cannot be written: a folder of mode 0o500, or as root (who writes there anyway) a path below a
+    regular file."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o500)
+    if not os.access(home, os.W_OK):
+        return home
+    (tmp_path / "a-file").write_text("not a folder")
+    return tmp_path / "a-file" / "home"
+
+
+def recipe_process(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HOME": str(unwritable_home(tmp_path)), "MPLCONFIGDIR": "", "TMPDIR": str(tmp_path / "tmp"),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    for k in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        env.pop(k, None)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "recipes.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+
+
+def test_a_run_with_a_read_only_home_prints_no_matplotlib_warning(data, tmp_path):
+    proc = recipe_process(tmp_path, *run_args(data, tmp_path / "run", 1))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    folder = tmp_path / "tmp" / f"fastai-tricks-matplotlib-{os.getuid()}"  # kept: the font cache is built once
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and list(folder.glob("fontlist-*.json"))
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+
+
+def test_bad_input_with_a_read_only_home_is_one_line(data, tmp_path):
+    proc = recipe_process(tmp_path, *run_args(data, tmp_path / "run", 1)[:1], "baseline+mixupp",
+                          *run_args(data, tmp_path / "run", 1)[2:])
+    assert proc.returncode == 2
+    assert proc.stderr == "recipe: error: unknown recipe term 'mixupp'; did you mean 'mixup', 'klmixup'?\n"
