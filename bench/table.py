@@ -1,9 +1,10 @@
 """The ablation table: every row of the notes as a recipe (`bench/ablations.toml`), checked. The recipe
 of a row under a budget is `bench.budgets`.
 
-`load_table()` reads the TOML into `Row`s and `Conclusion`s and refuses, with one line naming the row,
-anything the bench could not replay or report: duplicate ids, unknown baseline or row references, a
-bad status or kind, a measured row without numbers, a recipe that does not parse.
+`load_table()` reads the TOML into `Row`s and `Conclusion`s and refuses, with one line naming the table's
+file and line and the row, anything the bench could not replay or report: duplicate ids, unknown
+baseline or row references, a bad status or kind, a measured row without numbers, a recipe that does not
+parse (an unknown recipe term among them). A table of your own (`bench ... --table PATH`) is read the same way.
 """
 from __future__ import annotations
 
@@ -75,10 +76,40 @@ def load_table(path: Path | None = None) -> tuple[list[Row], list[Conclusion]]:
     for key in ("row", "conclusion"):
         if not isinstance(doc.get(key, []), list):
             raise ConfigError(f"ablation table {path}: '{key}' must be an array of tables, [[{key}]]")
-    rows = [_row(entry, i) for i, entry in enumerate(doc.get("row", []))]
-    conclusions = [_conclusion(entry, i) for i, entry in enumerate(doc.get("conclusion", []))]
-    _check(rows, conclusions)
+    text = path.read_text(encoding="utf-8")
+    row_at = lambda i: _located(path, _header_lines(text, "row"), i)
+    conclusion_at = lambda i: _located(path, _header_lines(text, "conclusion"), i)
+    rows = [_at(row_at(i), _row, entry, i) for i, entry in enumerate(doc.get("row", []))]
+    conclusions = [_at(conclusion_at(i), _conclusion, entry, i) for i, entry in enumerate(doc.get("conclusion", []))]
+    ids: dict[str, Row] = {}
+    for i, row in enumerate(rows):
+        _at(row_at(i), _check_one_row, row, ids)
+    for i, row in enumerate(rows):
+        if row.baseline is not None and row.baseline not in ids:
+            raise ConfigError(f"{row_at(i)}row '{row.id}': baseline '{row.baseline}' is not a row id")
+    seen: set[str] = set()
+    for i, c in enumerate(conclusions):
+        _at(conclusion_at(i), _check_conclusion, c, ids, seen)
     return rows, conclusions
+
+
+def _header_lines(text: str, key: str) -> list[int]:
+    """The line numbers (from 1) of the `[[key]]` headers of a TOML text, in order."""
+    header = re.compile(rf"^\s*\[\[\s*{key}\s*\]\]\s*(#.*)?$")
+    return [n for n, line in enumerate(text.splitlines(), 1) if header.match(line)]
+
+
+def _located(path: Path, lines: list[int], i: int) -> str:
+    """'PATH, line N: ' for the i-th entry, or 'PATH: ' when its header line is not found."""
+    return f"{path}, line {lines[i]}: " if i < len(lines) else f"{path}: "
+
+
+def _at(where: str, check, *args):
+    """`check(*args)`, its ConfigError prefixed with `where` (the table's file and line)."""
+    try:
+        return check(*args)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
 
 
 def _entry(entry: Any, i: int, what: str, keys: tuple[str, ...], required: tuple[str, ...]) -> str:
@@ -120,34 +151,30 @@ def _conclusion(entry: Any, i: int) -> Conclusion:
     return Conclusion(**{k: entry[k] for k in CONCLUSION_KEYS})
 
 
-def _check(rows: list[Row], conclusions: list[Conclusion]) -> None:
-    ids: dict[str, Row] = {}
-    for row in rows:
-        _check_row(row)
-        if row.id in ids:
-            raise ConfigError(f"row '{row.id}' is defined twice; row ids must be unique")
-        ids[row.id] = row
-    for row in rows:
-        if row.baseline is not None and row.baseline not in ids:
-            raise ConfigError(f"row '{row.id}': baseline '{row.baseline}' is not a row id")
-    seen: set[str] = set()
-    for c in conclusions:
-        if c.id in seen:
-            raise ConfigError(f"conclusion '{c.id}' is defined twice; conclusion ids must be unique")
-        seen.add(c.id)
-        if not SECTION.match(c.section):
-            raise ConfigError(f"conclusion '{c.id}': section '{c.section}' must look like S1, S12")
-        if c.expect not in EXPECTS:
-            raise ConfigError(f"conclusion '{c.id}': expect '{c.expect}' must be one of {', '.join(EXPECTS)}")
-        if not c.text.strip():
-            raise ConfigError(f"conclusion '{c.id}': 'text' must give the notes' words")
-        for ref in (c.row, c.versus):
-            if ref not in ids:
-                raise ConfigError(f"conclusion '{c.id}': '{ref}' is not a row id")
-            if ids[ref].status == "inexpressible":
-                raise ConfigError(f"conclusion '{c.id}': row '{ref}' is inexpressible, so it cannot be compared")
-        if c.row == c.versus:
-            raise ConfigError(f"conclusion '{c.id}' compares row '{c.row}' with itself; name two rows")
+def _check_one_row(row: Row, ids: dict[str, Row]) -> None:
+    _check_row(row)
+    if row.id in ids:
+        raise ConfigError(f"row '{row.id}' is defined twice; row ids must be unique")
+    ids[row.id] = row
+
+
+def _check_conclusion(c: Conclusion, ids: dict[str, Row], seen: set[str]) -> None:
+    if c.id in seen:
+        raise ConfigError(f"conclusion '{c.id}' is defined twice; conclusion ids must be unique")
+    seen.add(c.id)
+    if not SECTION.match(c.section):
+        raise ConfigError(f"conclusion '{c.id}': section '{c.section}' must look like S1, S12")
+    if c.expect not in EXPECTS:
+        raise ConfigError(f"conclusion '{c.id}': expect '{c.expect}' must be one of {', '.join(EXPECTS)}")
+    if not c.text.strip():
+        raise ConfigError(f"conclusion '{c.id}': 'text' must give the notes' words")
+    for ref in (c.row, c.versus):
+        if ref not in ids:
+            raise ConfigError(f"conclusion '{c.id}': '{ref}' is not a row id")
+        if ids[ref].status == "inexpressible":
+            raise ConfigError(f"conclusion '{c.id}': row '{ref}' is inexpressible, so it cannot be compared")
+    if c.row == c.versus:
+        raise ConfigError(f"conclusion '{c.id}' compares row '{c.row}' with itself; name two rows")
 
 
 def _check_row(row: Row) -> None:

@@ -40,7 +40,7 @@ class Recipe:
     normalize: str = param("dataset", choices=("dataset", "cifar", "half", "none"))
     # model
     model: str = "resnet20"
-    shortcut: str = param("conv1x1", choices=("conv1x1", "conv3x3"))
+    shortcut: str = param("conv1x1", choices=("conv1x1", "conv3x3", "pad"))  # pad: option A, CIFAR ResNets only
     bn_momentum: float | None = param(None, low=0, high=1)  # None = torch's 0.1
     zero_init_last: bool = True  # zero-init the last BN gamma of every residual branch
     stem: str = param("default", choices=("default", "conv3x3s2", "conv3x3s2-nomaxpool",

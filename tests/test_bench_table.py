@@ -17,6 +17,9 @@ from bench.table import Row, load_table, select, status_counts
 from recipes.build import build_tricks, model_for
 from recipes.parse import parse_recipe
 from tricks.errors import ConfigError
+from bench.cli import main
+from tests.fixtures import cifar10_jpeg_folder
+from tricks.models import create_model
 
 ACCURACY = re.compile(r"(?<![\d.])\d{2,}\.\d+(?![\d.])")  # every accuracy in the notes: 54.29 ... 94.15
 GROUP = re.compile(r"(?<![\w./-])\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)+(?![\w./])")  # a/b/c of plain numbers
@@ -327,3 +330,95 @@ def test_validation_errors_name_the_row(tmp_path, text, message):
 def test_a_missing_table_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_table(tmp_path / "nope.toml")
+
+
+# --------------------------------------------------------------------------- tables of your own (--table)
+README = Path(__file__).resolve().parents[1] / "README.md"
+HE2016 = Path(__file__).resolve().parents[1] / "bench" / "he2016.toml"
+
+
+def own_table() -> str:
+    """The README's example table (between its own-table markers)."""
+    block = README.read_text(encoding="utf-8").split("<!-- own-table:start -->")[1].split("<!-- own-table:end -->")[0]
+    return block.split("```toml\n")[1].split("```")[0]
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("baseline:model=resnet8+mixup:alpha=0.2", "baseline:model=resnet8+mixupp:alpha=0.2",
+     "my-table.toml, line 9: row 'S1.mixup': recipe 'baseline:model=resnet8+mixupp:alpha=0.2' does not parse"),
+    ('versus = "S1.base"', 'versus = "S1.basis"', "my-table.toml, line 25: conclusion 'S1.mixup-helps': "
+                                                  "'S1.basis' is not a row id"),
+    ('id = "S1.lsmooth"', 'id = "S1.mixup"', "my-table.toml, line 17: row 'S1.mixup' is defined twice"),
+])
+@pytest.mark.parametrize("command", ["list", "replay", "report", "decide"])
+def test_a_malformed_own_table_is_one_line_naming_its_line(tmp_path, capsys, old, new, message, command):
+    table = tmp_path / "my-table.toml"
+    table.write_text(own_table().replace(old, new), encoding="utf-8")
+    results = tmp_path / "results"
+    argv = [command, "--table", str(table)] + (["--results", str(results)] if command != "list" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not results.exists()  # refused before anything is written
+
+
+def test_the_readme_own_table_is_decided_at_the_smoke_budget_on_an_image_folder(tmp_path, capsys):
+    table = tmp_path / "my-table.toml"
+    table.write_text(own_table(), encoding="utf-8")
+    folder = cifar10_jpeg_folder(tmp_path / "my-images")
+    argv = ["decide", "--table", str(table), "--data", str(folder), "--dataset", "folder", "--budget", "smoke",
+            "--max-seeds", "3", "--results", str(tmp_path / "my-results")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("| S1.mixup-helps"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["mixup helps on my data", "better than S1.base"]
+    assert cells[4] in ("confirmed", "contradicted", "undecided") and 2 <= int(cells[5]) <= 3
+    assert "they are not conclusions" in out
+    assert (tmp_path / "my-results" / "decide.md").read_text() in out
+    assert main(argv) == 0  # decided: a second call trains nothing
+    assert "ran 0, failed 0" in capsys.readouterr().out
+
+
+def test_he2016_table_holds_table_6_in_the_papers_setting():
+    rows, conclusions = load_table(HE2016)
+    depths = (20, 32, 44, 56, 110)
+    assert [r.id for r in rows] == [f"S1.resnet{d}" for d in depths]
+    assert [r.noted for r in rows] == [(91.25,), (92.49,), (92.83,), (93.03,), (93.57,)]  # 100 - 8.75, ..., 6.43
+    for row, depth in zip(rows, depths):
+        recipe = row_recipe(row, "full", 0)
+        assert (recipe.model, recipe.shortcut, recipe.zero_init_last) == (f"resnet{depth}", "pad", False)
+        assert (recipe.bs, recipe.lr, recipe.wd, recipe.momentum, recipe.epochs) == (128, 0.1, 1e-4, 0.9, 164)
+        assert (recipe.crop_pad, recipe.flip, recipe.resize_crop) == (4, True, False)
+        assert dict(recipe.tricks)["stepdecay"] == (("at", "82/123"), ("gamma", 0.1), ("warmup", True))
+        assert recipe.warmup_epochs == (1.03 if depth == 110 else 0)
+    assert row_recipe(rows[-1], "full", 0).warmup_start_lr == 0.01
+    assert [(c.row, c.versus, c.expect) for c in conclusions] == [
+        (f"S1.resnet{b}", f"S1.resnet{a}", "better") for a, b in zip(depths, depths[1:])]
+
+
+@pytest.mark.parametrize("depth, millions", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7)])
+def test_option_a_nets_have_the_papers_parameter_counts(depth, millions):
+    """Table 6's '# params' column, which only the parameter-free option A shortcut gives."""
+    model = create_model(f"resnet{depth}", num_classes=10, shortcut="pad")
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert round(count, 2 if millions < 1 else 1) == millions
+
+
+def test_option_a_shortcut_subsamples_and_pads_zero_channels():
+    model = create_model("resnet20", num_classes=10, shortcut="pad")
+    shortcut = model.stages[1][0].shortcut
+    x = torch.randn(2, 16, 8, 8)
+    y = shortcut(x)
+    assert y.shape == (2, 32, 4, 4)
+    assert torch.equal(y[:, 8:24], x[:, :, ::2, ::2])
+    assert not y[:, :8].any() and not y[:, 24:].any()
+    assert not list(shortcut.parameters())
+
+
+def test_he2016_rows_run_at_the_smoke_budget(tmp_path, capsys):
+    folder = cifar10_jpeg_folder(tmp_path / "images")
+    argv = ["replay", "--table", str(HE2016), "--budget", "smoke", "--data", str(folder), "--dataset", "folder",
+            "--results", str(tmp_path / "results")]
+    assert main(argv) == 0
+    assert "ran 5" in capsys.readouterr().out

@@ -10,8 +10,10 @@ max-pool, widths 64-512); the CIFAR nets have a 3x3 stride-1 stem and widths 16-
 Choices, fixed here so that parameter counts and surgery are predictable:
 
 - Shortcuts are identity unless the shape changes, then a projection with stride s: a 1x1 conv
-  (`shortcut='conv1x1'`, the paper's option B) or a 3x3 conv (`'conv3x3'`). Not the parameter-free
-  option A the v1 paper used on CIFAR. In v1 the projection is conv + BN, as in torchvision. In the
+  (`shortcut='conv1x1'`, the paper's option B) or a 3x3 conv (`'conv3x3'`); or `'pad'`, the
+  parameter-free option A the v1 paper used on CIFAR (section 4.2: "identity shortcuts in all cases"
+  with "extra zero entries padded for increasing dimensions"): every s-th pixel of x, its new channels
+  zero, half before and half after (`PadShortcut`). In v1 the projection is conv + BN, as in torchvision. In the
   pre-activation blocks (v2 and WRN) it is a conv alone applied to the pre-activated input BN-ReLU(x),
   as in the reference implementations (fb.resnet.torch preresnet.lua, szagoruyko/wide-residual-networks);
   an identity shortcut carries x itself.
@@ -41,7 +43,8 @@ from torch import nn
 from tricks.errors import ConfigError
 from tricks.models import MODELS
 
-SHORTCUTS = ("conv1x1", "conv3x3")
+PROJECTIONS = ("conv1x1", "conv3x3")  # the shortcuts that are a conv (every model family with shortcuts)
+SHORTCUTS = PROJECTIONS + ("pad",)  # 'pad': option A, the CIFAR nets of this module only
 CIFAR_WIDTHS = (16, 16, 32, 64)  # stem, stage 1, stage 2, stage 3
 WRN_PATTERN = re.compile(r"wrn(\d+)_(\d+)")
 
@@ -50,10 +53,28 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
 
 
-def projection(cin: int, cout: int, stride: int, kind: str, bn: bool) -> nn.Sequential:
-    """The shortcut when the shape changes: 1x1 or 3x3 conv with stride `stride`, BN if `bn`."""
+class PadShortcut(nn.Module):
+    """Option A of He et al. 2016: x[:, :, ::stride, ::stride] with (cout - cin) zero channels, half before and
+    half after (the odd one after); no parameters. Written by hand: torch has no such layer
+    (`torch.nn.functional.pad` does the padding)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        if cout < cin:
+            raise ConfigError(f"shortcut 'pad' cannot shrink {cin} channels to {cout}")
+        self.stride, self.before, self.after = stride, (cout - cin) // 2, cout - cin - (cout - cin) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, self.before, self.after))
+
+
+def projection(cin: int, cout: int, stride: int, kind: str, bn: bool) -> nn.Module:
+    """The shortcut when the shape changes: 1x1 or 3x3 conv with stride `stride`, BN if `bn`; or option A."""
     if kind not in SHORTCUTS:
         raise ConfigError(f"unknown shortcut '{kind}'; allowed: {', '.join(SHORTCUTS)}")
+    if kind == "pad":
+        return PadShortcut(cin, cout, stride)
     k = 1 if kind == "conv1x1" else 3
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False)]
     if bn:

@@ -34,7 +34,7 @@ import timm
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.models.cifar_resnet import SHORTCUTS
+from tricks.models.cifar_resnet import PROJECTIONS
 from tricks.registry import unknown_name_message
 
 TIMM_PREFIX = "timm:"
@@ -53,8 +53,8 @@ def create_timm_model(name: str, *, num_classes: int, in_chans: int = 3, stem: s
         raise ConfigError(unknown_name_message("timm model", name, timm.list_models()))
     if stem not in STEMS:
         raise ConfigError(f"unknown stem '{stem}'; allowed: {', '.join(STEMS)}")
-    if shortcut not in SHORTCUTS:
-        raise ConfigError(f"unknown shortcut '{shortcut}'; allowed: {', '.join(SHORTCUTS)}")
+    if shortcut not in PROJECTIONS:  # option A ('pad') is the CIFAR nets' only
+        raise ConfigError(f"unknown shortcut '{shortcut}' for a timm model; allowed: {', '.join(PROJECTIONS)}")
     kwargs = {"zero_init_last": zero_init_last, "drop_rate": drop_rate}
     while True:
         try:
