@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from fixtures import pixels, write_cifar10, write_image
+from fixtures import make_tar, pixels, plant_code, write_cifar10, write_cifar100, write_image, write_zeros_tar_gz
 
 SENTINEL = bytes(random.Random(7).randbytes(256))
 
@@ -176,6 +176,58 @@ def a_file(w: World, name: str = "a-plain-file") -> Path:
     return w.root / name
 
 
+def one_class_folder(w: World) -> Path:
+    root = w.root / "bad" / "one-class"
+    for split in ("train", "test"):
+        (root / split / "cat").mkdir(parents=True)
+        write_image(root / split / "cat" / "0.png", pixels(1, 3, 32, 32)[0])
+    return root
+
+
+def jpeg_with_garbage_body(w: World) -> Path:
+    """An image folder whose train/a/1.jpg keeps a real JPEG's headers (through the SOS marker) but has random bytes
+    for the compressed body: libjpeg prints its own 'Corrupt JPEG data' line, then fails."""
+    from torchvision.io import encode_jpeg
+
+    root = image_folder(w, {"train/a": [32], "train/b": [32], "test/a": [32], "test/b": [32]}, "garbage-jpeg")
+    jpeg = bytes(encode_jpeg(pixels(1, 3, 32, 32)[0]).numpy())
+    sos = jpeg.index(b"\xff\xda")
+    body = sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+    (root / "train" / "a" / "1.jpg").write_bytes(jpeg[:body] + random.Random(0).randbytes(600) + b"\xff\xd9")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- an attacker's data
+
+def code_in(file: str, dataset: str = "cifar10") -> Callable[[World], Path]:
+    """A copy of the valid data whose pickle `file` also holds a call that writes <root>/pwned when unpickled (so the
+    snapshot would show it had run)."""
+
+    def make(w: World) -> Path:
+        if dataset == "cifar10":
+            bad = copy_cifar(w, f"code-in-{file}")
+        else:
+            bad = w.root / "bad" / f"code-in-{file}" / "cifar-100-python"
+            write_cifar100(bad, n_train=4, n_test=2)
+        plant_code(bad / file, w.root / "pwned")
+        return bad
+
+    return make
+
+
+def packed(make: Callable[[World], Path]) -> Callable[[World], Path]:
+    return lambda w: make_tar(make(w), w.root / "bad" / "evil.tar.gz")
+
+
+def zeros_bomb(*members: tuple[str, int]) -> Callable[[World], Path]:
+    """The valid data plus zero-filled members (1 MiB of .tar.gz for each GiB), in one .tar.gz."""
+    def make(w: World) -> Path:
+        (w.root / "bad").mkdir(exist_ok=True)
+        return write_zeros_tar_gz(w.root / "bad" / "bomb.tar.gz", list(members), w.data)
+
+    return make
+
+
 # ---------------------------------------------------------------------------------------------- run folders
 
 @pytest.fixture(scope="module")
@@ -325,6 +377,7 @@ def load(*extra: str) -> Callable[[World], list[str]]:
 
 
 MODULES = {"recipe": "recipes.cli", "bench": "bench.cli"}
+SECURITY = "Security: an attacker's data file (no code runs, no disk fills)"
 DISK = "Disk and files"
 CASES = [
     # names
@@ -401,6 +454,31 @@ CASES = [
     Case("full-width-digits-in-recipe", run("baseline+mixup:alpha=\uff10.\uff13"),
          "has the non-ASCII character '\uff10' (U+FF10) at position 22; write recipes in ASCII only"),
     Case("full-width-digit-option", run("baseline", "--seed", "\uff13"), "argument --seed: invalid int value: '\uff13'"),
+    # issue 23: data
+    Case("one-class-dataset", run("baseline", data=one_class_folder, dataset="folder"),
+         "one-class' holds 1 class ('cat'); a classifier needs at least two"),
+    Case("jpeg-with-garbage-body", run("baseline", data=jpeg_with_garbage_body, dataset="folder"),
+         "garbage-jpeg/train/a/1.jpg': Unsupported marker type 0x8b; replace or remove it", subprocess=True),
+    # issue 23: an attacker's data file runs no code and fills no disk
+    Case("data_batch_1-calls-exec-refused", run("baseline", data=code_in("data_batch_1")),
+         "code-in-data_batch_1/cifar-10-batches-py/data_batch_1': it asks to load '__builtin__.exec'",
+         section=SECURITY),
+    Case("batches.meta-calls-exec-refused", run("baseline", data=code_in("batches.meta")),
+         "cifar-10-batches-py/batches.meta': it asks to load '__builtin__.exec', which no CIFAR file holds",
+         section=SECURITY),
+    Case("tar.gz-whose-data_batch_1-calls-exec-refused", run("baseline", data=packed(code_in("data_batch_1"))),
+         "cifar-10-batches-py/data_batch_1': it asks to load '__builtin__.exec'", section=SECURITY),
+    Case("cifar100-meta-calls-exec-refused", run("baseline", data=code_in("meta", "cifar100"), dataset="cifar100"),
+         "cifar-100-python/meta': it asks to load '__builtin__.exec'", section=SECURITY),
+    Case("tar.gz-member-of-1-GiB-of-zeros-refused",
+         run("baseline", data=zeros_bomb(("cifar-10-batches-py/zeros.bin", (1 << 30) + 1))),
+         "member 'cifar-10-batches-py/zeros.bin' is 1,073,741,825 bytes, over the 1,073,741,824 allowed for one "
+         "member",
+         section=SECURITY),
+    Case("tar.gz-of-1.2-GiB-of-zeros-refused",
+         run("baseline", data=zeros_bomb(("cifar-10-batches-py/z1", 600 << 20),
+                                         ("cifar-10-batches-py/z2", 600 << 20))),
+         "would extract to more than 1,073,741,824 bytes (at member 'cifar-10-batches-py/z2')", section=SECURITY),
     # issue 23: the results store and file
     Case("store-runs-replaced-by-a-view",
          bench("report", results=foreign_store("ALTER TABLE runs RENAME TO runs_data",

@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import tarfile
 from pathlib import Path
 
@@ -95,12 +96,19 @@ def as_numpy1(file: Path) -> None:
     file.write_bytes(file.read_bytes().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
 
 
+def write_empty_batch(file: Path) -> None:
+    """A CIFAR batch of no images: its empty array's data is b'', which protocol 2 pickles as `bytes()`."""
+    with open(file, "wb") as f:
+        pickle.dump({b"labels": [], b"data": np.zeros((0, 3072), np.uint8)}, f, protocol=2)
+
+
 def test_the_allowed_globals_are_exactly_those_cifar_files_name(tmp_path):
     write_cifar10(tmp_path / "c10", per_batch=2, n_test=2)
     write_cifar100(tmp_path / "c100", n_train=4, n_test=2)
+    write_empty_batch(tmp_path / "c10" / "empty_batch")
     named = set().union(*(globals_named(f) for f in [*(tmp_path / "c10").iterdir(), *(tmp_path / "c100").iterdir()]))
     assert named == {("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
-                     ("_codecs", "encode")}
+                     ("_codecs", "encode"), ("__builtin__", "bytes")}
     as_numpy1(tmp_path / "c10" / "data_batch_1")
     assert ("numpy.core.multiarray", "_reconstruct") in globals_named(tmp_path / "c10" / "data_batch_1")
     assert set(CIFAR_PICKLE_GLOBALS) == named | {("numpy.core.multiarray", "_reconstruct")}
@@ -118,7 +126,8 @@ def load_both_ways(file: Path) -> tuple[dict, dict]:
 def test_real_format_files_read_bit_for_bit_as_a_plain_load_does(tmp_path, data_env, numpy1):
     c10, c100 = tmp_path / "cifar-10-batches-py", tmp_path / "cifar-100-python"
     expected10, expected100 = write_cifar10(c10), write_cifar100(c100, n_train=20, n_test=10)
-    files = [*c10.iterdir(), *c100.iterdir()]
+    write_empty_batch(tmp_path / "empty_batch")
+    files = [*c10.iterdir(), *c100.iterdir(), tmp_path / "empty_batch"]
     for file in files if numpy1 else []:
         as_numpy1(file)
     for file in files:
@@ -137,11 +146,16 @@ def test_real_format_files_read_bit_for_bit_as_a_plain_load_does(tmp_path, data_
                                                                                    expected100["test"][1])
 
 
-def test_a_codec_other_than_latin1_is_refused(tmp_path):
-    """`_codecs.encode` is allowed for the one call protocol 2 makes for bytes; no other codec."""
+@pytest.mark.parametrize("call, message", [
+    (b"c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R", "only 'latin1' makes bytes"),
+    (b"c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R", "only bytes() makes b''"),  # bytes(2**30): 1 GiB
+])
+def test_the_calls_for_bytes_take_no_other_arguments(tmp_path, call, message):
+    """`_codecs.encode` and `bytes` are allowed for the calls protocol 2 makes for bytes, with no other codec and
+    no size."""
     file = tmp_path / "data_batch_1"
-    file.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R.")
-    with pytest.raises(pickle.UnpicklingError, match="only 'latin1' makes bytes"):
+    file.write_bytes(b"\x80\x02" + call + b".")
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(message)):
         with open(file, "rb") as f:
             CifarUnpickler(f, encoding="bytes").load()
 

@@ -147,9 +147,16 @@ def _latin1(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
+def _empty_bytes(*args) -> bytes:
+    """`bytes()` as protocol-2 pickles of b'' call it (an empty array's data), with no argument and so no size."""
+    if args:
+        raise pickle.UnpicklingError(f"bytes called with {len(args)} argument(s) (only bytes() makes b'')")
+    return b""
+
+
 # The only globals a CIFAR pickle names (checked with `pickletools.dis` on torchvision's files, written by Python 2
 # and NumPy 1, and on files written by Python 3 and NumPy 2): NumPy's array reconstruction under both of NumPy's
-# module names, the array and dtype types, and the codec call that protocol 2 uses for bytes under Python 3.
+# module names, the array and dtype types, and the calls that protocol 2 uses for bytes under Python 3.
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct, whichever this NumPy has
 CIFAR_PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
@@ -157,6 +164,7 @@ CIFAR_PICKLE_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _empty_bytes,
 }
 
 
