@@ -189,7 +189,7 @@ def test_lr_schedules_scale_every_group_from_its_own_base_lr(schedule, dls, one_
 
 # a refused fit undoes every surgery; a second fit changes nothing
 
-@pytest.mark.parametrize("refusal", ["two lr schedules", "a trick that does not apply"])
+@pytest.mark.parametrize("refusal", ["two lr schedules", "ema holding the lr", "a trick that does not apply"])
 def test_a_refused_fit_leaves_the_model_as_it_was(refusal, dls, one_torch_thread):
     learn = Learner(dls, tiny_model(dls.c), splitter=two_groups)
     learn.create_opt()
@@ -197,6 +197,10 @@ def test_a_refused_fit_leaves_the_model_as_it_was(refusal, dls, one_torch_thread
     if refusal == "two lr schedules":
         with pytest.raises(ConfigError, match="two lr schedules: SGDR and ParamScheduler both set the lr"):
             learn.fit_one_cycle(1, cbs=[FinalBN(), RotationHead(), SGDR()])
+    elif refusal == "ema holding the lr":
+        with pytest.raises(ConfigError, match="ema mode=noschedule holds the lr at the peak, which overrides "
+                                              "ParamScheduler; drop one of them"):
+            learn.fit_one_cycle(1, cbs=[FinalBN(), RotationHead(), EMA(mode="noschedule", peak_lr=1e-2)])
     else:
         with pytest.raises(ConfigError, match="trick 'lastbn' cannot change model Sequential"):
             learn.fit(1, cbs=[FinalBN(), RotationHead(), LastBN(on=False)])

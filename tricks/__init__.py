@@ -18,6 +18,29 @@ first), whatever order a recipe names them in:
 | 60 | before_batch: lr | the schedule (warmup + cosine, SGDR or step decay; at most one) |
 | 65 | before_fit: optimizer | lookahead wraps the optimizer |
 | 70 | after_step: weights | EMA of the weights |
+
+The weight, lr-schedule and model tricks beside fastai's own callbacks, schedules and learners (tested in
+`tests/test_beside_fastai_model.py`). Averaged weights are the model's weights wherever fastai evaluates, saves or
+stops: EMA's average is in the model from before_validate to EMA's own after_epoch (order 70), so
+`SaveModelCallback` and `EarlyStoppingCallback` (61) save and stop on the weights whose score they read, and the
+model ends on the average after the last epoch, an early stop or a cancel (Lookahead: the fast weights, evaluated,
+saved and kept alike). Optimizer rebuilds (finalbn, lastbn, rotation) keep every param group's hyper-parameters
+(the discriminative lrs of `fit(n, slice(...))` and `fine_tune`, wd, momentum) and `freeze`; new parameters join
+the group the Learner's splitter gives them (vision_learner: the head's). The lr schedules set the last group's
+lr and scale every other group by its ratio to it at before_fit, as fastai's do. Model surgery is recorded on the
+model (`tricks.surgery.surgeries_made`): a second fit with the same trick, a new callback or the same, changes
+nothing; with other settings it is refused. Any trick's refusal at before_fit (one line naming both, under
+fastai's "Exception occured in `X` when calling event `before_fit`" line) first undoes the surgery of that fit
+(`tricks.surgery.undone_on_refusal`). The structural tricks find the blocks inside `vision_learner` bodies
+(fastai XResNet, timm and torchvision ResNets).
+
+| trick | `MixedPrecision` | `GradientAccumulation` | `SaveModelCallback` / `EarlyStoppingCallback` | `ParamScheduler` (`fit_one_cycle`, `fit_flat_cos`, `fine_tune`) |
+|---|---|---|---|---|
+| EMA | composes | composes (averages once per real step) | saves / stops on the averaged weights | composes; mode=noschedule refused |
+| Lookahead | composes | composes (k counts real steps) | fast weights evaluated, saved, kept | composes (hyper-parameters reach the SGD) |
+| FinalBN, LastBN, RotationHead | composes | composes (rotation loss scaled as the main loss) | composes | composes: groups, lrs and freeze kept |
+| ResidualDropout, FCDropout, LastGamma, BNMomentum, LeakyReLUSwap, SwishSwap | composes | composes | composes | composes |
+| SGDR, StepDecay | composes | composes | composes | refused (two lr schedules: use `fit`) |
 """
 from tricks.activation import LeakyReLUSwap, SwishSwap
 from tricks.bn_momentum import BNMomentum

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import torch
 from fastai.callback.core import Callback
-from fastai.callback.schedule import LRFinder
+from fastai.callback.schedule import LRFinder, ParamScheduler
 from fastai.torch_core import norm_bias_params
 from timm.utils.model_ema import ModelEmaV3
 
 from tricks.errors import ConfigError
 from tricks.registry import TRICKS, Param, register_trick
-from tricks.schedules import lr_ratios, set_lr
+from tricks.schedules import LRSchedule, lr_ratios, set_lr
+from tricks.surgery import undone_on_refusal
 
 MODES = ("plain", "lr_wd", "noschedule")
 
@@ -67,6 +68,17 @@ def decay_ema_weights(params: list[torch.Tensor], lr: float, wd: float) -> None:
     """ema <- ema - lr * wd * ema, for each tensor (the lr_wd mode)."""
     for p in params:
         p.sub_(p, alpha=lr * wd)
+
+
+def refuse_other_schedules(cbs) -> None:
+    """mode=noschedule holds the lr at the peak in place of the recipe's warmup + cosine (a plain `LRSchedule`);
+    beside any other lr schedule -- fastai's `ParamScheduler` (fit_one_cycle, fit_flat_cos, fine_tune), SGDR,
+    step decay -- one of the two would be lost: a ConfigError naming both."""
+    other = next((cb for cb in cbs if (isinstance(cb, ParamScheduler) and "lr" in cb.scheds)
+                  or (isinstance(cb, LRSchedule) and type(cb) is not LRSchedule)), None)
+    if other is not None:
+        raise ConfigError(f"ema mode=noschedule holds the lr at the peak, which overrides {type(other).__name__}; "
+                          "drop one of them (use fit, not fit_one_cycle / fit_flat_cos / fine_tune)")
 
 
 def build_ema(recipe, *, decay: float, eval: bool, every: int, mode: str, wd: float) -> "EMA":
@@ -116,6 +128,9 @@ class EMA(Callback):
         self.active = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
         if not self.active:  # lr_find puts the model back itself; the average of a real fit stays
             return
+        if self.mode == "noschedule":
+            with undone_on_refusal(self.learn):
+                refuse_other_schedules(self.learn.cbs)
         model = self.learn.model
         self.lr_ratios = lr_ratios(self.learn.opt) if self.learn.opt is not None else None
         self.average = ModelEmaV3(model, decay=self.decay)
