@@ -12,7 +12,7 @@
                                                                  seeds only where a conclusion is still open
     list, replay, report and decide take --table PATH: an ablation table of your own (bench/ablations.toml's format)
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
-    bench perf   [--quick] [--results DIR] [--data PATH] [--device D]
+    bench perf   [--quick] [--results DIR] [--data PATH] [--device D] [--overhead]
                                                                  the trainer's cost over a plain loop, and more
 
 Errors the user can fix print one line on stderr and exit with code 2.
@@ -167,6 +167,8 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> None:
     from bench.perf import run_perf, write_perf
     from recipes.build import resolve_device
 
+    if args.overhead:
+        return cmd_perf_overhead(args, console)
     if resolve_device(args.device).type == "cuda":
         return cmd_perf_cuda(args, console)
     if args.only:
@@ -182,6 +184,21 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> None:
     print(f"ratio 2, batched / torchvision augmentation, img/s: {a['ratio']:.1f} "
           f"({a['batched_images_per_second']:.0f} / {max(a['torchvision_images_per_second'].values()):.0f}); "
           f"share of a training step {100 * a['share_of_step']:.2f}% (goal < {100 * a['share_goal']:.0f}%)")
+
+
+def cmd_perf_overhead(args: argparse.Namespace, console: Console) -> None:
+    """The trainer's host work per step on a tiny model (`bench.overhead`): overhead.json, and the lines printed."""
+    from bench.overhead import FULL, QUICK, overhead_lines, run_overhead
+
+    if args.only:
+        raise UsageError("--only chooses among the GPU measurements; leave it out with --overhead")
+    result = run_overhead(args.device, QUICK if args.quick else FULL,
+                          log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_atomic(results / "overhead.json", json.dumps(result, indent=2) + "\n")
+    print("\n".join(overhead_lines(result)))
+    print(f"results: {results / 'overhead.json'}")
 
 
 def cmd_perf_cuda(args: argparse.Namespace, console: Console) -> None:
@@ -269,6 +286,8 @@ def build_parser() -> Parser:
     pf.add_argument("--dataset", default="cifar10")
     pf.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     pf.add_argument("--device", default="auto")
+    pf.add_argument("--overhead", action="store_true",
+                    help="only the trainer's host work per step against the plain loop, on a tiny model (no dataset)")
     pf.add_argument("--only", help="on a CUDA device: a comma list of speed, concurrency, parity, modes (default: all)")
     pf.add_argument("--parity-epochs", type=int, default=30, help="on a CUDA device: epochs of the bf16/fp32 parity runs")
     return parser

@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str, Any]:
+def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
+              make_model: Callable[[], torch.nn.Module] | None = None) -> dict[str, Any]:
     """The recipe's baseline training as the plainest PyTorch loop: no fastai, no callbacks.
 
     Same seed handling, loaders, model, SGD groups, per-iteration warmup + cosine lr and speed settings
@@ -97,6 +98,7 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str
     torch.compile in the same mode, fused SGD on CUDA, eager evaluation in `eval_bs` batches) as
     `recipes.fit.fit_one` (a recipe without tricks). Returns train images/s (training passes only),
     each epoch's training and evaluation seconds, per-epoch test accuracy and the final weights.
+    `make_model` builds the model in place of the recipe's (as `recipes.fit.fit_one`'s).
     """
     if recipe.tricks:
         raise ValueError("plain_fit replays recipes without tricks only")
@@ -105,7 +107,7 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device) -> dict[str
         raise ValueError("plain_fit runs fp32 and bf16 (fp16 needs a gradient scaler)")
     seed_everything(recipe.seed, device)
     dls = build_dataloaders(recipe, data, device)
-    model = build_model(recipe, data).to(device)
+    model = (make_model() if make_model is not None else build_model(recipe, data)).to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     if recipe.compile:

@@ -5,11 +5,15 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from fastai.callback.core import Callback, CancelEpochException, TrainEvalCallback, event
+from fastai.callback.core import (Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
+                                  CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
+                                  TrainEvalCallback, _inner_loop, event)
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
+from fastcore.basics import getcallable
+from fastcore.xtras import modify_exception
 from fastai.data.core import DataLoaders
 
 from recipes.recipe import Recipe
@@ -23,6 +27,9 @@ from tricks.registry import TRICKS
 from tricks.schedules import LRSchedule, warmup_cosine
 from tricks.surgery import check_surgery
 
+INNER_LOOP = frozenset(_inner_loop)  # fastai's batch-loop events
+CANCELS = (CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException, CancelStepException,
+           CancelTrainException, CancelValidException)  # what fastai's Callback.__call__ lets through unchanged
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -121,19 +128,57 @@ class TricksLearner(Learner):
         without that event's method answers through fastcore's `GetAttr.__getattr__` (the largest host cost
         of a batch in a profile of the trainer on the CPU). Here only the callbacks whose class (or
         instance) defines the event are called, in fastai's order (`cbs.sorted('order')`, cached while the
-        callbacks stay the same), each through `Callback.__call__` as fastai does; `after_fit` still reaches
-        every callback (it resets `Callback.run`)."""
-        if not hasattr(event, event_name):
-            raise Exception(f'missing {event_name}')
-        key = (event_name, tuple(map(id, self.cbs)))
+        callbacks stay the same); `after_fit` still reaches every callback (it resets `Callback.run`).
+        Outside the batch loop each goes through `Callback.__call__` as fastai does; inside it
+        (`batch_event`) the same decision without its per-call cost."""
+        key = (event_name, tuple(map(id, self.cbs.items)))
         cache = self.__dict__.setdefault("_dispatch", {})
-        if key not in cache:
+        plan = cache.get(key)
+        if plan is None:
+            plan = cache[key] = self.dispatch_plan(event_name)
             if len(cache) > 256:
                 cache.clear()
-            cache[key] = [cb for cb in self.cbs.sorted('order') if event_name == 'after_fit'
-                          or getattr(type(cb), event_name, None) is not None or event_name in vars(cb)]
-        for cb in cache[key]:
-            cb(event_name)
+        if event_name in INNER_LOOP:
+            self.batch_event(event_name, plan)
+        else:
+            for cb, _ in plan:
+                cb(event_name)
+
+    def dispatch_plan(self, event_name: str) -> list[tuple[Callback, bool]]:
+        """The callbacks `event_name` reaches, in fastai's order, each with whether `batch_event` may decide for
+        it (its `__call__` is fastai's and it has no `training` of its own)."""
+        if not hasattr(event, event_name):
+            raise Exception(f'missing {event_name}')
+        cbs = [cb for cb in self.cbs.sorted('order') if event_name == 'after_fit'
+               or getattr(type(cb), event_name, None) is not None or event_name in vars(cb)]
+        return [(cb, type(cb).__call__ is Callback.__call__ and "training" not in vars(cb)
+                 and not hasattr(type(cb), "training")) for cb in cbs]
+
+    def batch_event(self, event_name: str, plan: list[tuple[Callback, bool]]):
+        """`cb(event_name)` for each callback of `plan`, as fastai's `Callback.__call__` decides it in the batch
+        loop: a callback runs if its `run` is set and, training, its `run_train` (evaluating, its
+        `run_valid`); an error other than fastai's cancels is re-raised naming the callback and event. The
+        Learner's `training` is read once per event, not through each callback's `GetAttr`."""
+        training = self.training
+        for cb, decide in plan:
+            if not decide:
+                cb(event_name)
+            elif cb.run and (cb.run_train if training else cb.run_valid):
+                try:
+                    getcallable(cb, event_name)()
+                except CANCELS:
+                    raise
+                except Exception as e:
+                    raise modify_exception(e, f'Exception occured in `{cb.__class__.__name__}` when calling event '
+                                              f'`{event_name}`:\n\t{e.args[0]}', replace=True)
+
+    def _split(self, b):
+        """fastai's `_split` (inputs, then targets); a `DeviceLoader`'s `(x, y)` without asking the `DataLoaders`
+        for an `n_inp` it does not have (fastcore's `GetAttr` miss: a few us a batch)."""
+        if len(b) == 2 and isinstance(self.dl, DeviceLoader) and "n_inp" not in vars(self.dls):
+            self.xb, self.yb = b[:1], b[1:]
+        else:
+            super()._split(b)
 
     def _set_device(self, b):
         """A `DeviceLoader` batch is on the model's device already: fastai's walk over it (`to_device`)

@@ -83,16 +83,17 @@ def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, pat
 
 def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *, extra_cbs: list[Callback],
             callbacks: Callable[[EpochStats], list[Callback]], on_start: Callable[[dict], None],
-            info: dict[str, Any], checkpoint: bool = False,
-            resume: bool = False) -> tuple[dict[str, Any], torch.nn.Module]:
+            info: dict[str, Any], checkpoint: bool = False, resume: bool = False,
+            make_model: Callable[[], torch.nn.Module] | None = None) -> tuple[dict[str, Any], torch.nn.Module]:
     """One fit into one run folder; returns (result.json's content, the trained model).
 
     `checkpoint`: write `checkpoint.pth` (one process only); `resume`: continue from the folder's
-    checkpoint, whose config must be this run's (`recipes.checkpoint`).
+    checkpoint, whose config must be this run's (`recipes.checkpoint`). `make_model`: builds the model
+    in place of the recipe's (after seeding, as the recipe's is; `bench perf --overhead`'s tiny model).
     """
     seed_everything(recipe.seed, device)
     dls = build_dataloaders(recipe, data, device)
-    model = build_model(recipe, data).to(device)
+    model = (make_model() if make_model is not None else build_model(recipe, data)).to(device)
     tricks = build_tricks(recipe)
     check_surgery(model, tricks)  # a model a trick cannot change fails before anything is written
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))

@@ -2,12 +2,11 @@
 
 fastai's `TerminateOnNaNCallback` reads the loss on the host after every batch and then cancels the
 fit silently, so a run "finishes" with garbage. `StopOnNonFinite` keeps the check on the device: at
-`after_loss` it writes the batch's loss into a device buffer of the epoch's losses (one copy, no host
-sync). The host looks at the losses written since its last look once every `every` batches and once
-at the end of the epoch's training (before the test pass), and raises `TrainingError` at the first
-non-finite one,
-naming the epoch and that first bad batch, both counted from 1 as the progress display and
-metrics.csv count epochs. Nothing is deleted: what the earlier epochs wrote stays in the run folder.
+`after_loss` it keeps the batch's loss tensor and its index in a list (no copy, no host sync). The host
+looks at the losses kept since its last look once every `every` batches and once at the end of the
+epoch's training (before the test pass), stacked into one tensor, and raises `TrainingError` at the
+first non-finite one, naming the epoch and that first bad batch, both counted from 1 as the progress
+display and metrics.csv count epochs. Nothing is deleted: what the earlier epochs wrote stays in the run folder.
 """
 from __future__ import annotations
 
@@ -29,22 +28,24 @@ class StopOnNonFinite(Callback):
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.out, self.every = out, every
-        self.losses: torch.Tensor | None = None
+        self.losses: list[torch.Tensor] = []
+        self.batches: list[int] = []
 
     def before_train(self):
-        self.losses: torch.Tensor | None = None  # made on the loss's device at the first batch
-        self.checked = 0  # batches of this epoch already looked at
+        self.losses: list[torch.Tensor] = []  # this epoch's losses not yet looked at, on the loss's device
+        self.batches: list[int] = []  # their batch indices in the epoch
 
     def after_loss(self):
-        if not self.training:
+        learn = self.learn
+        if not learn.training:
             return
-        loss = self.learn.loss.detach()
-        if self.losses is None:
-            self.losses = torch.zeros(self.n_iter, dtype=torch.float32, device=loss.device)
-        self.losses[self.iter] = loss if loss.dim() == 0 else loss.float().sum()  # a sum is NaN/inf if any is
+        loss = learn.loss.detach()
+        self.losses.append(loss.float() if loss.dim() == 0 else loss.float().sum())  # a sum is NaN/inf if any is
+        self.batches.append(learn.iter)
 
     def after_batch(self):
-        if self.training and (self.iter + 1) % self.every == 0:
+        learn = self.learn
+        if learn.training and (learn.iter + 1) % self.every == 0:
             self.check()
 
     def after_train(self):
@@ -52,16 +53,16 @@ class StopOnNonFinite(Callback):
 
     def check(self):
         """The one host sync: raise if a batch of this epoch since the last look had a non-finite loss."""
-        if self.losses is None:
+        if not self.losses:
             return
-        upto = min(self.iter + 1, self.n_iter)
-        seen = self.losses[self.checked:upto]
-        self.checked = upto
+        seen, batches = torch.stack(self.losses), self.batches
+        self.losses, self.batches = [], []
         bad = ~torch.isfinite(seen)
         if not bool(bad.any()):
             return
-        batch = upto - len(seen) + int(bad.nonzero()[0, 0])
-        self.bad_loss = self.losses[batch]
+        at = int(bad.nonzero()[0, 0])
+        batch = batches[at]
+        self.bad_loss = seen[at]
         value = float(self.bad_loss)
         what = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
         kept = f"what the earlier epochs wrote is kept in '{self.out}'; " if self.out is not None else ""

@@ -55,14 +55,15 @@ class EpochStats(Callback):
         self.test_loss, self.test_correct, self.test_n = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
 
     def after_batch(self):
-        y = self.learn.yb[0]
+        learn = self.learn  # its attributes read directly, not through the Callback's GetAttr (a batch's host cost)
+        y = learn.yb[0]
         n = y.shape[0]
-        if self.training:
-            self.train_loss += self.learn.loss.detach().float() * n
+        if learn.training:
+            self.train_loss += learn.loss.detach().float() * n
             self.train_n += n
         else:
-            self.test_loss += self.learn.loss.detach().float() * n
-            self.test_correct += (self.learn.pred.argmax(dim=1) == y).sum()
+            self.test_loss += learn.loss.detach().float() * n
+            self.test_correct += (learn.pred.argmax(dim=1) == y).sum()
             self.test_n += n
 
     def after_train(self):

@@ -1,0 +1,217 @@
+"""`bench perf --overhead`: the trainer's host work per training step, measured where the step's arithmetic is nothing.
+
+Both sides train `tiny_model` (one 3x3 convolution and a linear layer) on 8x8 images at batch 32, no
+augmentation, with the project's device loaders, so that a step's arithmetic costs next to nothing and
+the difference is the host work of the loop:
+
+- plain: `bench.perf.plain_fit`, the hand-written loop (lr set per iteration, forward, loss, backward,
+  SGD step, zero_grad);
+- trainer: `recipes.fit.fit_one`, what `recipe run` trains with (the fastai Learner of
+  `recipes.build.build_learner`, its default callbacks, the NaN check, the per-epoch statistics and
+  the checkpoint), into a temporary run folder.
+
+Each side's time per step is its training pass's seconds over its batches, per epoch (the first epoch
+of each fit, the warm-up, left out); the fits alternate (plain, trainer, plain, trainer, ...) and each
+side's median over all its epochs is compared: `ratio = trainer / plain`. A last, instrumented trainer
+fit times every batch event's dispatch and every callback's event method with `time.perf_counter_ns`
+(training batches only): the median call times the calls per step.
+Written by hand: no library times a fastai Learner's host work against its own plain-loop equivalent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastai.callback.core import Callback
+from torch import nn
+
+from bench.perf import plain_fit
+from recipes.build import resolve_device
+from recipes.fit import fit_one
+from recipes.parse import parse_recipe
+from recipes.recipe import Recipe
+from recipes.speed import resolve_speed
+from tricks.data import ImageData, Split
+
+GOAL_ADDED_US = 50.0  # issue 18: the trainer adds at most this per step on such a model
+BATCH_EVENTS = ("before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
+                "after_step", "after_batch", "after_cancel_batch", "after_cancel_backward", "after_cancel_step")
+CLASSES, CHANNELS, SIZE, WIDTH = 10, 3, 8, 4
+
+
+@dataclass(frozen=True)
+class OverheadSizes:
+    steps: int = 50  # training batches per epoch
+    epochs: int = 8  # per fit; the first is the warm-up
+    repeats: int = 7  # fits per side
+    bs: int = 32
+
+
+FULL = OverheadSizes()
+QUICK = OverheadSizes(steps=20, epochs=4, repeats=3)
+
+
+def tiny_model() -> nn.Module:
+    """One 3x3 convolution (3 -> 4 channels) and a linear layer (4x8x8 -> 10 classes)."""
+    return nn.Sequential(nn.Conv2d(CHANNELS, WIDTH, 3, padding=1), nn.Flatten(), nn.Linear(WIDTH * SIZE * SIZE, CLASSES))
+
+
+def tiny_data(sizes: OverheadSizes) -> ImageData:
+    """Seeded uint8 noise, 8x8, 10 classes: `steps` batches of training images and one batch of test images."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        images = torch.randint(0, 256, (n, CHANNELS, SIZE, SIZE), dtype=torch.uint8, generator=g)
+        return Split(images, torch.arange(n) % CLASSES)
+
+    return ImageData("folder", tuple(f"c{i}" for i in range(CLASSES)), split(sizes.steps * sizes.bs),
+                     split(sizes.bs), "overhead", "synthetic")
+
+
+def overhead_recipe(sizes: OverheadSizes, device: torch.device) -> Recipe:
+    """The baseline recipe at batch `bs`, without augmentation, resolved for `device` as `recipe run` does."""
+    recipe = parse_recipe("baseline", epochs=sizes.epochs, bs=sizes.bs, eval_bs=sizes.bs, device=str(device),
+                          crop_pad=0, flip=False, warmup_epochs=sizes.epochs / 2)
+    return resolve_speed(recipe, device)[0]
+
+
+def trainer_fit(recipe: Recipe, data: ImageData, device: torch.device, cbs=()) -> list[float]:
+    """`fit_one` of the tiny model into a temporary run folder; each epoch's training seconds."""
+    stats = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        fit_one(recipe, Path(tmp) / "run", data, device, extra_cbs=[],
+                callbacks=lambda s: stats.append(s) or list(cbs), on_start=lambda info: None, info={},
+                checkpoint=True, make_model=tiny_model)
+    return [r["train_seconds"] for r in stats[-1].records]
+
+
+class EventTimer(Callback):
+    """Times, over the training batches of a fit, each batch event's dispatch by the Learner and each
+    callback's event method, in nanoseconds. It wraps the Learner's `_call_one` and the callbacks' event
+    methods at before_fit (instance attributes) and takes the wrappers away at after_fit."""
+
+    order = -10 ** 6
+
+    def __init__(self):
+        self.events: dict[str, list[int]] = defaultdict(list)  # ns of each call
+        self.methods: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.steps = 0
+
+    def before_fit(self):
+        learn = self.learn
+        dispatch = learn._call_one
+
+        def timed_dispatch(name):
+            if name not in BATCH_EVENTS or not learn.training:
+                return dispatch(name)
+            start = time.perf_counter_ns()
+            try:
+                return dispatch(name)
+            finally:
+                self.events[name].append(time.perf_counter_ns() - start)
+
+        vars(learn)["_call_one"] = timed_dispatch
+        self.wrapped = [(cb, name) for cb in learn.cbs if cb is not self for name in BATCH_EVENTS
+                        if getattr(type(cb), name, None) is not None]
+        for cb, name in self.wrapped:
+            vars(cb)[name] = self.timed_method(cb, name, getattr(cb, name))
+
+    def timed_method(self, cb: Callback, name: str, method):
+        key, learn = (type(cb).__name__, name), self.learn
+
+        def timed():
+            if not learn.training:
+                return method()
+            start = time.perf_counter_ns()
+            try:
+                return method()
+            finally:
+                self.methods[key].append(time.perf_counter_ns() - start)
+
+        return timed
+
+    def after_batch(self):
+        if self.training:
+            self.steps += 1
+
+    def after_fit(self):
+        vars(self.learn).pop("_call_one", None)
+        for cb, name in self.wrapped:
+            vars(cb).pop(name, None)
+
+
+def per_step_us(seconds: list[float], steps: int) -> list[float]:
+    """Microseconds per step of each epoch after the first."""
+    return [1e6 * s / steps for s in seconds[1:]]
+
+
+def us_per_step(ns: list[int], steps: int) -> float:
+    """The median call's microseconds times the calls per step: robust to the other jobs' preemptions."""
+    return statistics.median(ns) / 1e3 * len(ns) / steps
+
+
+def callback_costs(timer: EventTimer) -> dict[str, dict[str, Any]]:
+    """{callback: {'us_per_step', 'events': {event: us per step}}}, the costliest first."""
+    out: dict[str, dict[str, Any]] = {}
+    for (cb, event), ns in timer.methods.items():
+        entry = out.setdefault(cb, {"us_per_step": 0.0, "events": {}})
+        entry["events"][event] = us_per_step(ns, timer.steps)
+        entry["us_per_step"] += entry["events"][event]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["us_per_step"]))
+
+
+def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -> dict[str, Any]:
+    """Both sides' microseconds per step, interleaved fits, and the instrumented trainer fit's costs."""
+    dev = resolve_device(device)
+    data = tiny_data(sizes)
+    recipe = overhead_recipe(sizes, dev)
+    plain, trainer = [], []
+    for r in range(sizes.repeats):
+        plain += per_step_us(plain_fit(recipe, data, dev, make_model=tiny_model)["train_seconds"], sizes.steps)
+        trainer += per_step_us(trainer_fit(recipe, data, dev), sizes.steps)
+        log(f"repeat {r + 1}/{sizes.repeats}: plain {statistics.median(plain):.1f} us, trainer "
+            f"{statistics.median(trainer):.1f} us per step so far")
+    timer = EventTimer()
+    trainer_fit(recipe, data, dev, cbs=[timer])
+    plain_us, trainer_us = statistics.median(plain), statistics.median(trainer)
+    # every registered callback of the trainer, those with no batch event at 0
+    names = [type(cb).__name__ for cb in timer.learn.cbs if cb is not timer]
+    costs = callback_costs(timer)
+    costs.update({n: {"us_per_step": 0.0, "events": {}} for n in names if n not in costs})
+    return {
+        "device": str(dev), "threads": torch.get_num_threads(),
+        "setup": f"one 3x3 conv ({CHANNELS}->{WIDTH}) and a linear layer on {SIZE}x{SIZE} inputs, batch {sizes.bs}, "
+                 f"no augmentation; {sizes.steps} steps x {sizes.epochs} epochs (first left out), {sizes.repeats} "
+                 "fits per side, alternating; medians",
+        "sizes": dataclasses.asdict(sizes),
+        "plain_us_per_step": plain, "trainer_us_per_step": trainer,
+        "plain_us": plain_us, "trainer_us": trainer_us, "added_us": trainer_us - plain_us,
+        "ratio": trainer_us / plain_us, "goal_added_us": GOAL_ADDED_US,
+        "callbacks": costs, "events": dict(sorted(((k, us_per_step(ns, timer.steps)) for k, ns in timer.events.items()),
+                                                  key=lambda kv: -kv[1])),
+        "instrumented_steps": timer.steps,
+    }
+
+
+def overhead_lines(o: dict[str, Any]) -> list[str]:
+    """What `bench perf --overhead` prints: both sides, the ratio on its own line, then the cost tables."""
+    lines = [f"trainer overhead ({o['device']}, {o['threads']} threads): {o['setup']}",
+             f"plain loop: {o['plain_us']:.1f} us per step",
+             f"trainer:    {o['trainer_us']:.1f} us per step",
+             f"added:      {o['added_us']:.1f} us per step (goal <= {o['goal_added_us']:.0f})",
+             f"ratio = {o['ratio']:.3f}", "",
+             f"per callback, us per training step (its event methods; {o['instrumented_steps']} steps timed):"]
+    for name, c in o["callbacks"].items():
+        parts = ", ".join(f"{e} {us:.1f}" for e, us in c["events"].items()) or "no batch event"
+        lines.append(f"  {name:<20} {c['us_per_step']:7.1f}  ({parts})")
+    lines += ["per event, us per training step (the Learner's dispatch, the callbacks' methods included):"]
+    lines += [f"  {name:<20} {us:7.1f}" for name, us in o["events"].items()]
+    lines.append(f"  {'all events':<20} {sum(o['events'].values()):7.1f}")
+    return lines

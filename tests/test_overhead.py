@@ -1,0 +1,59 @@
+"""`bench perf --overhead` at a tiny size: what it prints and writes, never a timing."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import bench.overhead
+from bench.cli import main
+from bench.overhead import BATCH_EVENTS, EventTimer, OverheadSizes, overhead_recipe, tiny_data, trainer_fit
+
+TINY = OverheadSizes(steps=3, epochs=3, repeats=2, bs=8)
+DEFAULT_CALLBACKS = {"TrainEvalCallback", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint"}
+STEP_EVENTS = {"before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
+               "after_step", "after_batch"}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_overhead_prints_both_sides_the_ratio_on_its_own_line_and_every_callbacks_cost(tmp_path, capsys,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(bench.overhead, "QUICK", TINY)
+    assert main(["perf", "--overhead", "--quick", "--device", "cpu", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    o = json.loads((tmp_path / "r" / "overhead.json").read_text())
+    samples = TINY.repeats * (TINY.epochs - 1)  # the first epoch of each fit is the warm-up
+    assert len(o["plain_us_per_step"]) == len(o["trainer_us_per_step"]) == samples
+    assert o["ratio"] == o["trainer_us"] / o["plain_us"] and o["added_us"] == o["trainer_us"] - o["plain_us"]
+    assert all(v > 0 for v in [*o["plain_us_per_step"], *o["trainer_us_per_step"]])
+    assert f"ratio = {o['ratio']:.3f}" in out  # a line of its own
+    assert f"plain loop: {o['plain_us']:.1f} us per step" in out and f"trainer:    {o['trainer_us']:.1f} us per step" in out
+    assert o["instrumented_steps"] == TINY.steps * TINY.epochs
+    assert set(o["callbacks"]) == DEFAULT_CALLBACKS  # each default callback, those without a batch event at 0
+    assert set(o["callbacks"]["StopOnNonFinite"]["events"]) == {"after_loss", "after_batch"}
+    assert set(o["callbacks"]["LRSchedule"]["events"]) == {"before_batch"}
+    assert set(o["events"]) == STEP_EVENTS  # every event a training step fires, none of evaluation's
+    table = out[out.index(next(line for line in out if line.startswith("per callback"))) + 1:]
+    listed = {m.group(1) for line in table if (m := re.match(r"  (\w+) +[\d.]+", line))}
+    assert DEFAULT_CALLBACKS | STEP_EVENTS <= listed
+    assert out[-1] == f"results: {tmp_path / 'r' / 'overhead.json'}"
+
+
+def test_the_event_timer_counts_training_steps_and_takes_its_wrappers_away(tmp_path):
+    import torch
+
+    timer = EventTimer()
+    trainer_fit(overhead_recipe(TINY, torch.device("cpu")), tiny_data(TINY), torch.device("cpu"), cbs=[timer])
+    assert timer.steps == TINY.steps * TINY.epochs
+    assert all(len(ns) == timer.steps for ns in timer.events.values())  # one per training step, not per test batch
+    assert all(name not in vars(cb) for cb in timer.learn.cbs for name in BATCH_EVENTS)
+    assert "_call_one" not in vars(timer.learn)
+
+
+def test_overhead_refuses_only(tmp_path, capsys):
+    assert main(["perf", "--overhead", "--only", "speed", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--only chooses among the GPU measurements" in err
+    assert not (tmp_path / "r").exists()
