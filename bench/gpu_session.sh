@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One slice of GPU time for the full-budget table (issue 11), run in the repository root on the GPU machine:
 #
-#   bash bench/gpu_session.sh SECONDS [STAGES] [ROWS] [SEEDS]
+#   bash bench/gpu_session.sh SECONDS [STAGES] [ROWS] [SEEDS] [CONCLUSIONS]
 #
 # SECONDS: the wall time this call may use; every stage starts only with time for it, and the replay leaves 20 s.
-# STAGES, a comma list (default setup,perf,replay), run in this order:
+# STAGES, a comma list (default setup,perf,replay,decide), run in this order:
 #   setup        install the carried wheels (.whl/: the packages the machine's image lacks) and this checkout;
 #                decode the data once into $TRICKS_CACHE
 #   speed        bench perf --device cuda --only speed (single-run img/s, epoch and evaluation seconds, the
@@ -14,13 +14,17 @@
 #                seeds (default 2) until the time is spent, min(4, the fastest measured count) runs at once
 #   replay-late  the same, starting runs up to the deadline: for a call that another call on the same warm
 #                machine follows (the results folder in /tmp stays, and that call resumes them)
+#   decide       once the replay has given ROWS their SEEDS seeds (it ended before the time did), the time left
+#                goes to bench decide CONCLUSIONS (default 'S9.*'): more seeds only for the rows whose
+#                conclusions are still open, the run that most likely decides one per second first
 # Reads the CIFAR-10 archive from .gpu/cifar10-jpeg.tar.gz (carried; never committed). Writes under $OUT:
 # session.log, replay.log, perf-cuda-<measurement>.json, full.jsonl (bench/results/full.jsonl after the appends).
 set -uo pipefail
 SECONDS_GIVEN=${1:-540}
-STAGES=${2:-setup,perf,replay}
+STAGES=${2:-setup,perf,replay,decide}
 ROWS=${3:-S9.*}
 SEEDS=${4:-2}
+CONCLUSIONS=${5:-S9.*}
 START=$(date +%s)
 export OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -94,6 +98,14 @@ EOF
       --seeds "$SEEDS" --workers "$WORKERS" --until "$UNTIL" --data "$DATA" --results /tmp/bench-results \
       --compile-mode default $LATE 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG"
   fi
+fi
+if has decide && [ "$(left)" -gt 90 ]; then
+  UNTIL=$(( $(left) - 20 ))
+  say "decide: conclusions $CONCLUSIONS, ${WORKERS:-4} at once, until $UNTIL s"
+  timeout $(( UNTIL + 15 )) $PY -m bench.cli decide "$CONCLUSIONS" --budget "$BUDGET" --device "$DEVICE" \
+    --workers "${WORKERS:-4}" --until "$UNTIL" --data "$DATA" --results /tmp/bench-results 2>&1 \
+    | grep --line-buffered -v Warning | tee "$OUT/decide.log" | tee -a "$LOG"
+  cp /tmp/bench-results/decide.md "$OUT/decide.md" 2>/dev/null
 fi
 cp bench/results/full.jsonl "$OUT/full.jsonl" 2>/dev/null
 say "done; $(wc -l < bench/results/full.jsonl 2>/dev/null || echo 0) lines in bench/results/full.jsonl"
