@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         check_numbers(args)
-        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "decide": cmd_decide, "load": cmd_load, "perf": cmd_perf}[args.command](args, console)
+        {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "decide": cmd_decide, "load": cmd_load,
+         "perf": cmd_perf}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
         return 2

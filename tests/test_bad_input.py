@@ -332,6 +332,15 @@ def bench(*args: str, results: Callable[[World], Path] | None = None) -> Callabl
     return argv
 
 
+def table_with_missing_row(w: World) -> Path:
+    """An ablation table of one's own whose conclusion (its header on line 8) names a row it lacks."""
+    path = w.root / "my-table.toml"
+    path.write_text('[[row]]\nid = "S1.base"\nsection = "S1"\nrecipe = "baseline"\nstatus = "unmeasured"\n'
+                    'baseline = "S1.base"\n\n[[conclusion]]\nid = "S1.c"\nsection = "S1"\ntext = "it helps"\n'
+                    'row = "S1.missing"\nversus = "S1.base"\nexpect = "better"\n')
+    return path
+
+
 def empty_results(w: World) -> Path:
     (w.root / "no-results").mkdir()
     return w.root / "no-results"
@@ -422,6 +431,12 @@ CASES = [
     Case("bench-report-without-results", bench("report", "--results-file", "/nonexistent/full.jsonl",
                                                results=empty_results),
          "(no results.sqlite); run `bench replay --results", prog="bench"),
+    Case("bench-decide-max-seeds-one", bench("decide", "S9.mixup-helps", "--max-seeds", "1", "--dry-run"),
+         "--max-seeds must be at least 2, got 1", prog="bench"),
+    Case("bench-decide-unknown-conclusion", bench("decide", "S99.*", "--dry-run"),
+         "no conclusion id matches S99.*; conclusion ids look like S9.mixup-helps", prog="bench"),
+    Case("bench-table-conclusion-without-its-row", lambda w: ["list", "--table", str(table_with_missing_row(w))],
+         "my-table.toml, line 8: conclusion 'S1.c': 'S1.missing' is not a row id", prog="bench"),
     # issue 14: one line where a traceback was
     Case("eval-model-truncated", damaged_run(cut), "/runs/trained/model.pth' ("),
     Case("eval-model-random-bytes", damaged_run(lambda d: (d / "model.pth").write_bytes(random.Random(1).randbytes(999))),
