@@ -172,8 +172,8 @@ ZEROS_CHUNK = 64 << 20
 
 
 def write_zeros_tar_gz(archive: Path, members: list[tuple[str, int]], folder: Path | None = None) -> Path:
-    """A .tar.gz of `folder` (under its name), then one member of `size` zero bytes per (name, size), about 1 KiB
-    on disk per 64 MiB: the gzip stream is gzip members one after another (as gzip allows), the same compressed
+    """A .tar.gz of `folder` (under its name), then one member of `size` zero bytes per (name, size), about 1 MiB
+    on disk per GiB: the gzip stream is gzip members one after another (as gzip allows), the same compressed
     64 MiB of zeros repeated."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:

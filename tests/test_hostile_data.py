@@ -7,6 +7,7 @@ leaving nothing behind when it refuses. The one-line messages and exit codes are
 """
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -19,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import (assert_matches, make_tar, pixels, plant_code, shared_cifar10_archive, write_cifar10,
-                      write_cifar100, write_image, write_zeros_tar_gz)
+from fixtures import (ZEROS_CHUNK, assert_matches, make_tar, pixels, plant_code, shared_cifar10_archive, write_cifar10,
+                      write_cifar100, write_idx, write_image, write_zeros_tar_gz)
 from recipes.cli import main
 from tricks.data import cache, load_dataset
 from tricks.data.formats import CIFAR_PICKLE_GLOBALS, CifarUnpickler
@@ -232,6 +233,31 @@ def test_the_shared_cifar10_jpeg_archive_is_within_the_default_bounds():
         members = list(cache.bounded_members(tar, archive, cache.MAX_MEMBERS, cache.MAX_MEMBER_BYTES,
                                              cache.default_total_bytes(archive)))
     assert (archive.stat().st_size, len(members), sum(m.size for m in members)) == (19_751_770, 60_023, 55_250_913)
+
+
+def idx_gz_of_zeros(folder: Path, dims: list[int], zeros: int) -> Path:
+    """`folder` (write_idx's files) with train-images-idx3-ubyte.gz replaced: a header of `dims`, then `zeros` zero
+    bytes, about 1 MiB per GiB (the same compressed chunk repeated, as gzip allows)."""
+    write_idx(folder, n_train=4, n_test=2)
+    head = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    chunk = gzip.compress(bytes(ZEROS_CHUNK), mtime=0)
+    file = folder / "train-images-idx3-ubyte.gz"
+    file.write_bytes(gzip.compress(head, mtime=0) + chunk * (zeros // ZEROS_CHUNK))
+    return file
+
+
+@pytest.mark.parametrize("dims, zeros, message", [
+    ([4097, 512, 512], 2 << 30, "has a header [4097, 512, 512] that says 1,074,003,968 bytes of data, over the "
+                                "1,073,741,824 read from one idx file"),
+    ([4, 28, 28], 1 << 30, "holds more than 3136 bytes of data; its header [4, 28, 28] says 3136"),
+])
+def test_an_idx_gz_is_read_no_further_than_its_header_says(tmp_path, data_env, dims, zeros, message):
+    """A 1 or 2 MiB .gz of 1 or 2 GiB: refused on its header (over 1 GiB claimed), or after reading one byte more
+    than the header claims; the reads are bounded, so the test takes a fraction of a second."""
+    file = idx_gz_of_zeros(tmp_path / "fm", dims, zeros)
+    assert file.stat().st_size < 3 << 20
+    with pytest.raises(DataError, match=re.escape(f"idx file '{file}' {message}")):
+        load_dataset("folder", tmp_path / "fm", download=False)
 
 
 # -------------------------------------------------------------------------------------------- names and classes

@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import gzip
+import math
 import os
 import pickle
 import sys
 import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,21 +255,36 @@ def read_cifar100(folder: Path) -> tuple[tuple[str, ...], Split, Split]:
 
 # --------------------------------------------------------------------------------------------- idx
 
+IDX_MAX_BYTES = 1 << 30  # the most data read from one idx file: its header (in a small .gz, too) may claim any size
+
+
 def _read_idx(file: Path, magic: int) -> torch.Tensor:
-    """An idx file of unsigned bytes; parsed by hand since torchvision's reader is private API."""
+    """An idx file of unsigned bytes, read no further than the size its header gives, at most `IDX_MAX_BYTES` (so a
+    small .gz cannot expand without bound in memory); parsed by hand since torchvision's reader is private API."""
     try:
-        raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with gzip.open(file, "rb") if file.suffix == ".gz" else open(file, "rb") as f:
+            head = f.read(4)
+            got = int.from_bytes(head, "big") if len(head) == 4 else None
+            if got != magic:
+                raise DataError(f"idx file '{file}' has magic number {got}; expected {magic}")
+            ndim = magic & 0xFF
+            header = f.read(4 * ndim)
+            dims = [int.from_bytes(header[4 * i: 4 * i + 4], "big") for i in range(len(header) // 4)]
+            count = math.prod(dims)
+            if len(dims) == ndim and count > IDX_MAX_BYTES:
+                raise DataError(f"idx file '{file}' has a header {dims} that says {count:,} bytes of data, over the "
+                                f"{IDX_MAX_BYTES:,} read from one idx file; give the idx files of an image dataset")
+            data = f.read(count + 1) if len(dims) == ndim else b""
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"cannot read idx file '{file}': {e}") from None
-    got = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-    if got != magic:
-        raise DataError(f"idx file '{file}' has magic number {got}; expected {magic}")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    start, count = 4 + 4 * ndim, int(np.prod(dims))
-    if len(raw) != start + count:
-        raise DataError(f"idx file '{file}' holds {len(raw) - start} bytes of data; its header {dims} says {count}")
-    return torch.frombuffer(bytearray(raw[start:]), dtype=torch.uint8).reshape(dims)
+    if len(dims) != ndim:
+        raise DataError(f"idx file '{file}' ends inside its header; expected {ndim} sizes after the magic number")
+    if len(data) != count:
+        held = f"{len(data)}" if len(data) < count else f"more than {count}"
+        raise DataError(f"idx file '{file}' holds {held} bytes of data; its header {dims} says {count}")
+    if not count:  # torch.frombuffer refuses an empty buffer
+        return torch.zeros(dims, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(dims)
 
 
 def _idx_split(folder: Path, prefix: str) -> Split:
