@@ -39,6 +39,7 @@ from bench import sequential
 from bench.table import Conclusion, Row
 from tricks.errors import ConfigError
 
+NOT_STARTED = "not started: "  # a job the deadline left unstarted (not a failure)
 EPSILON = 0.01  # added to every decision chance, so that cost still orders conclusions nothing can decide yet
 DEFAULT_SD = 1.0  # points: the seed standard deviation assumed before any row has two seeds
 
@@ -117,11 +118,11 @@ def next_look(s: Status) -> int:
 
 
 def plan(statuses: list[Status], runs: dict, rows: dict[str, Row], seconds: Callable[[str], float], *,
-         count: int, max_seeds: int, margin: float, running: dict[str, int] | None = None) -> list[str]:
+         count: int, max_seeds: int, margin: float, exclude: frozenset[str] = frozenset()) -> list[str]:
     """The next `count` runs as row ids (a row may come more than once), best first (module docstring).
 
-    `running`: row id -> runs of it in flight, counted as held."""
-    held = {rid: len(runs.get(rid, [])) + (running or {}).get(rid, 0) for rid in rows}
+    A row planned once counts as holding one more run for the next pick; `exclude`: rows not to run (they failed)."""
+    held = {rid: len(runs.get(rid, [])) for rid in rows}
     sd = pooled_sd(runs)
     chance = {s.conclusion.id: sequential.decision_probability(
         s.conclusion.expect, expected_diff(s.conclusion, runs, rows), sd, next_look(s), max_seeds=max_seeds,
@@ -137,7 +138,7 @@ def plan(statuses: list[Status], runs: dict, rows: dict[str, Row], seconds: Call
             if not lacking:
                 continue  # its look waits only for runs in flight
             cost = sum(n * seconds(rid) for rid, n in lacking.items())
-            for rid in lacking:
+            for rid in set(lacking) - exclude:
                 score[rid] = score.get(rid, 0.0) + (chance[s.conclusion.id] + EPSILON) / max(cost, 1e-9)
         if not score:
             break
@@ -244,12 +245,13 @@ def run_decide(chosen: list[Conclusion], rows: list[Row], *, load: Callable[[], 
         raise ConfigError(f"--max-seeds must be at least {sequential.FIRST_LOOK}, got {max_seeds}")
     by_id = involved_rows(chosen, rows)
     outcome = Outcome([])
+    failed: set[str] = set()  # rows that failed in this call are not tried again until the next one
     while True:
         runs = accuracies([r for r in load() if r["row_id"] in by_id])
         outcome.statuses = [status(c, runs, max_seeds=max_seeds, margin=margin) for c in chosen]
         seconds = Seconds(runs, epochs_of)
         todo = plan(outcome.statuses, runs, by_id, seconds, count=dry_count if dry_run else workers,
-                    max_seeds=max_seeds, margin=margin)
+                    max_seeds=max_seeds, margin=margin, exclude=frozenset(failed))
         taken: set[tuple[str, int]] = set()
         jobs = []
         for rid in todo:
@@ -272,10 +274,11 @@ def run_decide(chosen: list[Conclusion], rows: list[Row], *, load: Callable[[], 
             if error is None:
                 ran_now += 1
                 progress(f"{row.id} seed {seed}: test_acc {record['test_acc']:.2f} ({record['wall_seconds']:.0f} s)")
-            elif error.startswith("abandoned: "):
-                outcome.abandoned += 1
+            elif error.startswith(("abandoned: ", NOT_STARTED)):
+                outcome.abandoned += error.startswith("abandoned: ")
                 progress(f"{row.id} seed {seed}: {error}")
             else:
+                failed.add(row.id)
                 outcome.failed += 1
                 progress(f"{row.id} seed {seed}: failed: {error}")
         outcome.ran += ran_now
@@ -365,7 +368,7 @@ def decide_table(rows: list[Row], conclusions: list[Conclusion], globs: list[str
             else:
                 outcomes = replay_module._outcomes(made, workers, deadline, {"not_started": 0}, predict=False)
             got = {(job.row.id, job.seed): (record, error) for job, record, error in outcomes}
-            return [got.get((row.id, seed), (None, "not started: the deadline")) for row, seed in jobs]
+            return [got.get((row.id, seed), (None, NOT_STARTED + "the deadline")) for row, seed in jobs]
 
         outcome = run_decide(chosen, rows, load=load, train=train, epochs_of=epochs_of, workers=workers,
                              max_seeds=max_seeds, margin=margin, deadline=deadline, progress=progress,

@@ -170,6 +170,33 @@ def test_allocation_spends_fewer_runs_than_every_row_to_max_seeds():
     print(f"allocation: {np.mean(totals):.1f} runs on average against 40 (factor {factor:.2f})")
 
 
+def test_until_starts_no_run_that_cannot_finish_and_a_failing_row_is_not_retried():
+    rows, conclusions = section({"a": (0.5, "better"), "b": (0.5, "better")})
+    clock = [0.0]
+    records, asked = [], []
+
+    def train(jobs):
+        out = []
+        for r, s in jobs:
+            asked.append(r.id)
+            clock[0] += 10.0
+            if r.id == "S1.b":
+                out.append((None, "no data for this row"))
+                continue
+            rec = {"row_id": r.id, "seed": s, "test_acc": 92.0 + s / 10, "wall_seconds": 10.0}
+            records.append(rec)
+            out.append((rec, None))
+        return out
+
+    epochs = {"S1.a": 2.0}  # so the planner tries the cheaper S1.b first
+    outcome = run_decide(conclusions, rows, load=lambda: records, train=train, epochs_of=lambda rid: epochs.get(rid, 1),
+                         deadline=45.0, now=lambda: clock[0])
+    # S1.b failed once and is left to the next call; S1.a, predicted at 2 epochs of 10 s, would end at 50 > 45
+    assert asked == ["S1.base", "S1.base", "S1.b"]
+    assert outcome.failed == 1 and outcome.ran == 2 and clock[0] == 30.0
+    assert [s.verdict for s in outcome.statuses] == ["open", "open"]
+
+
 def test_plan_prefers_the_cheap_conclusion_and_the_shared_baseline():
     rows, conclusions = section({"a": (0.5, "better"), "b": (0.5, "better")})
     statuses = [Status(c, "open", 0, None, None, 0.95, 0.0) for c in conclusions]
