@@ -245,16 +245,17 @@ def check_speed(recipe: Recipe, device: torch.device) -> None:
 class CompileModel(Callback):
     """`torch.compile` the model in place (`nn.Module.compile`: the state_dict keeps its keys) once the
     tricks that change the model (orders 1-7) have done so; compiled once, at the first fit. `mode` is
-    torch.compile's (None: its default; "reduce-overhead": CUDA graphs of the forward and backward)."""
+    torch.compile's (None: its default; "reduce-overhead": CUDA graphs of the forward and backward);
+    `backend` too (inductor; the tests count dynamo's graphs and recompiles with the quicker aot_eager)."""
 
     order = 8
 
-    def __init__(self, mode: str | None = None):
-        self.mode = mode
+    def __init__(self, mode: str | None = None, backend: str = "inductor"):
+        self.mode, self.backend = mode, backend
 
     def before_fit(self):
         if getattr(self.learn.model, "_compiled_call_impl", None) is None:
-            self.learn.model.compile(mode=self.mode)
+            self.learn.model.compile(mode=self.mode, backend=self.backend)
 
 
 def trained_model(recipe: Recipe, num_classes: int, in_chans: int, weights: Path,
