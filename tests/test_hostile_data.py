@@ -147,6 +147,21 @@ def test_real_format_files_read_bit_for_bit_as_a_plain_load_does(tmp_path, data_
                                                                                    expected100["test"][1])
 
 
+def test_a_python2_numpy1_pickle_as_torchvision_ships_is_read():
+    """torchvision's CIFAR files were written by Python 2's cPickle (protocol 2) and NumPy 1: str as SHORT_BINSTRING
+    (bytes here), `numpy.core.multiarray._reconstruct`, and dtype arguments as bytes. Written out opcode by opcode."""
+    pixels_ = bytes(range(6))
+    raw = (b"\x80\x02}(U\x04data"
+           b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+           b"(K\x01K\x02K\x03\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+           b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x06" + pixels_ + b"tb"
+           b"U\x06labels]q\x00(K\x01K\x02eU\x0bbatch_labelU\x05batchu.")
+    pickletools.dis(raw, out=io.StringIO())  # a well-formed pickle
+    d = CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    assert d.keys() == {b"data", b"labels", b"batch_label"} and d[b"labels"] == [1, 2] and d[b"batch_label"] == b"batch"
+    assert d[b"data"].dtype == np.uint8 and d[b"data"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
 @pytest.mark.parametrize("call, message", [
     (b"c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R", "only 'latin1' makes bytes"),
     (b"c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R", "only bytes() makes b''"),  # bytes(2**30): 1 GiB
