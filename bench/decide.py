@@ -2,8 +2,9 @@
 
 A conclusion (`row` is better / worse / the same as `versus`) is decided by the sequential test of
 `bench.sequential` on the seeds of its two rows in the store (and in the results file, for the full
-budget): 'confirmed', 'contradicted', 'undecided' (max_seeds seeds per row looked at, no rule met), or
-'open' (more seeds can decide it). The loop: read the records, decide every selected conclusion, plan the
+budget), per seed the record finished last whatever its code version, as `bench report` reads them:
+'confirmed', 'contradicted', 'undecided' (max_seeds seeds per row looked at, no rule met), or 'open'
+(more seeds can decide it). The loop: read the records, decide every selected conclusion, plan the
 next runs, train them (`bench.job`, as `bench replay` does: local workers or a Ray cluster, `until` with
 a run in flight stopped at its epoch's checkpoint and resumed by the next call), and again, until no
 conclusion is open, the deadline has passed, or a round ran nothing. Everything is read back from the
