@@ -128,6 +128,13 @@ def test_early_stopping_leaves_the_averaged_weights(dls, tmp_path, one_torch_thr
 
 # discriminative lrs: optimizer rebuilds and the lr schedules
 
+def test_ema_holding_the_lr_holds_each_group_at_its_own(dls, one_torch_thread):
+    spy = GroupLRs()
+    learn = Learner(dls, tiny_model(dls.c), splitter=two_groups, cbs=[EMA(mode="noschedule"), spy])
+    learn.fit(1, slice(1e-4, 1e-2))
+    assert spy.lrs == [spy.base] * len(dls.train) and spy.base[0] < spy.base[1] == 1e-2
+
+
 class BodyConvAtFit(Callback):
     """The first conv of a vision_learner body at the start of every fit."""
 

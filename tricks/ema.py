@@ -16,11 +16,12 @@ Modes (the notes' S9 rows):
 - plain: only the average (alpha=0.9, sgd_wd=5e-4, lr=wd=0: 93.17).
 - lr_wd: 'lr and wd applied on the ema' (91.50 with sgd_wd=0, 93.17 with sgd_wd=5e-4): after each
   update, every parameter the SGD decays (not BatchNorm weights and biases unless the recipe's
-  wd_bn_bias) is decayed once more on the EMA with the current lr: ema <- ema - lr * wd * ema, wd
-  being the recipe's wd, or this trick's `wd` when given (so `baseline:wd=0+ema:mode=lr_wd,wd=5e-4`
-  is the 91.50 row). Buffers are not decayed.
-- noschedule: 'no cosine and no warmup, ema alone' (88.24): this callback sets lr = peak before
-  every training batch (each other param group in its ratio to the last one at before_fit); its
+  wd_bn_bias) is decayed once more on the EMA with the current lr of its param group: ema <- ema -
+  lr * wd * ema, wd being the recipe's wd, or this trick's `wd` when given (so
+  `baseline:wd=0+ema:mode=lr_wd,wd=5e-4` is the 91.50 row). Buffers are not decayed.
+- noschedule: 'no cosine and no warmup, ema alone' (88.24): this callback sets lr = peak (`peak_lr`;
+  0: the lr given to `fit`) before every training batch (each other param group in its ratio to the
+  last one at before_fit); its
   order (70) is after the lr schedule (60), which it overrides. The schedule callback still records
   what it would have set; the epoch `lr` column shows the peak.
 
@@ -133,11 +134,17 @@ class EMA(Callback):
                 refuse_other_schedules(self.learn.cbs)
         model = self.learn.model
         self.lr_ratios = lr_ratios(self.learn.opt) if self.learn.opt is not None else None
+        if self.learn.opt is not None:  # peak_lr=0 (the callback's default): the lr given to fit, fastai's convention
+            self.held_lr = self.peak_lr or float(self.learn.opt.hypers[-1]["lr"])
         self.average = ModelEmaV3(model, decay=self.decay)
         self.steps, self.live = 0, None  # live: the live weights while the model holds the average
         no_decay = set() if self.wd_bn_bias else {id(p) for p in norm_bias_params(model, with_bias=True)}
-        self.decayed = [e for p, e in zip(model.parameters(), self.average.module.parameters())
-                        if p.requires_grad and id(p) not in no_decay]
+        groups = list(self.learn.opt.param_lists) if self.learn.opt is not None else [list(model.parameters())]
+        group_of = {id(p): i for i, pg in enumerate(groups) for p in pg}
+        self.decayed = [[] for _ in groups]  # per param group: the average's tensors of the decayed parameters
+        for p, e in zip(model.parameters(), self.average.module.parameters()):
+            if p.requires_grad and id(p) not in no_decay and id(p) in group_of:
+                self.decayed[group_of[id(p)]].append(e)
 
     def checkpoint_state(self) -> dict:
         """What `recipes.checkpoint` saves to resume a run: the average and the step counter (all of the
@@ -155,7 +162,7 @@ class EMA(Callback):
 
     def before_batch(self):
         if self.mode == "noschedule" and self.training and self.active:
-            set_lr(self.learn.opt, self.peak_lr, self.lr_ratios)
+            set_lr(self.learn.opt, self.held_lr, self.lr_ratios)
 
     def after_step(self):
         if not self.active:
@@ -165,7 +172,8 @@ class EMA(Callback):
             return
         self.average.update(self.learn.model)
         if self.mode == "lr_wd":
-            decay_ema_weights(self.decayed, self.learn.opt.hypers[0]["lr"], self.wd)
+            for tensors, hypers in zip(self.decayed, self.learn.opt.hypers):
+                decay_ema_weights(tensors, hypers["lr"], self.wd)
 
     def before_validate(self):
         if self.eval and self.active and self.average is not None and self.live is None:
