@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
-from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+from fastai.callback.tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner
 from fastai.metrics import accuracy
+from fastai.optimizer import ranger
 from fastai.torch_core import params, set_seed
 from fastai.vision.augment import Flip
 from fastai.vision.data import ImageDataLoaders
@@ -196,7 +197,8 @@ def test_lr_schedules_scale_every_group_from_its_own_base_lr(schedule, dls, one_
 
 # a refused fit undoes every surgery; a second fit changes nothing
 
-@pytest.mark.parametrize("refusal", ["two lr schedules", "ema holding the lr", "a trick that does not apply"])
+@pytest.mark.parametrize("refusal", ["two lr schedules", "reduce on plateau", "ema holding the lr", "ranger",
+                                     "a trick that does not apply"])
 def test_a_refused_fit_leaves_the_model_as_it_was(refusal, dls, one_torch_thread):
     learn = Learner(dls, tiny_model(dls.c), splitter=two_groups)
     learn.create_opt()
@@ -204,6 +206,15 @@ def test_a_refused_fit_leaves_the_model_as_it_was(refusal, dls, one_torch_thread
     if refusal == "two lr schedules":
         with pytest.raises(ConfigError, match="two lr schedules: SGDR and ParamScheduler both set the lr"):
             learn.fit_one_cycle(1, cbs=[FinalBN(), RotationHead(), SGDR()])
+    elif refusal == "reduce on plateau":
+        with pytest.raises(ConfigError, match=r"two lr schedules: StepDecay and ReduceLROnPlateau both set the lr; "
+                                              r"keep one \(drop ReduceLROnPlateau\)$"):
+            learn.fit(1, cbs=[FinalBN(), RotationHead(), StepDecay(), ReduceLROnPlateau()])
+    elif refusal == "ranger":
+        learn.opt_func = ranger
+        learn.create_opt()
+        with pytest.raises(ConfigError, match="lookahead and the Learner's optimizer, already a fastai Lookahead"):
+            learn.fit(1, cbs=[FinalBN(), RotationHead(), Lookahead()])
     elif refusal == "ema holding the lr":
         with pytest.raises(ConfigError, match="ema mode=noschedule holds the lr at the peak, which overrides "
                                               "ParamScheduler; drop one of them"):

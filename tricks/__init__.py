@@ -36,11 +36,11 @@ fastai's "Exception occured in `X` when calling event `before_fit`" line) first 
 
 | trick | `MixedPrecision` | `GradientAccumulation` | `SaveModelCallback` / `EarlyStoppingCallback` | `ParamScheduler` (`fit_one_cycle`, `fit_flat_cos`, `fine_tune`) |
 |---|---|---|---|---|
-| EMA | composes | composes (averages once per real step) | saves / stops on the averaged weights | composes; mode=noschedule refused |
-| Lookahead | composes | composes (k counts real steps) | fast weights evaluated, saved, kept | composes (hyper-parameters reach the SGD) |
+| EMA | composes | composes (averages once per real step) | saves / stops on the averaged weights | composes; mode=noschedule refused (also beside `ReduceLROnPlateau`) |
+| Lookahead | composes | composes (k counts real steps) | fast weights evaluated, saved, kept | composes (hyper-parameters reach the SGD); `opt_func=ranger` refused |
 | FinalBN, LastBN, RotationHead | composes | composes (rotation loss scaled as the main loss) | composes | composes: groups, lrs and freeze kept |
 | ResidualDropout, FCDropout, LastGamma, BNMomentum, LeakyReLUSwap, SwishSwap | composes | composes | composes | composes |
-| SGDR, StepDecay | composes | composes | composes | refused (two lr schedules: use `fit`) |
+| SGDR, StepDecay | composes | composes | composes | refused (two lr schedules: use `fit`); `ReduceLROnPlateau` refused |
 """
 from tricks.activation import LeakyReLUSwap, SwishSwap
 from tricks.bn_momentum import BNMomentum

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import torch
 from fastai.callback.core import Callback
-from fastai.callback.schedule import LRFinder, ParamScheduler
+from fastai.callback.schedule import LRFinder
 from fastai.torch_core import norm_bias_params
 from timm.utils.model_ema import ModelEmaV3
 
 from tricks.errors import ConfigError
 from tricks.registry import TRICKS, Param, register_trick
-from tricks.schedules import LRSchedule, lr_ratios, set_lr
+from tricks.schedules import LRSchedule, lr_ratios, set_lr, sets_lr
 from tricks.surgery import undone_on_refusal
 
 MODES = ("plain", "lr_wd", "noschedule")
@@ -73,10 +73,10 @@ def decay_ema_weights(params: list[torch.Tensor], lr: float, wd: float) -> None:
 
 def refuse_other_schedules(cbs) -> None:
     """mode=noschedule holds the lr at the peak in place of the recipe's warmup + cosine (a plain `LRSchedule`);
-    beside any other lr schedule -- fastai's `ParamScheduler` (fit_one_cycle, fit_flat_cos, fine_tune), SGDR,
-    step decay -- one of the two would be lost: a ConfigError naming both."""
-    other = next((cb for cb in cbs if (isinstance(cb, ParamScheduler) and "lr" in cb.scheds)
-                  or (isinstance(cb, LRSchedule) and type(cb) is not LRSchedule)), None)
+    beside any other lr schedule -- fastai's `ParamScheduler` (fit_one_cycle, fit_flat_cos, fine_tune),
+    `ReduceLROnPlateau`, SGDR, step decay -- one of the two would be lost: a ConfigError naming both."""
+    other = next((cb for cb in cbs if sets_lr(cb) or (isinstance(cb, LRSchedule) and type(cb) is not LRSchedule)),
+                 None)
     if other is not None:
         raise ConfigError(f"ema mode=noschedule holds the lr at the peak, which overrides {type(other).__name__}; "
                           "drop one of them (use fit, not fit_one_cycle / fit_flat_cos / fine_tune)")

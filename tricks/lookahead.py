@@ -11,7 +11,9 @@ two methods: its inherited `_set_hyper` writes into `hypers`, which OptimWrapper
 the torch param groups on every read, so an lr schedule would silently never reach the SGD; and its
 inherited `zero_grad` zeroes gradients where torch's sets them to None (with None, SGD skips a
 parameter; with zeros it still applies momentum and weight decay). Both are delegated to the wrapped
-optimizer. Evaluation and the saved weights are the fast weights, as fastai leaves them.
+optimizer. Evaluation and the saved weights are the fast weights, as fastai leaves them (so fastai's
+`SaveModelCallback` saves, and `EarlyStoppingCallback` stops on, the weights it scored). A Learner whose
+optimizer is already a fastai Lookahead (`opt_func=ranger`) is refused at before_fit.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from fastai.callback.core import Callback
 from fastai.optimizer import Lookahead as FastaiLookahead
 from fastcore.foundation import L
 
+from tricks.errors import ConfigError
 from tricks.registry import Param, register_trick
+from tricks.surgery import undone_on_refusal
 
 
 class LookaheadOptimizer(FastaiLookahead):
@@ -70,6 +74,10 @@ class Lookahead(Callback):
         self.k, self.alpha = k, alpha
 
     def before_fit(self):
+        if isinstance(self.learn.opt, FastaiLookahead):  # fastai's `ranger` (Lookahead(RAdam)), say
+            with undone_on_refusal(self.learn):
+                raise ConfigError("lookahead and the Learner's optimizer, already a fastai Lookahead (ranger?), both "
+                                  "keep slow weights; drop the lookahead trick or give another opt_func")
         self.learn.opt = LookaheadOptimizer(self.learn.opt, k=self.k, alpha=self.alpha)
 
     def after_cancel_fit(self):

@@ -17,6 +17,7 @@ from typing import Callable
 
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder, ParamScheduler, SchedCos, SchedExp, SchedLin
+from fastai.callback.tracker import ReduceLROnPlateau
 from fastai.optimizer import OptimWrapper
 
 from tricks.errors import ConfigError
@@ -69,16 +70,23 @@ def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
 
 def check_one_lr_schedule(schedule: Callback) -> bool:
     """At `schedule`'s before_fit: ConfigError if another lr schedule is among the Learner's callbacks
-    (another `LRSchedule`, fastai's `ParamScheduler` of `fit_one_cycle` / `fit_flat_cos`), since two
-    schedules would overwrite each other's lr; True (stand aside) if it is fastai's `lr_find`."""
-    others = [cb for cb in schedule.learn.cbs if cb is not schedule and
-              (isinstance(cb, LRSchedule) or (isinstance(cb, ParamScheduler) and "lr" in cb.scheds))]
+    (another `LRSchedule`, fastai's `ParamScheduler` of `fit_one_cycle` / `fit_flat_cos`, `ReduceLROnPlateau`),
+    since two schedules would overwrite each other's lr; True (stand aside) if it is fastai's `lr_find`."""
+    others = [cb for cb in schedule.learn.cbs if cb is not schedule and (sets_lr(cb) or isinstance(cb, LRSchedule))]
     if any(isinstance(cb, LRFinder) for cb in others):
         return True
     if others:
+        hint = ("drop ReduceLROnPlateau" if isinstance(others[0], ReduceLROnPlateau) else
+                "use fit, not fit_one_cycle / fit_flat_cos, with an lr schedule trick")
         raise ConfigError(f"two lr schedules: {type(schedule).__name__} and {type(others[0]).__name__} both set "
-                          f"the lr; keep one (use fit, not fit_one_cycle / fit_flat_cos, with an lr schedule trick)")
+                          f"the lr; keep one ({hint})")
     return False
+
+
+def sets_lr(cb: Callback) -> bool:
+    """One of fastai's callbacks that set the lr: the `ParamScheduler` of fit_one_cycle / fit_flat_cos / fine_tune
+    (and lr_find's `LRFinder`, one), `ReduceLROnPlateau`."""
+    return (isinstance(cb, ParamScheduler) and "lr" in cb.scheds) or isinstance(cb, ReduceLROnPlateau)
 
 
 class LRSchedule(Callback):
