@@ -16,7 +16,8 @@ from bench import sequential
 from bench.cli import main
 from bench.decide import Status, pooled_sd, plan, run_decide, select_conclusions, status
 from bench.table import Conclusion
-from tests.fixtures import row
+from tests.fixtures import row, write_cifar10
+from tests.test_bench_ray import ray_head  # noqa: F401 (the fixture: a Ray head on 127.0.0.1)
 
 N = 20_000
 SD = 0.3
@@ -257,3 +258,69 @@ def test_cli_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+TWO_ROWS = """
+[[row]]
+id = "S1.base"
+section = "S1"
+recipe = "baseline"
+status = "unmeasured"
+baseline = "S1.base"
+
+[[row]]
+id = "S1.mixup"
+section = "S1"
+recipe = "baseline+mixup:alpha=0.3"
+status = "unmeasured"
+baseline = "S1.base"
+
+[[conclusion]]
+id = "S1.mixup-helps"
+section = "S1"
+text = "mixup helps"
+row = "S1.mixup"
+versus = "S1.base"
+expect = "better"
+"""
+
+
+def test_decide_runs_its_jobs_on_a_local_ray_head(tmp_path, ray_head, capsys):  # noqa: F811
+    from bench.store import Store
+
+    data = tmp_path / "cifar-10-batches-py"
+    write_cifar10(data, per_batch=14, n_test=70)
+    table = tmp_path / "table.toml"
+    table.write_text(TWO_ROWS)
+    results = tmp_path / "results"
+    argv = ["decide", "--table", str(table), "--data", str(data), "--budget", "smoke", "--max-seeds", "2",
+            "--device", "cpu", "--ray", ray_head, "--results", str(results)]
+    assert main(argv) == 0
+    assert "ran 4, failed 0" in capsys.readouterr().out
+    assert sorted((r["row_id"], r["seed"]) for r in Store(results).records()) == [
+        ("S1.base", 0), ("S1.base", 1), ("S1.mixup", 0), ("S1.mixup", 1)]
+
+
+def test_dry_run_on_the_committed_full_budget_runs(tmp_path, capsys):
+    """The 4 full-budget runs of the H200 slice (S9.baseline and S9.mixup.a0.3, 2 seeds each): mixup-helps is
+    open at its first look, and the next runs are its third seeds and final BN's first two."""
+    import json
+
+    from bench.results_file import DEFAULT_PATH
+
+    lines = [line for line in DEFAULT_PATH.read_text().splitlines()
+             if json.loads(line)["code_version"] == "0.1.0+c8ddd2859def"
+             and json.loads(line)["row_id"] in ("S9.baseline", "S9.mixup.a0.3")]
+    assert len(lines) == 4
+    held = tmp_path / "full.jsonl"
+    held.write_text("\n".join(lines) + "\n")
+    argv = ["decide", "S9.mixup-helps", "S9.finalbn-helps", "--budget", "full", "--dry-run", "--results-file",
+            str(held), "--results", str(tmp_path / "results")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("| S9.mixup-helps"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3].startswith("+0.67 [") and cells[4:6] == ["open", "2"]
+    planned = next(x for x in out.splitlines() if x.startswith("next runs: "))[len("next runs: "):].split(", ")
+    assert sorted(planned) == ["S9.baseline seed 2", "S9.finalbn seed 0", "S9.finalbn seed 1", "S9.mixup.a0.3 seed 2"]
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
