@@ -29,7 +29,9 @@ def test_overhead_prints_both_sides_the_ratio_on_its_own_line_and_every_callback
     assert o["ratio"] == o["trainer_us"] / o["plain_us"] and o["added_us"] == o["trainer_us"] - o["plain_us"]
     assert all(v > 0 for v in [*o["plain_us_per_step"], *o["trainer_us_per_step"]])
     assert f"ratio = {o['ratio']:.3f}" in out  # a line of its own
-    assert f"plain loop: {o['plain_us']:.1f} us per step" in out and f"trainer:    {o['trainer_us']:.1f} us per step" in out
+    assert f"plain loop: {o['plain_us']:.1f} us per step" in out
+    assert f"trainer:    {o['trainer_us']:.1f} us per step" in out
+    assert o["ratio_best"] == min(o["trainer_us_per_step"]) / min(o["plain_us_per_step"])
     assert o["instrumented_steps"] == TINY.steps * TINY.epochs
     assert set(o["callbacks"]) == DEFAULT_CALLBACKS  # each default callback, those without a batch event at 0
     assert set(o["callbacks"]["StopOnNonFinite"]["events"]) == {"after_loss", "after_batch"}
