@@ -13,11 +13,12 @@ from recipes.distributed import all_reduce_sum, world_size
 class EpochStats(Callback):
     """Train loss, test loss and accuracy, lr, and timing, one record per epoch.
 
-    Sums stay as device tensors during the epoch (no host sync per batch); `after_epoch` reads them
-    once and hands the record to every listener (e.g. the run folder's metrics.csv writer). On several
-    processes (`recipes.distributed`) the sums and counts are added over the ranks once per epoch, at
-    after_train and after_validate, so every rank's record is the global one and img/s counts the
-    images of all ranks.
+    Sums stay as device tensors during the epoch (no host sync per batch); a training batch only keeps
+    its loss tensor and size (no op: the trainer's host cost per step), summed into the epoch's train
+    loss at after_train (or when `running_train_loss` asks); `after_epoch` reads them once and hands the
+    record to every listener (e.g. the run folder's metrics.csv writer). On several processes
+    (`recipes.distributed`) the sums and counts are added over the ranks once per epoch, at after_train
+    and after_validate, so every rank's record is the global one and img/s counts the images of all ranks.
     """
 
     order = 90
@@ -48,6 +49,8 @@ class EpochStats(Callback):
     def before_train(self):
         dev = self.dls.device
         self.train_loss, self.train_n = torch.zeros((), device=dev), 0
+        self.batch_losses: list[torch.Tensor] = []  # this epoch's training losses and sizes, not yet summed
+        self.batch_sizes: list[int] = []
         self.train_start = time.perf_counter()
 
     def before_validate(self):
@@ -59,14 +62,23 @@ class EpochStats(Callback):
         y = learn.yb[0]
         n = y.shape[0]
         if learn.training:
-            self.train_loss += learn.loss.detach().float() * n
+            self.batch_losses.append(learn.loss.detach().float())
+            self.batch_sizes.append(n)
             self.train_n += n
         else:
             self.test_loss += learn.loss.detach().float() * n
             self.test_correct += (learn.pred.argmax(dim=1) == y).sum()
             self.test_n += n
 
+    def sum_train_losses(self) -> None:
+        """Add the kept batches' loss x size to the train loss sum (three ops however many batches)."""
+        if self.batch_losses:
+            sizes = torch.tensor(self.batch_sizes, dtype=torch.float32).to(self.train_loss.device, non_blocking=True)
+            self.train_loss = self.train_loss + (torch.stack(self.batch_losses) * sizes).sum()
+            self.batch_losses, self.batch_sizes = [], []
+
     def after_train(self):
+        self.sum_train_losses()
         if world_size() > 1:
             self.train_loss, n = all_reduce_sum(self.train_loss, self.train_n)
             self.train_n = int(n.item())
@@ -82,6 +94,7 @@ class EpochStats(Callback):
 
     def running_train_loss(self) -> float:
         """The mean train loss of this epoch so far (one host sync)."""
+        self.sum_train_losses()
         return (self.train_loss / max(self.train_n, 1)).item()
 
     def after_epoch(self):
