@@ -120,8 +120,11 @@ class TricksLearner(Learner):
 
     def __call__(self, event_name):
         """fastai's `Learner.__call__` (one event name or several) without building an `L` per event."""
-        for name in ([event_name] if isinstance(event_name, str) else event_name):
-            self._call_one(name)
+        if isinstance(event_name, str):
+            self._call_one(event_name)
+        else:
+            for name in event_name:
+                self._call_one(name)
 
     def _call_one(self, event_name):
         """fastai's dispatch, without its cost: fastai calls every callback for every event, and a callback
@@ -131,18 +134,17 @@ class TricksLearner(Learner):
         callbacks stay the same); `after_fit` still reaches every callback (it resets `Callback.run`).
         Outside the batch loop each goes through `Callback.__call__` as fastai does; inside it
         (`batch_event`) the same decision without its per-call cost."""
-        key = (event_name, tuple(map(id, self.cbs.items)))
-        cache = self.__dict__.setdefault("_dispatch", {})
-        plan = cache.get(key)
-        if plan is None:
-            plan = cache[key] = self.dispatch_plan(event_name)
-            if len(cache) > 256:
-                cache.clear()
-        if event_name in INNER_LOOP:
-            self.batch_event(event_name, plan)
-        else:
+        cbs = self.cbs.items
+        cache = self.__dict__.setdefault("_dispatch", {})  # event -> (the callbacks it was made for, plan)
+        cached = cache.get(event_name)
+        if cached is None or cached[0] != cbs:  # the same callbacks: a list compare by identity, no allocation
+            cached = cache[event_name] = (list(cbs), self.dispatch_plan(event_name))
+        plan = cached[1]
+        if event_name not in INNER_LOOP:
             for cb, _ in plan:
                 cb(event_name)
+        elif plan:
+            self.batch_event(event_name, plan)
 
     def dispatch_plan(self, event_name: str) -> list[tuple[Callback, bool]]:
         """The callbacks `event_name` reaches, in fastai's order, each with whether `batch_event` may decide for
@@ -199,6 +201,16 @@ class TricksLearner(Learner):
             return super()._do_epoch_validate(ds_idx, dl)
 
 
+class TrainEval(TrainEvalCallback):
+    """fastai's `TrainEvalCallback` (`learn.train_eval` still), its after_batch reading the Learner's counts
+    directly instead of through the Callback's `GetAttr` (once a training step)."""
+
+    def after_batch(self):
+        learn = self.learn
+        learn.pct_train += 1. / (learn.n_iter * learn.n_epoch)
+        learn.train_iter += 1
+
+
 def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
                   cbs: Iterable[Callback] = (), tricks: list[Callback] | None = None) -> Learner:
     """A fastai Learner: torch SGD (momentum, optional Nesterov, L2 decay) in fastai's OptimWrapper,
@@ -218,7 +230,7 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
 
     if tricks is None:  # the caller may pass the recipe's tricks it built already
         tricks = build_tricks(recipe)
-    callbacks = [TrainEvalCallback(), *tricks, *cbs]
+    callbacks = [TrainEval(), *tricks, *cbs]
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     if recipe.precision not in ("fp32", "auto"):

@@ -11,7 +11,7 @@ from bench.cli import main
 from bench.overhead import BATCH_EVENTS, EventTimer, OverheadSizes, overhead_recipe, tiny_data, trainer_fit
 
 TINY = OverheadSizes(steps=3, epochs=3, repeats=2, bs=8)
-DEFAULT_CALLBACKS = {"TrainEvalCallback", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint"}
+DEFAULT_CALLBACKS = {"TrainEval", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint"}
 STEP_EVENTS = {"before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
                "after_step", "after_batch"}
 
