@@ -11,7 +11,8 @@ batches included); it is named by the first frame outside torch, as `path:functi
 
 Allowed inside a training batch: the sites of `ALLOWED` (each with why it costs no wait on a GPU) and
 the NaN check (`recipes.nan_guard.StopOnNonFinite.check`) once every `every` >= 50 batches. On a CUDA
-GPU the same runs go under `torch.cuda.set_sync_debug_mode("error")` as well.
+GPU the training batches of the same runs go under `torch.cuda.set_sync_debug_mode("error")` as well
+(those of a trick with a known device read in `TO_FIX` excepted), which confirms the reasons given.
 Written by hand: torch has the modes but no counter of host reads for the CPU.
 """
 from __future__ import annotations
@@ -73,11 +74,13 @@ def _copies_to_host(name: str, args, kwargs) -> bool:
 
 
 class HostReads:
-    """Counts host reads by site while `open`; `reads` is a Counter of 'path:function'."""
+    """Counts host reads by site while `open`; `reads` is a Counter of 'path:function'. With `sync_errors`, on a
+    CUDA GPU, torch raises at any synchronising call while open (`torch.cuda.set_sync_debug_mode('error')`)."""
 
-    def __init__(self):
+    def __init__(self, sync_errors: bool = False):
         self.reads: Counter[str] = Counter()
-        self.open = False
+        self._open = False
+        self.sync_errors = sync_errors and torch.cuda.is_available()
         self.depth = 0  # inside a `.tolist()`/`.numpy()`/`.cpu()` already counted
         self.batches = 0
 
@@ -90,6 +93,16 @@ class HostReads:
                 return f"{rel}:{frame.f_code.co_name}"
             frame = frame.f_back
         return "?"
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    @open.setter
+    def open(self, value: bool) -> None:
+        self._open = value
+        if self.sync_errors:
+            torch.cuda.set_sync_debug_mode("error" if value else "default")
 
     def count(self) -> None:
         if self.open and self.depth == 0:
@@ -162,33 +175,23 @@ class CloseAtAfterTrain(Callback):
         self.host.open = False
 
 
-def training_reads(text: str, tmp_path: Path, extra=(), n_train: int = 64, **overrides) -> HostReads:
+def training_reads(text: str, tmp_path: Path, extra=(), n_train: int = 64, sync_errors: bool = True,
+                   **overrides) -> HostReads:
     """`recipe run` of `text` on toy data (resnet8, 16x16 images) with the host reads of its training batches
-    counted; on CUDA, also under `torch.cuda.set_sync_debug_mode('error')`."""
+    counted; on CUDA, with `sync_errors`, the training batches also run under
+    `torch.cuda.set_sync_debug_mode('error')`."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = {"epochs": 2, "bs": 16, "eval_bs": 32, "model": "resnet8", "device": device, **overrides}
     recipe = parse_recipe(text, **settings)
-    reads = HostReads()
+    reads = HostReads(sync_errors)
     cbs = lambda stats: [OpenAfterBeforeTrain(reads), CloseAtAfterTrain(reads), *extra]
-    with ValueOps(reads), HostMethods(reads), SyncDebug(device):
-        train(recipe, tmp_path / "run", data=toy_data(n_train=n_train, n_test=32), callbacks=cbs)
-    assert reads.batches > 0 and not reads.open
+    try:
+        with ValueOps(reads), HostMethods(reads):
+            train(recipe, tmp_path / "run", data=toy_data(n_train=n_train, n_test=32), callbacks=cbs)
+        assert reads.batches > 0 and not reads.open
+    finally:
+        reads.open = False  # the sync debug mode back to default whatever happened
     return reads
-
-
-class SyncDebug:
-    """`torch.cuda.set_sync_debug_mode('error')` inside training batches on CUDA; nothing on the CPU."""
-
-    def __init__(self, device: str):
-        self.cuda = device == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.set_sync_debug_mode("error")
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.set_sync_debug_mode("default")
 
 
 def disallowed(reads: HostReads, every: int = StopOnNonFinite().every) -> dict[str, int]:
@@ -201,7 +204,7 @@ def disallowed(reads: HostReads, every: int = StopOnNonFinite().every) -> dict[s
 
 def test_the_nan_check_reads_once_every_fifty_batches_and_nothing_else_reads(tmp_path):
     # bs 2 on 128 images: 64 batches an epoch, the check's look at batch 50 of each epoch falls inside
-    reads = training_reads("baseline", tmp_path, n_train=128, bs=2)
+    reads = training_reads("baseline", tmp_path, n_train=128, bs=2, sync_errors=False)  # the check syncs, once
     assert StopOnNonFinite().every >= 50 and reads.batches == 2 * 64
     assert reads.reads[NAN_CHECK] == 2
     assert disallowed(reads) == {} and set(reads.reads) <= {NAN_CHECK}
@@ -213,7 +216,9 @@ PARAMS = {"stepdecay": ":at=1", "refine": ":gens=1", "dynarefine": ":start_epoch
 
 @pytest.mark.parametrize("name", sorted(TRICKS.names()))
 def test_no_trick_reads_the_host_inside_a_training_batch(name, tmp_path):
-    reads = training_reads(f"baseline+{name}{PARAMS.get(name, '')}", tmp_path, model=MODEL.get(name, "resnet8"))
+    known = any(trick == name for trick, _ in TO_FIX.values())  # a known device read: no sync errors for it yet
+    reads = training_reads(f"baseline+{name}{PARAMS.get(name, '')}", tmp_path, model=MODEL.get(name, "resnet8"),
+                           sync_errors=not known)
     assert reads.batches == 2 * 4 * (2 if name == "refine" else 1)  # 64 images, bs 16, 2 epochs (per generation)
     assert disallowed(reads) == {}, f"host reads inside training batches: {dict(reads.reads)}"
     fixed = [site for site, (trick, _) in TO_FIX.items() if trick == name and site not in reads.reads]
@@ -232,5 +237,5 @@ def test_the_interceptor_catches_a_read_the_trainer_adds(tmp_path, monkeypatch):
             self.learn.yb[0].tolist()
 
     monkeypatch.setattr(EpochStats, "after_batch", after_batch_that_reads)
-    reads = training_reads("baseline", tmp_path)
+    reads = training_reads("baseline", tmp_path, sync_errors=False)  # on CUDA the reads would raise at once
     assert disallowed(reads) == {"tests/test_host_reads.py:after_batch_that_reads": 2 * 8}
