@@ -1,8 +1,9 @@
 """`bench perf --overhead`: the trainer's host work per training step, measured where the step's arithmetic is nothing.
 
 Both sides train `tiny_model` (one 3x3 convolution and a linear layer) on 8x8 images at batch 32, no
-augmentation, with the project's device loaders, so that a step's arithmetic costs next to nothing and
-the difference is the host work of the loop:
+augmentation, not compiled (the device's precision as `recipe run` resolves it), with the project's
+device loaders, so that a step's arithmetic costs next to nothing and the difference is the host work
+of the loop:
 
 - plain: `bench.perf.plain_fit`, the hand-written loop (lr set per iteration, forward, loss, backward,
   SGD step, zero_grad);
@@ -78,9 +79,11 @@ def tiny_data(sizes: OverheadSizes) -> ImageData:
 
 
 def overhead_recipe(sizes: OverheadSizes, device: torch.device) -> Recipe:
-    """The baseline recipe at batch `bs`, without augmentation, resolved for `device` as `recipe run` does."""
+    """The baseline recipe at batch `bs`, without augmentation, resolved for `device` as `recipe run` does, but
+    not compiled: the model's call is the same work on both sides, and a compile per fit (two per repeat)
+    would take minutes, past dynamo's limit of recompiles for one function (then the fits would run eagerly)."""
     recipe = parse_recipe("baseline", epochs=sizes.epochs, bs=sizes.bs, eval_bs=sizes.bs, device=str(device),
-                          crop_pad=0, flip=False, warmup_epochs=sizes.epochs / 2)
+                          crop_pad=0, flip=False, warmup_epochs=sizes.epochs / 2, compile=False)
     return resolve_speed(recipe, device)[0]
 
 
@@ -190,8 +193,8 @@ def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -
     return {
         "device": str(dev), "threads": torch.get_num_threads(),
         "setup": f"one 3x3 conv ({CHANNELS}->{WIDTH}) and a linear layer on {SIZE}x{SIZE} inputs, batch {sizes.bs}, "
-                 f"no augmentation; {sizes.steps} steps x {sizes.epochs} epochs (first left out), {sizes.repeats} "
-                 "fits per side, alternating; medians",
+                 f"no augmentation, not compiled; {sizes.steps} steps x {sizes.epochs} epochs (first left out), "
+                 f"{sizes.repeats} fits per side, alternating; medians",
         "sizes": dataclasses.asdict(sizes),
         "plain_us_per_step": plain, "trainer_us_per_step": trainer,
         "plain_us": plain_us, "trainer_us": trainer_us, "added_us": trainer_us - plain_us,
