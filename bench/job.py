@@ -23,7 +23,7 @@ from fastai.callback.core import Callback
 from bench import results_file
 from bench.store import COLUMNS, Store, dataset_checksum, short_version
 from tricks.data import ImageData, load_dataset
-from tricks.errors import TricksError
+from tricks.errors import DiskFullError, TricksError
 
 _LOADED: dict[tuple[str, str | None], tuple[ImageData, str]] = {}  # (dataset, data) -> (data, checksum)
 
@@ -168,6 +168,8 @@ def _attempt(job: Job) -> tuple[Job, dict[str, Any] | None, str | None]:
         return job, run_job(job), None
     except Abandoned as e:
         return job, None, "abandoned: " + one_line(e)
+    except DiskFullError:  # every later job would fail the same way: the replay stops with the one line
+        raise
     except TricksError as e:
         return job, None, one_line(e)
     except Exception as e:  # a bug or a device error in one run must not stop the others: reported as failed

@@ -21,6 +21,7 @@ results folder resumes it.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 import signal
@@ -127,7 +128,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
     workers = default_workers(device) if workers is None else workers
     if seeds < 1 or workers < 1:
         raise ConfigError(f"seeds and workers must be at least 1, got seeds={seeds}, workers={workers}")
-    if until is not None and until <= 0:
+    if until is not None and not (math.isfinite(until) and until > 0):
         raise ConfigError(f"--until must be a positive number of seconds, got {until:g}")
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):

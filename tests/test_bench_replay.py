@@ -171,12 +171,27 @@ def test_until_abandons_at_the_deadline_and_the_next_replay_resumes_into_the_res
                   device="cpu", results_path=path)["ran"] == 1
 
 
-def test_until_must_be_positive(tmp_path, tiny):
+@pytest.mark.parametrize("until, shown", [(-1, "-1"), (float("nan"), "nan"), (float("inf"), "inf")])
+def test_until_must_be_positive_and_finite(tmp_path, tiny, until, shown):
     from tricks.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--until must be a positive number of seconds, got -1"):
+    with pytest.raises(ConfigError, match=f"--until must be a positive number of seconds, got {shown}$"):
         replay([row("S1.a")], budget="smoke", seeds=1, workers=1, results_dir=tmp_path / "r", data=str(tiny),
-               device="cpu", until=-1)
+               device="cpu", until=until)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_stops_the_replay_instead_of_failing_each_job(tmp_path, tiny, monkeypatch):
+    from bench import job as job_module
+    from tricks.errors import DiskFullError
+
+    def full(job):
+        raise DiskFullError("no space left on device to write 'x/model.pth'")
+
+    monkeypatch.setattr(job_module, "run_job", full)
+    with pytest.raises(DiskFullError, match="no space left on device to write 'x/model.pth'"):
+        replay([row("S1.a"), row("S1.b", "baseline+mixup:alpha=0.3")], budget="smoke", seeds=1, workers=1,
+               results_dir=tmp_path / "r", data=str(tiny), device="cpu")
 
 
 def test_other_data_trains_again_on_a_results_folder_and_the_report_never_mixes_them(tmp_path, tiny):
