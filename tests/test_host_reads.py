@@ -45,11 +45,7 @@ ALLOWED = {
 }
 # site -> (the trick that reads, why): device reads on CUDA too, known and still to be removed; the trick's test
 # fails once the read is gone, so that the entry goes with it
-TO_FIX = {
-    "tricks/rotation_head.py:rotate_batch": ("rotation", "`(k == r).nonzero()` has a data-dependent size: three "
-                                                         "syncs a batch on CUDA (a torch.where over the "
-                                                         "rotations would need none)"),
-}
+TO_FIX: dict[str, tuple[str, str]] = {}  # site -> (trick, why): a known device read not yet removed
 NAN_CHECK = "recipes/nan_guard.py:check"
 
 VALUE_OPS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal", "aten::nonzero",

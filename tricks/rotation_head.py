@@ -42,10 +42,9 @@ def rotate_batch(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Image i of x (B, C, H, W) rotated by k[i] * 90 degrees, as torch.rot90(x[i], k[i], dims=(1, 2))."""
     if x.shape[-1] != x.shape[-2]:
         raise ConfigError(f"rotation needs square images; got {x.shape[-2]}x{x.shape[-1]}")
-    out = x.clone()
-    for r in range(1, ROTATIONS):
-        idx = (k == r).nonzero(as_tuple=True)[0]
-        out[idx] = torch.rot90(x[idx], r, dims=(2, 3))
+    out = x
+    for r in range(1, ROTATIONS):  # a select per rotation, no index of data-dependent size: no host sync on CUDA
+        out = torch.where((k == r).view(-1, 1, 1, 1), torch.rot90(x, r, dims=(2, 3)), out)
     return out
 
 

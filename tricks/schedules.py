@@ -60,12 +60,11 @@ def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
     `OptimWrapper` around a torch optimizer the torch groups' "lr" is written directly (what its set_hyper does,
     without converting every group's hyper-parameters to fastai's names first: ~0.2 ms a batch); any other
     optimizer (fastai's own, a Lookahead) goes through its set_hyper."""
-    lrs = [lr] * len(opt.hypers) if ratios is None or all(r == 1.0 for r in ratios) else [lr * r for r in ratios]
-    if type(opt) is OptimWrapper:
-        for group, group_lr in zip(opt.opt.param_groups, lrs):
-            group["lr"] = group_lr
+    if type(opt) is OptimWrapper:  # not len(opt.hypers): fastai builds every group's hypers to answer it
+        for i, group in enumerate(opt.opt.param_groups):
+            group["lr"] = lr if ratios is None else lr * ratios[i]
     else:
-        opt.set_hyper("lr", lrs)
+        opt.set_hyper("lr", [lr] * len(opt.hypers) if ratios is None else [lr * r for r in ratios])
 
 
 def check_one_lr_schedule(schedule: Callback) -> bool:
