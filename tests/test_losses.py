@@ -68,12 +68,12 @@ def test_smooth_targets_refuses_unclear_arguments():
             smooth_targets(y, 3, **kw)
 
 
-def test_switch_loss_keeps_the_first_plain_loss_for_restoring():
+def test_switch_loss_installs_the_wanted_loss_unless_a_soft_one_is_in_place():
     plain = torch.nn.CrossEntropyLoss()
-    assert switch_loss(plain, soft_target_cross_entropy) == (soft_target_cross_entropy, plain)
-    assert switch_loss(soft_target_cross_entropy, soft_target_cross_entropy) == (soft_target_cross_entropy, None)
-    assert switch_loss(kl_div_loss, soft_target_cross_entropy) == (kl_div_loss, None)
-    assert switch_loss(soft_target_cross_entropy, kl_div_loss, replace_soft=True) == (kl_div_loss, None)
+    assert switch_loss(plain, soft_target_cross_entropy) is soft_target_cross_entropy
+    assert switch_loss(soft_target_cross_entropy, soft_target_cross_entropy) is soft_target_cross_entropy
+    assert switch_loss(kl_div_loss, soft_target_cross_entropy) is kl_div_loss
+    assert switch_loss(soft_target_cross_entropy, kl_div_loss, replace_soft=True) is kl_div_loss
 
 
 # ---- the onehot and lsmooth tricks ----

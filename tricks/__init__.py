@@ -19,6 +19,25 @@ first), whatever order a recipe names them in:
 | 65 | before_fit: optimizer | lookahead wraps the optimizer |
 | 70 | after_step: weights | EMA of the weights |
 
+The target tricks beside fastai's own callbacks and tasks (`tricks.losses.TrainingLoss`; tested in
+`tests/test_beside_fastai_targets.py`). They install their loss for training only and, after any fit (completed,
+cancelled or refused), the Learner holds the very loss object it held before the fit, whichever callback swapped
+first. "refused": a one-line `ConfigError` at the fit's before_fit naming both, the Learner (loss, weights, model
+surgery) left as it was (`validate` / `get_preds` / `predict` refuse nothing: the tricks act in training only).
+Multi-label means a `MultiCategoryBlock` Learner with a BCE loss (`BCEWithLogitsLossFlat`); a loss that is
+neither plain cross entropy nor BCE (say `LabelSmoothingCrossEntropyFlat`) is refused by every target trick but
+mixup:mix=losses, which wraps any loss.
+
+| trick | fastai `MixUp` / `CutMix` | `MixedPrecision` | `GradientAccumulation` | multi-label (BCE) |
+|---|---|---|---|---|
+| OneHot | refused | composes | composes | refused (targets already multi-hot) |
+| LabelSmoothing | refused (tricks' MixUp composes with it) | composes | composes | trains: y * (1 - eps) + eps / 2 (or on/off) per class, BCE kept |
+| MixUp | refused (both mix the batch) | composes | composes | trains: multi-hot targets mixed, BCE kept (mix=losses: BCE values mixed) |
+| KLMixUp | refused (both mix the batch) | composes | composes | refused (KL of softmax distributions) |
+| LabelRefinery | refused (tricks' MixUp composes with it) | composes | composes | refused (teacher's softmax targets); the teacher model is not changed |
+| DynamicRefine | refused (tricks' MixUp composes with it) | composes | composes | refused (snapshot's softmax targets) |
+| ChannelDrop | composes (drops channels of the mixed images) | composes | composes | composes (input only) |
+
 The weight, lr-schedule and model tricks beside fastai's own callbacks, schedules and learners (tested in
 `tests/test_beside_fastai_model.py`). Averaged weights are the model's weights wherever fastai evaluates, saves or
 stops: EMA's average is in the model from before_validate to EMA's own after_epoch (order 70), so

@@ -25,6 +25,7 @@ generation. The earlier reading here, y <- (1 - w) * y + w * softmax(pred.detach
 forward pass, is not a teacher at all: at T = 1 its gradient w.r.t. the logits is exactly
 (1 - w) * (softmax(pred) - y), i.e. plain cross entropy scaled by (1 - w), a change of learning rate.
 Evaluation is untouched (run_valid False): the test split is scored against its true labels.
+Single-label only: a multi-label Learner (BCE loss) is refused at before_fit.
 The maths is `refine_targets` (the refinery's `teacher_targets` blended with y_soft); the snapshot is
 written by hand: no library keeps one.
 """
@@ -73,6 +74,7 @@ class DynamicRefine(TrainingLoss):
 
     order = 36  # before_batch: after mixup (30) mixed x and the label refinery (35); after_pred: after
     #             one-hot / label smoothing (20) and mixup (30) made the soft targets
+    single_label_only = "its targets blend in the snapshot's softmax over classes"
 
     def __init__(self, weight: float = 0.5, temperature: float = 1.0, start_epoch: int = 1):
         if not 0.0 <= weight <= 1.0:
@@ -87,9 +89,12 @@ class DynamicRefine(TrainingLoss):
         self.teacher_logits = None  # snapshot(x) of the current training batch
 
     def before_fit(self):
+        super().before_fit()
+        self.snapshot, self.teacher_logits = None, None
+
+    def check_tricks(self):
         if any(isinstance(cb, MixUp) and cb.mix == "losses" for cb in self.learn.cbs):
             raise ConfigError("dynarefine refines mixed labels, and mixup:mix=losses has none; use mix=labels")
-        self.snapshot, self.teacher_logits = None, None
 
     def before_batch(self):
         self.teacher_logits = None

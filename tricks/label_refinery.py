@@ -1,14 +1,18 @@
-"""Label refinery: train on a frozen teacher's soft predictions (Bagherinezhad et al. 2018,
+"""Label refinery: train on a teacher's soft predictions (Bagherinezhad et al. 2018,
 "Label Refinery: Improving ImageNet Classification through Label Progression", arXiv:1805.02641).
 
 For each training batch x (after augmentation and, when mixup is on, after mixing), the target is
 
     t = softmax(teacher(x) / T)
 
-with the teacher in eval mode and its weights frozen; T < 1 sharpens. The loss is KL(t || softmax(s))
+with the teacher in eval mode under no_grad; T < 1 sharpens. The loss is KL(t || softmax(s))
 or the soft cross entropy -(t * log_softmax(s)).sum(1), which differ by the entropy of t, a constant,
 so both give the same gradient. The generations (train, then refine from the model just trained) are
 run by `recipes.run`; this callback is one generation and works in any fastai Learner.
+The teacher is used, not changed: it predicts under `torch.no_grad` (its parameters' requires_grad are left as
+they are), in eval mode during the fit, and after the fit it is back on its own device and in its own train /
+eval mode, so the Learner it came from trains on as before. Single-label only: the targets are a softmax
+over classes; a multi-label Learner (BCE loss) is refused at before_fit.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.
     per_run=True,
 )
 class LabelRefinery(TrainingLoss):
-    """Replace each training batch's targets with a frozen teacher's softmax of that exact batch.
+    """Replace each training batch's targets with a teacher's softmax of that exact batch (weights unchanged).
 
     The teacher predicts at before_batch, after mixup (30) mixed the inputs; the targets are written
     at after_pred, after one-hot / smoothing (20) and mixup (30) wrote theirs, so they are neither
@@ -57,6 +61,7 @@ class LabelRefinery(TrainingLoss):
 
     order = 35
     replace_soft = True
+    single_label_only = "its targets are the teacher's softmax over classes"
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, loss: str = "kl"):
         if loss not in LOSSES:
@@ -65,11 +70,15 @@ class LabelRefinery(TrainingLoss):
             raise ConfigError(f"refinery temperature={temperature} must be > 0")
         self.teacher, self.temperature, self.loss = teacher, temperature, loss
         self.train_loss, self.targets = LOSSES[loss], None
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.lent = None  # (device, training mode) the teacher had before this fit borrowed it
 
-    def before_fit(self):
-        self.teacher.to(next(self.learn.model.parameters()).device).eval()
+    def before_train(self):
+        super().before_train()
+        if self.lent is None:
+            device = next(self.learn.model.parameters()).device
+            first = next(self.teacher.parameters(), None)
+            self.lent = (first.device if first is not None else device, self.teacher.training)
+            self.teacher.to(device).eval()
 
     def before_batch(self):
         self.teacher.eval()
@@ -81,3 +90,15 @@ class LabelRefinery(TrainingLoss):
     def after_train(self):
         super().after_train()
         self.targets = None
+
+    def after_fit(self):
+        """Give the teacher back as it was lent: its device and train / eval mode (its weights and requires_grad
+        were never touched: it predicts under no_grad)."""
+        if self.lent is not None:
+            device, training = self.lent
+            self.teacher.to(device).train(training)
+            self.lent = None
+
+    def after_cancel_fit(self):
+        super().after_cancel_fit()
+        self.after_fit()

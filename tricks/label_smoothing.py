@@ -9,11 +9,13 @@ The targets are made at after_pred, not before_batch: the number of classes C is
 prediction, which is known only then (the data loaders do not carry it). Order 20 still runs before
 mixup (30) and dynamic refine (36) at after_pred. Training batches only; the test split keeps its
 hard labels, and the soft-target loss is in place for training only (`tricks.losses.TrainingLoss`).
+A multi-label Learner (BCE loss): lsmooth smooths each class of the multi-hot targets,
+y * (1 - eps) + eps / 2 (or `on` / `off`), under the Learner's own BCE loss; onehot refuses it.
 """
 from __future__ import annotations
 
 from tricks.errors import ConfigError
-from tricks.losses import TrainingLoss, one_hot, smooth_targets
+from tricks.losses import MULTI_LABEL, TrainingLoss, one_hot, smooth_multi_hot, smooth_targets
 from tricks.registry import Param, register_trick
 
 
@@ -25,12 +27,18 @@ class SoftTargets(TrainingLoss):
     def targets(self, y, num_classes):
         raise NotImplementedError
 
-    def before_fit(self):
+    def check_tricks(self):
         if any(isinstance(cb, SoftTargets) and cb is not self for cb in self.learn.cbs):
             raise ConfigError("onehot and lsmooth both set the targets; keep one")
 
     def after_pred(self):
-        self.learn.yb = (self.targets(self.learn.yb[0], self.learn.pred.shape[1]),)
+        y = self.learn.yb[0]
+        multi = self.task == MULTI_LABEL
+        self.learn.yb = (self.multi_hot_targets(y) if multi else self.targets(y, self.learn.pred.shape[1]),)
+
+    def multi_hot_targets(self, y):
+        """The targets of a multi-label Learner (its BCE loss kept), for the tricks with `multi_label`."""
+        raise NotImplementedError
 
 
 @register_trick(
@@ -40,7 +48,9 @@ class SoftTargets(TrainingLoss):
     touches=("targets", "loss"),
 )
 class OneHot(SoftTargets):
-    """y -> onehot(y); the loss equals plain cross entropy exactly."""
+    """y -> onehot(y); the loss equals plain cross entropy exactly. Single-label only."""
+
+    single_label_only = "a multi-label Learner's targets are already multi-hot, its loss a BCE"
 
     def targets(self, y, num_classes):
         return one_hot(y, num_classes)
@@ -60,7 +70,10 @@ class OneHot(SoftTargets):
     touches=("targets", "loss"),
 )
 class LabelSmoothing(SoftTargets):
-    """eps > 0: (1 - eps) * onehot + eps / C; else `on` at the true class, `off` elsewhere."""
+    """eps > 0: (1 - eps) * onehot + eps / C; else `on` at the true class, `off` elsewhere. A multi-label Learner
+    (BCE loss, kept): every class smoothed as a two-class problem, y * (1 - eps) + eps / 2, or on/off."""
+
+    multi_label = True
 
     def __init__(self, eps: float = 0.0, on: float = 0.9, off: float = 0.0001):
         if eps == 0.0 and not off < on:
@@ -71,3 +84,8 @@ class LabelSmoothing(SoftTargets):
         if self.eps > 0:
             return smooth_targets(y, num_classes, eps=self.eps)
         return smooth_targets(y, num_classes, on=self.on, off=self.off)
+
+    def multi_hot_targets(self, y):
+        if self.eps > 0:
+            return smooth_multi_hot(y, eps=self.eps)
+        return smooth_multi_hot(y, on=self.on, off=self.off)

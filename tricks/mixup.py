@@ -19,6 +19,9 @@ permutation (Zhang et al.'s code, the notes) and the targets may be the notes' o
 check `mixup_batch` against `mixup_target` when `perm` is the reversal. fastai's `MixUp` draws one
 lam per image and uses max(lam, 1 - lam), which is not the notes' mixup.
 The loss is swapped for training only (`tricks.losses.TrainingLoss`, as fastai's `MixHandler`).
+A multi-label Learner (BCE loss): mixup mixes the float multi-hot targets and keeps the Learner's BCE loss
+(mix='labels'), or mixes its two BCE values (mix='losses'; the same loss, BCE being linear in the target);
+kl-mixup refuses it.
 lam and perm come from torch's global RNG (CPU for lam, the batch's device for perm), seeded by the
 trainer, so runs are reproducible under `torch.manual_seed`.
 """
@@ -68,6 +71,8 @@ class MixUp(TrainingLoss):
     """Mixes x at before_batch; the targets at after_pred (labels) or the loss (losses). Training only."""
 
     order = 30  # after one-hot / label smoothing (20) made the soft targets, before dynamic refine (36)
+    mixes_batch = True
+    multi_label = True  # multi-hot targets mixed under the Learner's BCE loss (kept)
 
     def __init__(self, alpha: float = 0.3, mix: str = "labels"):
         if not alpha > 0:
@@ -80,14 +85,15 @@ class MixUp(TrainingLoss):
         self.plain_loss = None  # the loss whose two values are mixed (mix='losses'), during training
         if mix == "losses":
             self.replace_soft = True  # the mixed loss wraps the one in place, soft (onehot, lsmooth) or not
+            self.any_loss = True  # it wraps whatever loss the Learner has
 
-    def before_fit(self):
+    def check_tricks(self):
         if any(isinstance(cb, MixUp) and cb is not self for cb in self.learn.cbs):
             raise ConfigError("mixup and klmixup both mix the batch; keep one")
 
     def training_loss(self):
         if self.mix == "labels":
-            return self.train_loss
+            return super().training_loss()  # the soft cross entropy; a multi-label Learner's BCE is kept
         self.plain_loss = self.learn.loss_func  # cross entropy, or the soft one of onehot / lsmooth
         return SoftTargetLoss(self.loss_of_mixed_batch)
 
@@ -127,6 +133,8 @@ class KLMixUp(MixUp):
 
     train_loss = kl_div_loss
     replace_soft = True  # KL replaces the soft cross entropy of onehot / lsmooth
+    multi_label = False
+    single_label_only = "KL divergence compares softmax distributions; tricks.MixUp mixes multi-hot targets under BCE"
 
     def __init__(self, alpha: float = 0.3):
         super().__init__(alpha=alpha, mix="labels")
