@@ -195,6 +195,20 @@ def test_lr_schedules_scale_every_group_from_its_own_base_lr(schedule, dls, one_
     assert spy.lrs[0] == pytest.approx([1e-4, 1e-2], rel=1e-12) and spy.lrs[0][0] != spy.lrs[0][1]
 
 
+def test_two_lr_schedules_added_after_the_fit_refuse_the_next_fit_but_not_evaluation(dls, one_torch_thread):
+    """fastai's validate / get_preds hold the Learner's lock during before_fit: a refusal there would leave it held
+    and hang the next call, so the schedules stand aside there and refuse only a fit."""
+    learn = Learner(dls, tiny_model(dls.c), metrics=accuracy)
+    learn.fit(1, 1e-2)
+    learn.add_cbs([SGDR(), StepDecay(milestones=[1])])
+    probs, targets = learn.get_preds()
+    loss = learn.validate()[0]
+    assert loss == pytest.approx(float(nn.functional.cross_entropy(probs.log(), targets)), rel=1e-5)
+    assert not learn.lock.locked()
+    with pytest.raises(ConfigError, match="two lr schedules: SGDR and StepDecay both set the lr; keep one"):
+        learn.fit(1, 1e-2)
+
+
 # a refused fit undoes every surgery; a second fit changes nothing
 
 @pytest.mark.parametrize("refusal", ["two lr schedules", "reduce on plateau", "ema holding the lr", "ranger",

@@ -25,7 +25,7 @@ from timm.data.mixup import one_hot as timm_one_hot
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.surgery import undone_on_refusal
+from tricks.surgery import in_validation_context, undone_on_refusal
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -161,13 +161,6 @@ def loss_task(loss_func) -> str | None:
 def loss_name(loss_func) -> str:
     """How a message names a loss: its function's or its class's name."""
     return getattr(loss_func, "__name__", type(loss_func).__name__)
-
-
-def in_validation_context(learn) -> bool:
-    """True while fastai's `validate` / `get_preds` / `predict` run before_fit: they hold the Learner's `lock`
-    (`Learner.validation_context`) and nothing trains. An error raised there would leave that lock held (fastcore's
-    `ContextManagers` does not exit what it had entered), so the Learner's next `validate` would wait forever."""
-    return learn.lock.locked()
 
 
 def fastai_mixer(learn) -> Callback | None:

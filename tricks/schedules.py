@@ -21,7 +21,7 @@ from fastai.callback.tracker import ReduceLROnPlateau
 from fastai.optimizer import OptimWrapper
 
 from tricks.errors import ConfigError
-from tricks.surgery import undone_on_refusal
+from tricks.surgery import in_validation_context, undone_on_refusal
 
 Schedule = Callable[[float], float]
 WARMUPS = ("linear", "exp")
@@ -70,7 +70,10 @@ def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
 def check_one_lr_schedule(schedule: Callback) -> bool:
     """At `schedule`'s before_fit: ConfigError if another lr schedule is among the Learner's callbacks
     (another `LRSchedule`, fastai's `ParamScheduler` of `fit_one_cycle` / `fit_flat_cos`, `ReduceLROnPlateau`),
-    since two schedules would overwrite each other's lr; True (stand aside) if it is fastai's `lr_find`."""
+    since two schedules would overwrite each other's lr; True (stand aside) if it is fastai's `lr_find`, or in
+    fastai's `validate` / `get_preds` / `predict`, where nothing trains and a refusal would hang the Learner."""
+    if in_validation_context(schedule.learn):
+        return True
     others = [cb for cb in schedule.learn.cbs if cb is not schedule and (sets_lr(cb) or isinstance(cb, LRSchedule))]
     if any(isinstance(cb, LRFinder) for cb in others):
         return True

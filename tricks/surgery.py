@@ -435,6 +435,13 @@ def undo_surgeries(learn) -> None:
         rebuild_optimizer(learn)
 
 
+def in_validation_context(learn) -> bool:
+    """True while fastai's `validate` / `get_preds` / `predict` run before_fit: they hold the Learner's `lock`
+    (`Learner.validation_context`) and nothing trains. An error raised there would leave that lock held (fastcore's
+    `ContextManagers` does not exit what it had entered), so the Learner's next `validate` would wait forever."""
+    return learn.lock.locked()
+
+
 @contextlib.contextmanager
 def undone_on_refusal(learn) -> Iterator[None]:
     """Around a trick's before_fit checks: a refusal (a TricksError) first undoes the model surgery the fit's
