@@ -178,7 +178,7 @@ def registered() -> dict[str, list[dict[str, str]]]:
                        or "-", "touches": ", ".join(spec.touches), "paper": spec.paper})
     models = [{"name": n, "what it is": MODELS.meta(n)["description"], "paper": MODELS.meta(n)["paper"]}
               for n in MODELS.names()]
-    models += [{"name": pattern, "what it is": description, "paper": ""} for pattern, description in PATTERNS.items()]
+    models += [{"name": p.pattern, "what it is": p.description, "paper": ""} for p in PATTERNS.values()]
     return {"recipes": recipes, "tricks": tricks, "models": models}
 
 

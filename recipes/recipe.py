@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tricks.errors import ConfigError
+from tricks.models import SHORTCUTS, STEMS
 from tricks.registry import Param
 
 NOT_SETTABLE = ("recipe", "tricks")  # set by parsing, never by key=value
@@ -40,11 +41,10 @@ class Recipe:
     normalize: str = param("dataset", choices=("dataset", "cifar", "half", "none"))
     # model
     model: str = "resnet20"
-    shortcut: str = param("conv1x1", choices=("conv1x1", "conv3x3", "pad"))  # pad: option A, CIFAR ResNets only
+    shortcut: str = param("conv1x1", choices=SHORTCUTS)  # pad: option A, CIFAR ResNets only
     bn_momentum: float | None = param(None, low=0, high=1)  # None = torch's 0.1
     zero_init_last: bool = True  # zero-init the last BN gamma of every residual branch
-    stem: str = param("default", choices=("default", "conv3x3s2", "conv3x3s2-nomaxpool",
-                                         "conv3x3s1-nomaxpool"))  # timm models only
+    stem: str = param("default", choices=STEMS)  # timm, torchvision and fastai ResNets only
     drop_rate: float = param(0.0, low=0, high=1, high_open=True)  # WRN and timm models only
     # optimisation
     epochs: int = param(200, low=1, epochs=True)

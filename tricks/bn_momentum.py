@@ -21,12 +21,9 @@ from __future__ import annotations
 from torch import nn
 
 from tricks.errors import ConfigError
+from tricks.models.family import batchnorms
 from tricks.registry import Param, register_trick
 from tricks.surgery import Family, ModelSurgery, find_family
-
-
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def bs2_momentum(bs: int) -> float:

@@ -3,7 +3,9 @@ residual blocks, the last BN and last conv of each residual branch, the final BN
 classifier and the pooled features are; every change recorded so it can be undone; and a Callback base that
 edits the model once at `before_fit`.
 
-The families (`MODEL_FAMILIES`, one `Family` each; `family(model)` finds a model's):
+The families (`MODEL_FAMILIES`, one `Family` each, described and registered in its own file in tricks/models:
+cifar_resnet for v1 and preact, timm_resnet, timm_resnetv2, fastai_xresnet, torchvision_resnet; `family(model)`
+finds a model's):
 
 | family | model | blocks, in forward order | last BN of a branch | last conv of a branch | final BN | classifier | pooled features |
 |---|---|---|---|---|---|---|---|
@@ -46,137 +48,22 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-import torchvision.models.resnet as tv_resnet
 from fastai.callback.core import Callback
-from fastai.layers import ConvLayer, ResBlock
 from fastai.vision.learner import TimmBody
-from fastai.vision.models.xresnet import XResNet
-from timm.models import resnet as timm_resnet
-from timm.models import resnetv2 as timm_resnetv2
 from torch import nn
 
 from tricks.errors import ConfigError, TricksError
-from tricks.models.cifar_resnet import BasicBlock, CifarResNet, PreActBlock
+from tricks.models import FAMILIES
+# ClassifierWrap, Family and SideLinear are defined there (no family imports them from here) and used here.
+from tricks.models.family import ClassifierWrap, Family, SideLinear, children_before, timm_classifier
 
 _MISSING = object()
 _EDIT_STAMPS = itertools.count(1)
-
-
-class ClassifierWrap(nn.Sequential):
-    """The nn.Sequential a trick wraps a classifier in (fcdrop, finalbn): the next trick finds the whole."""
-
-
-class SideLinear(nn.Linear):
-    """An nn.Linear kept beside a model's forward rather than in it (the rotation head): calling the module
-    passes its input through unchanged -- so in an nn.Sequential model, where every child runs in turn, it can
-    follow the classifier without changing what `model(x)` returns -- and `linear(x)` is the linear map
-    x @ weight.T + bias. Its parameters are nn.Linear's `weight` and `bias`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-
-def _children_before(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
-    """x through the children of an nn.Sequential `model` that come before its child `name`."""
-    for child_name, child in model.named_children():
-        if child_name == name:
-            return x
-        x = child(x)
-    raise AssertionError(f"{name} is not a child of the model")
-
-
-def _fastai_branch_end(block: nn.Module) -> tuple[str, str]:
-    i = max(i for i, m in enumerate(block.convpath) if isinstance(m, ConvLayer))
-    j = next(j for j, m in enumerate(block.convpath[i]) if isinstance(m, nn.modules.batchnorm._BatchNorm))
-    return f"convpath.{i}.{j}", f"convpath.{i}.0"
-
-
-def _last_child(model: nn.Module) -> str:
-    """The name of an nn.Sequential's last child but the rotation head (fastai's XResNet: its classifier, '11')."""
-    return next(n for n, c in reversed(list(model.named_children())) if not isinstance(c, SideLinear))
-
-
-def _timm_classifier(model: nn.Module) -> str | None:
-    """timm's `get_classifier()` path, `pretrained_cfg['classifier']` ('fc', 'head.fc')."""
-    return (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if hasattr(model, "get_classifier") else None
-
-
-def _torchvision_pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
-        x = getattr(model, name)(x)
-    return torch.flatten(x, 1)
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where things are in one family of models, for every trick that changes a model.
-
-    `matches(model)` says whether a model is of the family; `branch_end(block)` gives the dotted paths, inside the block, of the last BN and the last conv of its
-    residual branch; `final_norm(model)` (pre-activation families only) the path of the net's final BN and the
-    module that replaces it without the BN (its activation kept); `classifier(model)` the classifier's dotted
-    path (None: the generic search of `classifier_path`); `pooled(model, x)` the pooled features (None: the
-    classifier's input, see `pooled_features`).
-    """
-
-    name: str
-    label: str
-    matches: Callable[[nn.Module], bool]
-    block_types: tuple[type, ...]
-    branch_end: Callable[[nn.Module], tuple[str, str]]
-    preact: bool = False
-    final_norm: Callable[[nn.Module], tuple[str, nn.Module]] | None = None
-    classifier: Callable[[nn.Module], str | None] | None = None
-    pooled: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
-
-    def blocks(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Every residual block, in forward order (the order the model registers them in, for these families)."""
-        return (m for m in model.modules() if isinstance(m, self.block_types))
-
-
-def _built_of(model_type: type, block_types: tuple[type, ...]) -> Callable[[nn.Module], bool]:
-    """A model of `model_type` with blocks of `block_types`."""
-    return lambda model: isinstance(model, model_type) and any(isinstance(m, block_types) for m in model.modules())
-
-
-_TIMM_V2_BLOCKS = (timm_resnetv2.PreActBasic, timm_resnetv2.PreActBottleneck)
-
-MODEL_FAMILIES = (
-    Family("v1", "CIFAR ResNet v1 (resnet<d>)", lambda m: isinstance(m, CifarResNet) and not m.preact,
-           (BasicBlock,), lambda b: ("bn2", "conv2"),
-           classifier=lambda m: "fc", pooled=lambda m, x: m.pool(m.forward_features(x))),
-    Family("preact", "CIFAR pre-activation ResNet (preact_resnet<d>, wrn<d>_<k>)",
-           lambda m: isinstance(m, CifarResNet) and m.preact, (PreActBlock,), lambda b: ("bn2", "conv2"),
-           preact=True, final_norm=lambda m: ("final_act.0", nn.Identity()),
-           classifier=lambda m: "fc", pooled=lambda m, x: m.pool(m.forward_features(x))),
-    Family("timm", "timm ResNet (timm:resnet18, ...)",
-           _built_of(timm_resnet.ResNet, (timm_resnet.BasicBlock, timm_resnet.Bottleneck)),
-           (timm_resnet.BasicBlock, timm_resnet.Bottleneck),
-           lambda b: ("bn3", "conv3") if isinstance(b, timm_resnet.Bottleneck) else ("bn2", "conv2"),
-           classifier=_timm_classifier, pooled=lambda m, x: m.global_pool(m.forward_features(x))),
-    Family("timm-v2", "timm pre-activation ResNetV2 with BatchNorm (timm:resnetv2_18, ...)",
-           lambda m: _built_of(timm_resnetv2.ResNetV2, _TIMM_V2_BLOCKS)(m) and all(
-               isinstance(b.norm1, nn.BatchNorm2d) for b in m.modules() if isinstance(b, _TIMM_V2_BLOCKS)),
-           _TIMM_V2_BLOCKS,
-           lambda b: ("norm3", "conv3") if isinstance(b, timm_resnetv2.PreActBottleneck) else ("norm2", "conv2"),
-           preact=True, final_norm=lambda m: ("norm", m.norm.act), classifier=_timm_classifier,
-           pooled=lambda m, x: torch.flatten(m.head.global_pool(m.forward_features(x)), 1)),
-    Family("fastai", "fastai XResNet (fastai:xresnet18, ..., fastai:xse_resnext50)", _built_of(XResNet, (ResBlock,)),
-           (ResBlock,), _fastai_branch_end, classifier=_last_child,
-           pooled=lambda m, x: _children_before(m, _last_child(m), x)),
-    Family("torchvision", "torchvision ResNet (torchvision:resnet18, ..., torchvision:wide_resnet50_2)",
-           _built_of(tv_resnet.ResNet, (tv_resnet.BasicBlock, tv_resnet.Bottleneck)),
-           (tv_resnet.BasicBlock, tv_resnet.Bottleneck),
-           lambda b: ("bn3", "conv3") if isinstance(b, tv_resnet.Bottleneck) else ("bn2", "conv2"),
-           classifier=lambda m: "fc", pooled=_torchvision_pooled),
-)
+MODEL_FAMILIES = tuple(FAMILIES)  # each described in its file in tricks/models
 VISION_LEARNER_LABEL = "a fastai vision_learner model with any of these as its body"
 SUPPORTED = ", ".join([*(f.label for f in MODEL_FAMILIES), VISION_LEARNER_LABEL])
 
@@ -263,7 +150,7 @@ def _is_classifier(module: nn.Module, conv_ok: bool) -> bool:
 
 def _classifier_path(model: nn.Module) -> str | None:
     fam = find_family(model)
-    path = fam.classifier(model) if fam is not None and fam.classifier is not None else _timm_classifier(model)
+    path = fam.classifier(model) if fam is not None and fam.classifier is not None else timm_classifier(model)
     if path is None and _is_classifier(getattr(model, "fc", None), conv_ok=False):
         path = "fc"  # torchvision's models, ...
     if path is not None:
@@ -331,7 +218,7 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return fam.pooled(model, x)
     path = classifier_path(model)
     if isinstance(model, nn.Sequential) and "." not in path:
-        return _children_before(model, path, x)
+        return children_before(model, path, x)
     seen = []
     hook = model.get_submodule(path).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     try:

@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.models import MODELS
+from tricks.models.family import Family
+from tricks.models.options import SHORTCUTS
+from tricks.models.registry import MODELS, ModelPattern, register_family, register_pattern
 
-PROJECTIONS = ("conv1x1", "conv3x3")  # the shortcuts that are a conv (every model family with shortcuts)
-SHORTCUTS = PROJECTIONS + ("pad",)  # 'pad': option A, the CIFAR nets of this module only
 CIFAR_WIDTHS = (16, 16, 32, 64)  # stem, stage 1, stage 2, stage 3
 WRN_PATTERN = re.compile(r"wrn(\d+)_(\d+)")
 
@@ -234,3 +234,27 @@ def parse_wrn(name: str) -> tuple[int, int] | None:
 MODELS.add("wrn28_10", functools.partial(wide_resnet, 28, 10),
            description="Wide ResNet 28-10 (36.5M params); any wrn<depth>_<width> with depth 6n+4 also resolves",
            paper="Zagoruyko & Komodakis 2016, Wide Residual Networks, arXiv:1605.07146", options=WRN_OPTIONS)
+
+
+def _wrn_factory(name: str):
+    dw = parse_wrn(name)
+    return functools.partial(wide_resnet, *dw) if dw is not None else None
+
+
+register_pattern(ModelPattern("wrn<depth>_<width>", "Wide ResNet of any depth 6n+4 and width k, e.g. wrn16_4",
+                              _wrn_factory, WRN_OPTIONS))
+
+
+def _pooled(model: CifarResNet, x: torch.Tensor) -> torch.Tensor:
+    return model.pool(model.forward_features(x))
+
+
+# Where the surgery tricks find things (see `tricks.surgery`): the stable attribute names of the module docstring.
+V1 = Family("v1", "CIFAR ResNet v1 (resnet<d>)", lambda m: isinstance(m, CifarResNet) and not m.preact,
+            (BasicBlock,), lambda b: ("bn2", "conv2"), classifier=lambda m: "fc", pooled=_pooled)
+PREACT = Family("preact", "CIFAR pre-activation ResNet (preact_resnet<d>, wrn<d>_<k>)",
+                lambda m: isinstance(m, CifarResNet) and m.preact, (PreActBlock,), lambda b: ("bn2", "conv2"),
+                preact=True, final_norm=lambda m: ("final_act.0", nn.Identity()), classifier=lambda m: "fc",
+                pooled=_pooled)
+register_family(V1)
+register_family(PREACT)

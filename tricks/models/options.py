@@ -1,16 +1,19 @@
-"""Any timm model as 'timm:<name>' (always pretrained=False: no downloads), plus the notes' S3 stem options
-and S4 shortcut option.
+"""The stem and shortcut choices of every model family, listed once (the Recipe's `stem` and `shortcut` fields and
+`create_model` take them from here), and the surgery that applies the notes' S3 stems and S4 shortcut to the
+ImageNet-style CNNs built by timm, torchvision and fastai.
 
-Both options are surgery on the model timm.create_model builds, because timm has no such switches; only
-the replaced layers are written here. Both apply to the ImageNet-style ResNets of timm, v1
-(`timm.models.resnet.ResNet`: 'resnet18', 'resnet26d', ...) and pre-activation v2
-(`timm.models.resnetv2.ResNetV2`: 'resnetv2_18', ...); where they are:
+Both options are surgery on the model the library builds, because the libraries have no such switches; only the
+replaced layers are written here. Where they are in timm's ResNets, v1 (`timm.models.resnet.ResNet`: 'resnet18',
+'resnet26d', ...) and pre-activation v2 (`timm.models.resnetv2.ResNetV2`: 'resnetv2_18', ...):
 
 | option | v1 ResNet | v2 ResNetV2 |
 |---|---|---|
-| stem: first conv (`pretrained_cfg['first_conv']`) | `conv1` (deep stems: `conv1.0`) | `stem.conv` (deep: `stem.conv1`) |
+| stem: first conv (`pretrained_cfg['first_conv']`) | `conv1` (deep: `conv1.0`) | `stem.conv` (deep: `stem.conv1`) |
 | stem: max-pool | `maxpool` | `stem.pool` (BiT 'fixed' stems: with its `stem.pad`) |
 | shortcut: the 1x1 conv of every `downsample` | `downsample.0` (avg-down: `.1`) | `downsample.conv` |
+
+torchvision's ResNets have theirs at `conv1` and `maxpool` (as timm's ResNet), fastai's XResNets at `0.0` (the first
+of their three stem ConvLayers) and `3`; their family files pass those places.
 
 Stem options, for any CNN whose stem starts with a stride-2 conv: 'default' leaves the model untouched;
 'conv3x3s2' replaces the first conv by a 3x3 stride-2 conv and keeps the max-pool; 'conv3x3s2-nomaxpool'
@@ -20,59 +23,24 @@ conv replaced.
 
 Shortcut options: 'conv1x1' (default) leaves the model untouched; 'conv3x3' replaces the 1x1 conv of every
 block's `downsample` (the projection shortcut where resolution or width changes) by a 3x3 conv with the same
-channels and stride, padding 1; its norm (BN in v1, none in pre-act v2) is kept. Identity shortcuts stay.
+channels and stride, padding 1; its norm (BN in v1, none in pre-act v2) is kept. Identity shortcuts stay. 'pad'
+(option A, parameter-free) is built by the project's CIFAR ResNets only (`tricks.models.cifar_resnet`).
 
 Every new conv keeps the old one's channels and bias and gets kaiming_normal_(fan_out, relu) like timm's
 ResNet and ResNetV2 init.
-
-`zero_init_last` is passed to timm for models that take it (ResNets); note timm's own default there is
-True, ours is False, so the value asked for is always passed explicitly.
 """
 from __future__ import annotations
 
-import timm
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.models.cifar_resnet import PROJECTIONS
-from tricks.registry import unknown_name_message
 
-TIMM_PREFIX = "timm:"
-TIMM_OPTIONS = ("stem", "shortcut", "zero_init_last", "drop_rate")
 STEMS = ("default", "conv3x3s2", "conv3x3s2-nomaxpool", "conv3x3s1-nomaxpool")
+PROJECTIONS = ("conv1x1", "conv3x3")  # the shortcuts that are a conv (every model family with shortcuts)
+SHORTCUTS = PROJECTIONS + ("pad",)  # 'pad': option A, the project's CIFAR ResNets only
 _STEM_SPEC = {"conv3x3s2": (2, True), "conv3x3s2-nomaxpool": (2, False), "conv3x3s1-nomaxpool": (1, False)}
 _MAXPOOLS = ("maxpool", "stem.pool")  # timm ResNet, timm ResNetV2 (see the table above)
 _MAXPOOL_PADS = {"stem.pool": "stem.pad"}  # the explicit padding of BiT's 'fixed' stem belongs to its pool
-_KWARG_DEFAULTS = {"zero_init_last": False, "drop_rate": 0.0}
-
-
-def create_timm_model(name: str, *, num_classes: int, in_chans: int = 3, stem: str = "default",
-                      shortcut: str = "conv1x1", zero_init_last: bool = False, drop_rate: float = 0.0) -> nn.Module:
-    """timm.create_model(name, pretrained=False, ...) with the stem and shortcut options applied."""
-    if not timm.is_model(name):
-        raise ConfigError(unknown_name_message("timm model", name, timm.list_models()))
-    if stem not in STEMS:
-        raise ConfigError(f"unknown stem '{stem}'; allowed: {', '.join(STEMS)}")
-    if shortcut not in PROJECTIONS:  # option A ('pad') is the CIFAR nets' only
-        raise ConfigError(f"unknown shortcut '{shortcut}' for a timm model; allowed: {', '.join(PROJECTIONS)}")
-    kwargs = {"zero_init_last": zero_init_last, "drop_rate": drop_rate}
-    while True:
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-            break
-        except TypeError as e:  # the model's constructor does not take one of the optional kwargs
-            bad = next((k for k in kwargs if "unexpected keyword" in str(e) and f"'{k}'" in str(e)), None)
-            if bad is None:
-                raise
-            if kwargs[bad] != _KWARG_DEFAULTS[bad]:
-                raise ConfigError(f"option {bad}={kwargs[bad]!r} does not apply to model '{TIMM_PREFIX}{name}' "
-                                  f"(its timm constructor has no '{bad}' argument)") from None
-            del kwargs[bad]
-    if stem != "default":
-        replace_stem(model, stem, label=TIMM_PREFIX + name)
-    if shortcut != "conv1x1":
-        replace_shortcuts(model, shortcut, label=TIMM_PREFIX + name)
-    return model
 
 
 def _conv_like(old: nn.Conv2d, kernel: int, stride: int) -> nn.Conv2d:
