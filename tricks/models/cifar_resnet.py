@@ -30,6 +30,11 @@ blocks), `model.final_act` (pre-activation nets only), `model.pool`, `model.fc`;
 act1, conv2, bn2, shortcut` (nn.Sequential or nn.Identity), v1 blocks `act_out` (ReLU after the
 addition), pre-activation blocks `act2` and `drop` (nn.Dropout, or nn.Identity when drop_rate is 0).
 All activations are nn.ReLU modules, so they can be swapped.
+
+Registered here: the names `resnet<d>`, `preact_resnet<d>`, `wrn28_10`, the pattern 'wrn<depth>_<width>', and the two
+families the surgery tricks use (`V1`, `PREACT`): blocks `BasicBlock` / `PreActBlock`, the last BN and conv of a
+branch `bn2`, `conv2` (in PreActBlock the BN before the last conv), the final BN of the pre-activation nets
+`final_act.0`, the classifier `fc`, the pooled features `pool(forward_features(x))`.
 """
 from __future__ import annotations
 
