@@ -33,9 +33,10 @@ being 50,000 CIFAR images); a str of '/'-separated epochs (`stepdecay:at`) has e
 rounded down, kept increasing and after the warmup (the run is lengthened when they do not fit); an
 int counts a schedule of its own (`refine:first_epochs`, `gen_epochs`, `early_stop`,
 `dynarefine:start_epoch`) and becomes the budget's factor times itself, rounded down, at least 1, with 0
-(the trick's 'none') kept. With the data size: `refine:weak` (labelled images per class) scales with the
-subset, keeping at least one batch. The returned `Recipe` keeps the row's recipe string; the scaled
-values are in its fields and `tricks`.
+(the trick's 'none') kept. With the data size: a value whose `Param` counts images per class
+(`Param.images_per_class`: `refine:weak`) scales with the subset, keeping at least one batch. `max_gens` caps
+a value that counts generations (`Param.generations`: `refine:gens`). The returned `Recipe` keeps the row's
+recipe string; the scaled values are in its fields and `tricks`.
 """
 from __future__ import annotations
 
@@ -206,11 +207,10 @@ def scaled(full: Recipe, *, factor: float, subset: int, test_subset: int, bs: in
         for q in spec.params:
             if q.epochs:
                 p[q.name] = scale_epochs(q, p[q.name], factor=factor, ratio=in_run, warmup=warmup)
-        if spec.name == "refine":  # its labelled images per class follow the data; smoke caps its generations
-            if p["weak"]:
-                p["weak"] = min(subset // classes, max(-(-bs // classes), round(p["weak"] * subset / full_images)))
-            if max_gens is not None:
-                p["gens"] = min(p["gens"], max_gens)
+            if q.images_per_class and p[q.name]:  # follows the data: at least a batch, at most the subset
+                p[q.name] = min(subset // classes, max(-(-bs // classes), round(p[q.name] * subset / full_images)))
+            if q.generations and max_gens is not None:  # smoke caps the generations
+                p[q.name] = min(p[q.name], max_gens)
         out.append((spec.name, tuple(spec.resolve(p).items())))
     return dataclasses.replace(full, **lengths, epochs=epochs, subset=subset, test_subset=test_subset, bs=bs,
                                tricks=tuple(out))

@@ -247,14 +247,15 @@ def augmentation_ratio(data: ImageData, sizes: Sizes, device: torch.device, step
 
 
 def composable_tricks() -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """(trick, recipe) for every registered trick that composes with the baseline and its ResNet-20 (the
-    refinery as gens=1), and {trick: why not} for the others."""
+    """(trick, recipe) for every registered trick that composes with the baseline and its ResNet-20 (a trick
+    whose parameters count generations with one generation), and {trick: why not} for the others."""
     from recipes.build import build_tricks, model_for
     from tricks.surgery import check_surgery
 
     out, skipped = [], {}
     for name in sorted(TRICKS.names()):
-        text = "baseline+refine:gens=1" if name == "refine" else f"baseline+{name}"
+        once = ",".join(f"{q.name}=1" for q in TRICKS.get(name).params if q.generations)
+        text = f"baseline+{name}" + (f":{once}" if once else "")
         try:
             recipe = parse_recipe(text)
             check_surgery(model_for(recipe, 10, 3), build_tricks(recipe))

@@ -42,9 +42,13 @@ from tricks.data import ImageData, Split, class_balanced_subset
 from tricks.errors import ConfigError
 from tricks.files import write_atomic
 from tricks.label_refinery import LabelRefinery
+from tricks.registry import TRICKS, TrickSpec
 
-MIXUP_TRICKS = ("mixup", "klmixup")
-LABEL_TRICKS = ("onehot", "lsmooth", *MIXUP_TRICKS)  # tricks that read the labels of a batch
+
+def dropped_later(spec: TrickSpec, refine: dict[str, Any]) -> bool:
+    """Whether the refinements drop the trick: trained without labels (refine:weak), every trick that reads the
+    labels of a batch; under refine:mixup=first, the tricks that mix the batch (both declared at registration)."""
+    return spec.reads_labels if refine["weak"] else spec.mixes_batch and refine["mixup"] == "first"
 
 
 class StopAfter(Callback):
@@ -75,7 +79,7 @@ def generation_plan(recipe: Recipe, refine: dict[str, Any]) -> list[Recipe]:
     if refine["first_epochs"]:
         first = first.replace(epochs=refine["first_epochs"],
                               warmup_epochs=recipe.warmup_epochs * refine["first_epochs"] / recipe.epochs)
-    dropped = LABEL_TRICKS if refine["weak"] else MIXUP_TRICKS if refine["mixup"] == "first" else ()
+    dropped = {n for n, _ in rest if dropped_later(TRICKS.get(n), refine)}
     later = recipe.replace(tricks=tuple((n, p) for n, p in rest if n not in dropped), subset=None)
     if refine["gen_epochs"]:
         later = later.replace(epochs=refine["gen_epochs"],

@@ -21,7 +21,7 @@ from recipes.presets import PRESETS
 from recipes.recipe import PARAMS, Recipe
 from tricks.errors import ConfigError
 import tricks  # noqa: F401  (importing the package registers every trick)
-from tricks.registry import CONFLICTS, TRICKS, unknown_name_message
+from tricks.registry import TRICKS, conflict, unknown_name_message
 
 NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
@@ -124,10 +124,9 @@ def _parse(text: str, overrides: dict[str, Any]) -> Recipe:
 
     for term in text.split("+"):
         add(term, in_preset=False)
-    names = set(chosen)
-    for pair, why in CONFLICTS:
-        if pair <= names:
-            raise ConfigError(f"tricks {' and '.join(sorted(pair))} {why}")
+    refusal = conflict(chosen)
+    if refusal:
+        raise ConfigError(refusal)
     schedules = [n for n in chosen if "lr" in TRICKS.get(n).touches]
     if len(schedules) > 1:
         raise ConfigError(f"tricks {' and '.join(schedules)} both set the lr schedule; keep one")

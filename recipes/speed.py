@@ -27,13 +27,14 @@ import torch
 from fastai.torch_core import set_seed
 
 from recipes.recipe import Recipe
+import tricks  # noqa: F401  (importing the package registers every trick)
+from tricks.registry import TRICKS
 
 CUDA_COMPILE_MODE = "reduce-overhead"  # the fastest mode measured for ResNet-20 by `bench perf --device cuda`
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-# Tricks whose training step cannot be captured in a CUDA graph, with why; a run with one of them compiles
-# without CUDA graphs (one line says so). Every registered trick's random draws happen on the device, inside
-# or outside the model, so none is listed today; the mechanism is kept for tricks that do host work per step.
-CUDAGRAPH_UNSAFE: dict[str, str] = {}
+# A trick whose training step cannot be captured in a CUDA graph says why at its registration
+# (`register_trick(cudagraph_unsafe=...)`); a run with one compiles without CUDA graphs (one line says so).
+# Every registered trick's random draws happen on the device, inside or outside the model, so none says so today.
 
 
 def resolve_speed(recipe: Recipe, device: torch.device) -> tuple[Recipe, list[str]]:
@@ -47,7 +48,8 @@ def resolve_speed(recipe: Recipe, device: torch.device) -> tuple[Recipe, list[st
     mode = recipe.compile_mode
     if mode == "auto":
         mode = CUDA_COMPILE_MODE if cuda else "default"
-        unsafe = [(name, CUDAGRAPH_UNSAFE[name]) for name, _ in recipe.tricks if name in CUDAGRAPH_UNSAFE]
+        unsafe = [(name, TRICKS.get(name).cudagraph_unsafe) for name, _ in recipe.tricks
+                  if TRICKS.get(name).cudagraph_unsafe]
         if compile_on and unsafe and mode in CUDAGRAPH_MODES:
             mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
             notes.append(f"compile_mode={mode} instead of {CUDA_COMPILE_MODE}: {unsafe[0][0]} cannot run in a "

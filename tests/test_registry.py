@@ -1,8 +1,9 @@
 import pytest
 
+from bench.budgets import scaled
 from recipes.parse import parse_recipe
 from tricks.errors import ConfigError
-from tricks.registry import Param, Registry, TrickSpec, close_matches
+from tricks.registry import TRICKS, Param, Registry, TrickSpec, close_matches, conflict
 
 
 def test_param_coerces_and_checks():
@@ -46,3 +47,42 @@ def test_registry_refuses_a_name_twice_and_suggests_close_names():
 def test_unknown_trick_term_lists_close_matches():
     with pytest.raises(ConfigError, match="^unknown recipe term 'baselne'; did you mean 'baseline'"):
         parse_recipe("baselne")
+
+
+def test_what_a_trick_needs_is_declared_at_its_registration():
+    specs = [TRICKS.get(name) for name in TRICKS.names()]
+    assert sorted(s.name for s in specs if s.reads_labels) == ["klmixup", "lsmooth", "mixup", "onehot"]
+    assert sorted(s.name for s in specs if s.mixes_batch) == ["klmixup", "mixup"]  # MixUp's own `mixes_batch`
+    assert [s.name for s in specs if s.cudagraph_unsafe] == []
+    assert sorted((s.name, other) for s in specs for other, _ in s.conflicts) == [
+        ("klmixup", "mixup"), ("lsmooth", "onehot"), ("swish", "leakyrelu")]
+    assert all(other in TRICKS for s in specs for other, _ in s.conflicts)
+    counted = [(s.name, q.name, q.generations, q.images_per_class) for s in specs for q in s.params
+               if q.generations or q.images_per_class]
+    assert counted == [("refine", "gens", True, False), ("refine", "weak", False, True)]
+
+
+def test_a_conflict_is_refused_whichever_trick_declares_it():
+    assert conflict(["mixup", "klmixup"]) == conflict(["klmixup", "mixup"]) == (
+        "tricks klmixup and mixup both mix the batch; keep one (klmixup is mixup with a KL loss)")
+    assert conflict(["onehot", "mixup", "swish"]) is None
+    with pytest.raises(ConfigError, match="^tricks leakyrelu and swish both replace the activations; keep one$"):
+        parse_recipe("baseline+leakyrelu+swish")
+
+
+def test_a_budget_scales_the_params_that_count_images_per_class_and_generations():
+    full = parse_recipe("baseline+refine:weak=500")
+    smoke = scaled(full, factor=1 / full.epochs, subset=1000, test_subset=100, bs=128, max_gens=1)
+    refine = dict(dict(smoke.tricks)["refine"])
+    assert (refine["weak"], refine["gens"]) == (13, 1)  # 500 * 1000 / 50000 = 10 < one batch of 128: 13 per class
+    longer = scaled(parse_recipe("baseline+refine:weak=2000"), factor=0.1, subset=1000, test_subset=100, bs=128)
+    refine = dict(dict(longer.tricks)["refine"])
+    assert (refine["weak"], refine["gens"]) == (40, 4)  # 2000 * 1000 / 50000; no cap without max_gens
+
+
+def test_bench_perf_measures_a_trick_that_counts_generations_with_one():
+    from bench.perf import composable_tricks
+
+    measured = dict(composable_tricks()[0])
+    assert (measured["refine"], measured["mixup"], measured["dynarefine"]) == (
+        "baseline+refine:gens=1", "baseline+mixup", "baseline+dynarefine")

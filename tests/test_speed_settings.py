@@ -1,6 +1,7 @@
 """The speed settings: channels-last memory format, autocast precision (CUDA only) and torch.compile."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from recipes.cli import main
 from recipes.parse import parse_recipe
 from recipes.run import train
 from tricks.errors import ConfigError
+from tricks.registry import TRICKS
 
 TOY = dict(dataset="folder", model="resnet20", epochs=2, bs=32, device="cpu", warmup_epochs=0.5)
 
@@ -115,7 +117,8 @@ def test_auto_speed_settings_resolve_per_device(monkeypatch):
     assert speed.resolve_speed(recipe, torch.device("cuda"))[0].precision == "fp32"
     named = parse_recipe("baseline", precision="fp32", compile=False, compile_mode="default", channels_last=False)
     assert speed.resolve_speed(named, torch.device("cuda"))[0] == named  # what the user names is kept
-    monkeypatch.setitem(speed.CUDAGRAPH_UNSAFE, "mixup", "a host-side draw per step")
+    unsafe = dataclasses.replace(TRICKS.get("mixup"), cudagraph_unsafe="a host-side draw per step")
+    monkeypatch.setitem(TRICKS._entries, "mixup", unsafe)  # as if mixup had registered with cudagraph_unsafe=...
     mixed, notes = speed.resolve_speed(parse_recipe("baseline+mixup"), torch.device("cuda"))
     assert mixed.compile_mode == "default"
     assert notes == ["compile_mode=default instead of reduce-overhead: mixup cannot run in a CUDA graph "

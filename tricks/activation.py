@@ -87,6 +87,7 @@ class LeakyReLUSwap(ActivationSwap):
     description="every ReLU becomes swish / SiLU, x * sigmoid(x)",
     paper="Ramachandran et al. 2017, Searching for Activation Functions, arXiv:1710.05941",
     touches=("model",),
+    conflicts={"leakyrelu": "both replace the activations; keep one"},
 )
 class SwishSwap(ActivationSwap):
     trick = "swish"

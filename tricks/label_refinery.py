@@ -36,14 +36,15 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.
 @register_trick(
     "refine",
     params=(
-        Param("gens", int, 4, "refinement generations after generation 0", low=0),
+        Param("gens", int, 4, "refinement generations after generation 0", low=0, generations=True),
         Param("mixup", str, "first", "mixup in the first generation only, or in all", choices=("first", "all")),
         Param("temperature", float, 1.0, "softmax temperature of the teacher (<1 sharpens)", low=0, low_open=True),
         Param("loss", str, "kl", "KL divergence or soft cross entropy", choices=("kl", "ce")),
         Param("gen_epochs", int, 0, "epochs of each refinement generation (0: the recipe's)", low=0, epochs=True),
         Param("first_epochs", int, 0, "epochs of generation 0's schedule (0: the recipe's)", low=0, epochs=True),
         Param("early_stop", int, 0, "stop generation 0 after this many epochs (0: never)", low=0, epochs=True),
-        Param("weak", int, 0, "labelled images per class for generation 0 (0: all)", low=0),
+        Param("weak", int, 0, "labelled images per class for generation 0 (0: all)", low=0,
+              images_per_class=True),
     ),
     description="label refinery: train generation after generation on the previous model's soft predictions",
     paper="Bagherinezhad et al. 2018, Label Refinery, arXiv:1805.02641",

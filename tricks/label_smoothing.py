@@ -46,6 +46,7 @@ class SoftTargets(TrainingLoss):
     description="one-hot float targets and a soft-target cross entropy (the notes' S8 'own cross entropy')",
     paper="notes S8: own cross-entropy implementation, everything changed to one-hot targets",
     touches=("targets", "loss"),
+    reads_labels=True,
 )
 class OneHot(SoftTargets):
     """y -> onehot(y); the loss equals plain cross entropy exactly. Single-label only."""
@@ -68,6 +69,8 @@ class OneHot(SoftTargets):
     description="label smoothing: eps form, or the notes' on/off targets (default 0.9/0.0001, S7)",
     paper="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision, arXiv:1512.00567",
     touches=("targets", "loss"),
+    conflicts={"onehot": "both make the soft targets; keep one"},
+    reads_labels=True,
 )
 class LabelSmoothing(SoftTargets):
     """eps > 0: (1 - eps) * onehot + eps / C; else `on` at the true class, `off` elsewhere. A multi-label Learner

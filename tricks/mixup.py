@@ -127,6 +127,7 @@ class MixUp(TrainingLoss):
     description="mixup of labels trained with KL(mixed targets || softmax(pred)) (notes S7/S8)",
     paper="Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization, arXiv:1710.09412",
     touches=("input", "targets", "loss"),
+    conflicts={"mixup": "both mix the batch; keep one (klmixup is mixup with a KL loss)"},
 )
 class KLMixUp(MixUp):
     """mixup of labels with the KL-divergence loss; same gradients as mixup:mix=labels."""

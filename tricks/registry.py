@@ -1,7 +1,10 @@
 """A name -> object registry with close-match errors, after timm's `models/_registry.py`.
 
-`Registry.register` sits next to the definition it registers; looking up an unknown name raises a
-`ConfigError` that lists the closest registered names. Registering one name twice is an error.
+`register_trick` sits on the Callback class it registers and declares everything the recipes and the bench
+need to know about the trick (its parameters, what it touches, what it conflicts with, whether it reads the
+labels, whether its step can be captured in a CUDA graph), so adding a trick is one file. Looking up an
+unknown name raises a `ConfigError` that lists the closest registered names; registering one name twice is
+an error.
 """
 from __future__ import annotations
 
@@ -44,15 +47,6 @@ class Registry:
         self._entries: dict[str, Any] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, **meta: Any) -> Callable[[T], T]:
-        """Decorator: `@REG.register("name", description=..., paper=...)` above a definition."""
-
-        def deco(obj: T) -> T:
-            self.add(name, obj, **meta)
-            return obj
-
-        return deco
-
     def add(self, name: str, obj: Any, **meta: Any) -> None:
         if name in self._entries:
             raise ConfigError(f"{self.kind} '{name}' is registered twice; each name must be unique")
@@ -90,6 +84,9 @@ class Param:
     `epochs`: the value counts epochs (a budget that shortens the run scales it with the run's length,
     `bench.budgets.scaled`): an int is a schedule of its own (0: none), a float a length inside the run
     (in iterations when its trick's `unit` is 'iter'), a str '/'-separated epochs inside the run.
+    `generations`: the value counts whole fits of the run (a smoke budget caps it; `bench perf` measures one).
+    `images_per_class`: the value counts training images per class (0: all); a budget that trains on fewer
+    images scales it with the data.
     """
 
     name: str
@@ -103,6 +100,8 @@ class Param:
     choices: tuple[str, ...] | None = None
     none: bool = False  # None is allowed too (written none or null)
     epochs: bool = False
+    generations: bool = False
+    images_per_class: bool = False
 
     def coerce(self, text: str) -> Any:
         """The typed value of the text in `key=text`; a ConfigError saying what was expected."""
@@ -157,6 +156,12 @@ class TrickSpec:
     (read for values such as the peak lr, never imported here). `touches` names what the trick
     changes: input, targets, loss, lr, optimizer, weights, model. A `per_run` trick configures the
     whole run (the refinery's generations): the trainer builds its callbacks itself, and `build` is None.
+
+    `conflicts`: (other trick, why) for each trick that cannot share a recipe with this one; `why` ends
+    the one-line refusal "tricks A and B <why>". `reads_labels`: the trick reads the labels of a batch
+    (a refinement trained without labels drops it); `mixes_batch`: it mixes pairs of images and their
+    labels (dropped after generation 0 under `refine:mixup=first`). `cudagraph_unsafe`: why its training
+    step cannot be captured in a CUDA graph ("" when it can); a run with it compiles without CUDA graphs.
     """
 
     name: str
@@ -166,6 +171,10 @@ class TrickSpec:
     paper: str
     touches: tuple[str, ...]
     per_run: bool = False
+    conflicts: tuple[tuple[str, str], ...] = ()
+    reads_labels: bool = False
+    mixes_batch: bool = False
+    cudagraph_unsafe: str = ""
 
     def param(self, key: str) -> Param:
         for p in self.params:
@@ -182,22 +191,30 @@ class TrickSpec:
 
 
 TRICKS = Registry("trick")
-# Pairs of tricks that cannot share a recipe, and why (more than one lr schedule is refused as well).
-CONFLICTS: tuple[tuple[frozenset[str], str], ...] = (
-    (frozenset({"onehot", "lsmooth"}), "both make the soft targets; keep one"),
-    (frozenset({"mixup", "klmixup"}), "both mix the batch; keep one (klmixup is mixup with a KL loss)"),
-    (frozenset({"leakyrelu", "swish"}), "both replace the activations; keep one"),
-)
 TOUCHES = ("input", "targets", "loss", "lr", "optimizer", "weights", "model")
 
 
+def conflict(names: Iterable[str]) -> str | None:
+    """The one-line refusal of the first declared conflict among the tricks `names`, or None.
+
+    More than one lr schedule is refused by the recipe parser as well (from `touches`)."""
+    names = list(names)
+    for name in names:
+        for other, why in TRICKS.get(name).conflicts:
+            if other in names:
+                return f"tricks {' and '.join(sorted((name, other)))} {why}"
+    return None
+
+
 def register_trick(name: str, *, params: tuple[Param, ...] = (), description: str, paper: str,
-                   touches: tuple[str, ...], build: Callable[..., Any] | None = None,
-                   per_run: bool = False) -> Callable[[T], T]:
-    """Decorator on a Callback class: register it as trick `name`.
+                   touches: tuple[str, ...], build: Callable[..., Any] | None = None, per_run: bool = False,
+                   conflicts: dict[str, str] | None = None, reads_labels: bool = False,
+                   cudagraph_unsafe: str = "") -> Callable[[T], T]:
+    """Decorator on a Callback class: register it as trick `name` (the fields are `TrickSpec`'s).
 
     Without `build`, the trick is built as `cls(**params)`; give `build(recipe, **params)` when the
     callback needs values from the recipe. A `per_run` trick is never built from its parameters alone.
+    `mixes_batch` is the class's own attribute of that name (`tricks.losses.TrainingLoss`), read here.
     """
     bad = set(touches) - set(TOUCHES)
     if bad:
@@ -205,7 +222,10 @@ def register_trick(name: str, *, params: tuple[Param, ...] = (), description: st
 
     def deco(cls: T) -> T:
         make = build if build is not None or per_run else (lambda recipe, **kw: cls(**kw))
-        TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches), per_run))
+        mixes_batch = bool(getattr(cls, "mixes_batch", False))
+        TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches), per_run,
+                                   tuple((conflicts or {}).items()), reads_labels or mixes_batch, mixes_batch,
+                                   cudagraph_unsafe))
         return cls
 
     return deco
