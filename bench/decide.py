@@ -395,7 +395,8 @@ def _records(results_dir: Path, results_path: Path | None, by_id: dict[str, Row]
     recipe, trained on the data of `checksums` (a dry run, with none: the data of the budget's record finished
     last, as `bench report` takes it)."""
     from bench.report import latest, report_data
-    from bench.results_file import merge, read
+    from bench.record import merge
+    from bench.results_file import read
     from bench.store import DB_NAME, Store
 
     stored = Store(results_dir).records(budget) if (Path(results_dir) / DB_NAME).is_file() else []

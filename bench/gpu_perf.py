@@ -154,7 +154,8 @@ def _collect(queue, procs, timeout: float) -> list[Any]:
     return got
 
 
-def _barrier_child(barrier, data_arg: tuple[str, str | None], epochs: int, sizes: GpuSizes, device: str) -> None:
+def _barrier_child(barrier, data_arg: tuple[str, str | None], epochs: int, sizes: GpuSizes,
+                   device: str) -> dict[str, float]:
     from fastai.callback.core import Callback
 
     from recipes.run import train
@@ -199,7 +200,8 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
             "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}
 
 
-def _parity_child(side: int, precision: str, seed: int, data_arg: tuple[str, str | None], sizes: GpuSizes, device: str) -> None:
+def _parity_child(side: int, precision: str, seed: int, data_arg: tuple[str, str | None], sizes: GpuSizes,
+                  device: str) -> tuple[int, str, int, float, float]:
     import tempfile
     from pathlib import Path
 
@@ -214,7 +216,7 @@ def _parity_child(side: int, precision: str, seed: int, data_arg: tuple[str, str
 
 
 def parity(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> dict[str, Any]:
-    from bench.report import welch
+    from bench.stats import welch
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -232,7 +234,7 @@ def parity(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) 
             "setup": f"baseline, {sizes.parity_epochs} epochs, seeds 0..{sizes.parity_seeds - 1}, 4 runs at once"}
 
 
-def _mode_child(mode: str, data_arg: tuple[str, str | None], sizes: GpuSizes, device: str) -> None:
+def _mode_child(mode: str, data_arg: tuple[str, str | None], sizes: GpuSizes, device: str) -> dict[str, Any]:
     from bench.perf import plain_fit
     from tricks.data import load_dataset
 

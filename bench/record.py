@@ -1,9 +1,14 @@
-"""One check of a run's record, used wherever a record is read back: from the SQLite store and the results file.
+"""A run's record: one type, one key, one check, used by both storages (the SQLite store and the results file).
 
-A record is the dict `bench.job.train_job` returns; the store keeps the fields of `FIELDS` (its columns), the
-results file every field. `problem(record)` says what is wrong with one (a missing field, a value of the wrong
-type, an accuracy outside 0..100, a time that is not ISO 8601, a number that is NaN or infinite), or None; a
-reader skips such a record and counts it, so one damaged run never stops a report. `loads(text)` is
+A record is the dict `bench.job.train_job` returns. `RunRecord` is its one builder (`RunRecord.from_row`, the
+check below) and its one writer (`to_json`, `line`): its attributes are the fields every record holds
+(`RESULT_FIELDS`, the SQLite store's columns, `KEY` first), its `more` what only the results file keeps
+(`MACHINE_FIELDS`: the trick options, speed and machine) and any other field a record carries; a field is added
+in one place, here. `merge` keeps one record per `KEY`.
+
+`problem(record)` says what is wrong with one (a missing field, a value of the wrong type, an accuracy outside
+0..100, a time that is not ISO 8601, a number that is NaN or infinite), or None; a reader skips such a record
+and counts it, so one damaged run never stops a report. `loads(text)` is
 `json.loads` that refuses what a record can never hold: NaN and Infinity (json.loads takes them by default)
 and nesting too deep for Python's recursion. Written by hand: no library checks a dict against these ranges.
 """
@@ -12,16 +17,16 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
 MAX_SEED = 2 ** 63 - 1  # what SQLite's INTEGER and a recipe's seed hold
-# field -> what it must be: "text" (not empty), "seed", "accuracy" (%, 0..100), "accuracies" (a list of them),
-# "amount" (a finite number >= 0), "count" (an integer >= 1), "object" (a JSON object), "time" (ISO 8601 text);
-# a "?" suffix: None is allowed too
-FIELDS = {"row_id": "text", "recipe": "text", "budget": "text", "seed": "seed", "code_version": "text",
-          "dataset_checksum": "text", "epoch_acc": "accuracies", "test_acc": "accuracy", "best_test_acc": "accuracy",
-          "generation_acc": "accuracies?", "wall_seconds": "amount", "finished_at": "time"}
+KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")  # one run: the data too
+# A field's kind says what its value must be: "text" (not empty), "seed", "accuracy" (%, 0..100), "accuracies" (a
+# list of them), "amount" (a finite number >= 0), "count" (an integer >= 1), "object" (a JSON object), "time"
+# (ISO 8601 text); a "?" suffix: None is allowed too. RunRecord's attributes carry theirs (`_field`).
 
 
 class RecordRefused(ValueError):
@@ -61,7 +66,7 @@ def finished(record: dict) -> datetime:
 
 
 def value_problem(name: str, kind: str, value: Any) -> str | None:
-    """What is wrong with one field's value for its kind (see FIELDS), or None."""
+    """What is wrong with one field's value for its kind (see KEY's comment), or None."""
     if kind.endswith("?"):
         if value is None:
             return None
@@ -93,12 +98,87 @@ def value_problem(name: str, kind: str, value: Any) -> str | None:
     raise ValueError(f"unknown kind {kind!r} of field {name}")
 
 
-def problem(record: Any, fields: dict[str, str] = FIELDS) -> str | None:
-    """What is wrong with `record` against `fields` (FIELDS by default), in words, or None when it is sound."""
+def problem(record: Any, kinds: dict[str, str] | None = None) -> str | None:
+    """What is wrong with `record` against `kinds` (field -> kind; RESULT_FIELDS by default), in words, or None
+    when it is sound."""
+    kinds = RESULT_FIELDS if kinds is None else kinds
     if not isinstance(record, dict):
         return f"is a JSON {type(record).__name__}, not an object"
-    missing = [k for k in fields if k not in record]
+    missing = [k for k in kinds if k not in record]
     if missing:
         return f"lacks the key(s) {', '.join(missing)}"
-    wrong = [p for k, kind in fields.items() if (p := value_problem(k, kind, record[k])) is not None]
+    wrong = [p for k, kind in kinds.items() if (p := value_problem(k, kind, record[k])) is not None]
     return "has " + "; ".join(wrong) if wrong else None
+
+
+def _field(kind: str) -> Any:
+    """A RunRecord attribute of this kind (see KEY's comment)."""
+    return field(metadata={"kind": kind})
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run, checked: the fields every record holds, then `more` (MACHINE_FIELDS and any other)."""
+
+    row_id: str = _field("text")
+    recipe: str = _field("text")
+    budget: str = _field("text")
+    seed: int = _field("seed")
+    code_version: str = _field("text")
+    dataset_checksum: str = _field("text")
+    epoch_acc: list[float] = _field("accuracies")
+    test_acc: float = _field("accuracy")
+    best_test_acc: float = _field("accuracy")
+    generation_acc: list[float] | None = _field("accuracies?")  # None: not a refinery run
+    wall_seconds: float = _field("amount")
+    finished_at: str = _field("time")
+    more: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any, kinds: dict[str, str] | None = None) -> RunRecord:
+        """The record of `row` (a results file's line, a store's row with its lists decoded, `train_job`'s dict),
+        checked by `problem` against `kinds` (RESULT_FIELDS by default): a RecordRefused saying what is wrong."""
+        wrong = problem(row, kinds)
+        if wrong:
+            raise RecordRefused(wrong)
+        return cls(**{k: row[k] for k in RESULT_FIELDS}, more={k: v for k, v in row.items() if k not in RESULT_FIELDS})
+
+    @property
+    def key(self) -> tuple:
+        """The run's KEY values: one run."""
+        return tuple(getattr(self, k) for k in KEY)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the dict it was built from: every field, `more`'s too."""
+        return {**{k: getattr(self, k) for k in RESULT_FIELDS}, **self.more}
+
+    def line(self) -> bytes:
+        """The record as a line of the results file: `json.dumps(..., sort_keys=True)` and a newline, UTF-8."""
+        return (json.dumps(self.to_json(), sort_keys=True) + "\n").encode("utf-8")
+
+
+# field -> kind: what every record holds (the SQLite store's columns), from RunRecord's attributes
+RESULT_FIELDS: dict[str, str] = {f.name: f.metadata["kind"] for f in fields(RunRecord) if "kind" in f.metadata}
+# what only the results file keeps, in RunRecord.more: the trick options, speed and machine
+MACHINE_FIELDS = {"options": "object", "train_images_per_second": "amount", "device": "text", "gpu": "text?",
+                  "torch": "text", "workers": "count"}
+FIELDS = {**RESULT_FIELDS, **MACHINE_FIELDS}  # a line of the results file
+
+
+def key_of(record: Mapping) -> tuple:
+    """A record's KEY values (a dict's, as `RunRecord.key`)."""
+    return tuple(record[k] for k in KEY)
+
+
+def merge(*record_lists: list[dict]) -> list[dict]:
+    """One record per KEY from all lists: the one with the latest finished_at (on a tie, the later given).
+
+    Order is stable: each key stays where it first appears.
+    """
+    kept: dict[tuple, dict] = {}
+    for records in record_lists:
+        for r in records:
+            k = key_of(r)
+            if k not in kept or finished(r) >= finished(kept[k]):
+                kept[k] = r
+    return list(kept.values())

@@ -1,10 +1,10 @@
 """Replay the ablation table: train every (row, seed) not yet in the results, storing each at once.
 
-The store is the truth: a job is done when the store holds its (row, budget, seed, code version) or,
-for the full budget, when the repository's results file (`bench.results_file`, `bench/results/full.jsonl`)
-holds it trained on the same data (its dataset checksum), so a replay killed at any moment is started
-again and runs only what is missing. A run folder left by a stopped attempt is resumed from its
-checkpoint (`recipes.checkpoint`) when it holds one, else deleted and redone. Jobs train in-process
+The results are the truth: a job is done when the store or, for the full budget, the repository's results
+file (`bench.results_file`, `bench/results/full.jsonl`) holds a run of its key (`bench.record.KEY`: row,
+recipe, budget, seed, code version, dataset checksum; `done_check`, made once for both), so a replay killed
+at any moment is started again and runs only what is missing. A run folder left by a stopped attempt is
+resumed from its checkpoint (`recipes.checkpoint`) when it holds one, else deleted and redone. Jobs train in-process
 (`recipes.run.train`, no subprocess per row); the dataset is loaded once per process. `workers>1`
 runs that many 'spawn' processes (on a CUDA GPU they share the one device: `CUDA_WORKERS` is the
 default there, the count measured so far), each storing its own results; `ray_address` sends the
@@ -33,6 +33,7 @@ from typing import Any, Callable
 from bench import job as job_module
 from bench import results_file
 from bench.job import Job, _attempt, loaded
+from bench.record import key_of
 from bench.store import Store, code_version
 from tricks.errors import ConfigError, RunFolderError, TricksError
 
@@ -139,7 +140,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
     lock = _lock(results_dir)
     try:
         store, version = Store(results_dir), code_version()
-        in_file = _file_keys(results_path, budget, data, dataset, version) if budget == "full" else set()
+        done = done_check(store, results_path if budget == "full" else None, budget, version)
         counts = {"done_before": 0, "ran": 0, "skipped_inexpressible": 0, "failed": 0, "abandoned": 0,
                   "not_started": 0}
         jobs = []
@@ -148,8 +149,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
             for seed in range(seeds):
                 if row.status == "inexpressible":
                     counts["skipped_inexpressible"] += 1
-                elif (store.done(row.id, row.stored_recipe, budget, seed, version, checksum)
-                      or (row.id, row.stored_recipe, seed) in in_file):
+                elif done((row.id, row.stored_recipe, budget, seed, version, checksum)):
                     counts["done_before"] += 1
                 else:
                     jobs.append(Job(row, budget, seed, results_dir, None if data is None else str(data),
@@ -192,15 +192,13 @@ def _data_checksum(row, data: str | None, dataset: str) -> str | None:
         return None
 
 
-def _file_keys(path: Path | None, budget: str, data: str | None, dataset: str, version: str) -> set[tuple]:
-    """(row_id, recipe, seed) of the results file's records of this budget and code, trained on this data."""
-    if path is None:
-        return set()
-    records = [r for r in results_file.read(path) if r["budget"] == budget and r["code_version"] == version]
-    if not records:
-        return set()
-    _, checksum = loaded(dataset, data)
-    return {(r["row_id"], r["recipe"], r["seed"]) for r in records if r["dataset_checksum"] == checksum}
+def done_check(store: Store, path: Path | None, budget: str, version: str) -> Callable[[tuple], bool]:
+    """Whether a run of a key (`bench.record.KEY`'s values; a checksum None: trained on any data) is held by
+    `store` or by the results file `path` (None: none), this budget's and code version's runs read once."""
+    held = {key_of(r) for r in results_file.read(path) if r["budget"] == budget
+            and r["code_version"] == version} if path is not None else set()
+    any_data = {k[:-1] for k in held}
+    return lambda key: store.done(*key) or (key in held if key[-1] is not None else key[:-1] in any_data)
 
 
 def _units(job: Job) -> float:

@@ -5,47 +5,36 @@ run is one line, `json.dumps(record, sort_keys=True)`, appended under an exclusi
 the file, flushed and fsync'd, so several processes can append at once and a diff shows one line per
 run. `read_checked` gives the sound records back and skips, each with a reason naming its line, a line
 that is not JSON (a writer killed mid-line leaves such a last line; NaN, Infinity and nesting too deep
-are refused) or not a record that passes `bench.record.problem` with every field of `FIELDS`: a damaged
-line is counted by the report, never a crash, and the other runs stay readable. `merge` keeps one record
-per `KEY`: the one with the latest `finished_at`.
+are refused) or not a record `bench.record.RunRecord.from_row` builds with every field of `FIELDS`: a damaged
+line is counted by the report, never a crash, and the other runs stay readable. A line is `RunRecord.line`, so
+a record read and written again gives the same bytes.
 """
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from bench import record as record_check
-from bench.record import RecordRefused, finished, loads
+from bench.record import FIELDS, RecordRefused, RunRecord, loads
 from tricks.errors import ConfigError, RunFolderError
-from tricks.files import disk_full, no_space
+from tricks.files import disk_full, fsync_dir, no_space
 
 DEFAULT_PATH = Path(__file__).parent / "results" / "full.jsonl"
-# the store's fields (bench.record.FIELDS) and what only the file keeps: the trick options, speed and machine
-FIELDS = {**record_check.FIELDS, "options": "object", "train_images_per_second": "amount", "device": "text",
-          "gpu": "text?", "torch": "text", "workers": "count"}
-REQUIRED = tuple(FIELDS)
-KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")  # one run
-
-
-def problem(record: Any) -> str | None:
-    """What is wrong with `record` as a line of the results file (`bench.record.problem` over FIELDS), or None."""
-    return record_check.problem(record, FIELDS)
+REQUIRED = tuple(FIELDS)  # every line holds them (bench.record.FIELDS)
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
     """Append `record` as one line to `path` (created with its folder), under an exclusive lock, fsync'd.
 
-    A record that fails `problem` is a ValueError saying why. A last line left without its newline (a writer
-    killed mid-line) gets one first, so the new record stays a line of its own. The file is read back after:
-    a line that is not there (a file that does not keep what is written) is a RunFolderError.
+    A record that `RunRecord.from_row` refuses (against FIELDS) is a ValueError saying why. A last line left
+    without its newline (a writer killed mid-line) gets one first, so the new record stays a line of its own.
+    The file is read back after: a line that is not there (a file that does not keep what is written) is a
+    RunFolderError.
     """
-    wrong = problem(record)
-    if wrong:
-        raise ValueError(f"a results record {wrong}; every record needs {', '.join(REQUIRED)} (see FIELDS)")
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    try:
+        line = RunRecord.from_row(record, FIELDS).line()
+    except RecordRefused as e:
+        raise ValueError(f"a results record {e}; every record needs {', '.join(REQUIRED)} (see FIELDS)") from None
     path = Path(path)
     try:
         created = _append_line(path, line)
@@ -54,11 +43,7 @@ def append(path: str | os.PathLike, record: dict) -> None:
             raise disk_full(path) from None
         raise
     if created:  # the new directory entry survives a power loss too
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path.parent)
     if line.strip(b"\n") not in path.read_bytes().split(b"\n"):  # read back: what was written must be there
         raise RunFolderError(f"results file {path} does not hold the run {record['row_id']} seed {record['seed']} "
                              "just appended; give a regular file that keeps what is written")
@@ -109,15 +94,14 @@ def read_checked(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
             continue
         cut = " (the last line has no newline: a writer stopped mid-line?)" if number == len(lines) else ""
         try:
-            record = loads(raw)
+            row = loads(raw)
         except RecordRefused as e:
             skipped.append(f"line {number}: {e}{cut}")
             continue
-        wrong = problem(record)
-        if wrong:
-            skipped.append(f"line {number}: the record {wrong}")
-            continue
-        out.append(record)
+        try:
+            out.append(RunRecord.from_row(row, FIELDS).to_json())
+        except RecordRefused as e:
+            skipped.append(f"line {number}: the record {e}")
     return out, skipped
 
 
@@ -125,16 +109,3 @@ def read(path: str | os.PathLike) -> list[dict]:
     """The sound records of `path` in file order (`read_checked` without the lines it skipped)."""
     return read_checked(path)[0]
 
-
-def merge(*record_lists: list[dict]) -> list[dict]:
-    """One record per KEY from all lists: the one with the latest finished_at (on a tie, the later given).
-
-    Order is stable: each key stays where it first appears.
-    """
-    kept: dict[tuple, dict] = {}
-    for records in record_lists:
-        for r in records:
-            k = tuple(r[name] for name in KEY)
-            if k not in kept or finished(r) >= finished(kept[k]):
-                kept[k] = r
-    return list(kept.values())

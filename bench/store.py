@@ -2,16 +2,18 @@
 
 Why SQLite: it is in the standard library, several worker processes can write to it at once
 (WAL journal, a busy timeout), and a transaction is stored whole or not at all, so a replay killed
-at any moment leaves a readable file holding every run it finished. Table `runs` holds the record
-fields (lists as JSON text) with the UNIQUE key `KEY` (row_id, recipe, budget, seed, code_version,
-dataset_checksum); `add` is `INSERT OR IGNORE`, so a run is never stored twice, and a run on other data
+at any moment leaves a readable file holding every run it finished. Table `runs` holds the record's
+fields `bench.record.RESULT_FIELDS` (`COLUMNS`, their SQLite types by kind; lists as JSON text) with the
+UNIQUE key `bench.record.KEY` (row_id, recipe, budget, seed, code_version, dataset_checksum); `add` is
+`INSERT OR IGNORE`, so a run is never stored twice, and a run on other data
 is another run (a store written before the checksum joined the key is migrated when opened).
 
 Nothing in the file is trusted: opening a store whose `sqlite_master` holds anything its own CREATE
 statements do not make (`project_schema`: a view, a trigger, another table or index, other columns)
-is a one-line RunFolderError, as such an object can hide or drop runs; `add` checks the record
-(`bench.record.problem`) and reads it back by its key after the commit, failing loudly when it is not
-there; `records_checked` skips, with a reason each, the stored runs that fail that same check.
+is a one-line RunFolderError, as such an object can hide or drop runs; `add` builds the record
+(`bench.record.RunRecord.from_row`, its check) and reads it back by its key after the commit, failing
+loudly when it is not there; `records_checked` skips, with a reason each, the stored runs that fail that
+same check.
 
 `code_version()` names the code that produced a run: the package version + a hash of the sources that
 decide what a run trains and measures (`SOURCES`: every .py of `tricks/` and `recipes/`, and
@@ -33,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.record import RecordRefused, loads, problem
+from bench.record import KEY, RESULT_FIELDS, RecordRefused, RunRecord, loads
 from tricks.data import ImageData
 from tricks.errors import ConfigError, RunFolderError
 from tricks.files import disk_full, no_space
@@ -43,23 +45,11 @@ BUSY_TIMEOUT_S = 60.0
 SOURCES = ("tricks", "recipes", "bench/budgets.py")  # folders (every .py below) or single files
 SOURCE_SUFFIXES = (".py",)
 
-# name -> SQLite type; "json" columns hold lists as JSON text.
-COLUMNS: dict[str, str] = {
-    "row_id": "TEXT NOT NULL",
-    "recipe": "TEXT NOT NULL",
-    "budget": "TEXT NOT NULL",
-    "seed": "INTEGER NOT NULL",
-    "code_version": "TEXT NOT NULL",
-    "dataset_checksum": "TEXT NOT NULL",
-    "epoch_acc": "TEXT NOT NULL",  # json list of float
-    "test_acc": "REAL NOT NULL",
-    "best_test_acc": "REAL NOT NULL",
-    "generation_acc": "TEXT",  # json list of float, or NULL
-    "wall_seconds": "REAL NOT NULL",
-    "finished_at": "TEXT NOT NULL",
-}
-JSON_COLUMNS = ("epoch_acc", "generation_acc")
-KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")  # one run: the data too
+# a field's kind (bench.record) -> its SQLite column type; "accuracies" columns hold lists as JSON text
+SQL_TYPES = {"text": "TEXT NOT NULL", "seed": "INTEGER NOT NULL", "accuracy": "REAL NOT NULL",
+             "accuracies": "TEXT NOT NULL", "accuracies?": "TEXT", "amount": "REAL NOT NULL", "time": "TEXT NOT NULL"}
+COLUMNS: dict[str, str] = {name: SQL_TYPES[kind] for name, kind in RESULT_FIELDS.items()}  # name -> SQLite type
+JSON_COLUMNS = tuple(name for name, kind in RESULT_FIELDS.items() if kind.startswith("accuracies"))
 TABLE = ("runs (id INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
          + f", UNIQUE ({', '.join(KEY)}))")
 SCHEMA = "CREATE TABLE IF NOT EXISTS " + TABLE
@@ -156,15 +146,12 @@ class Store:
         if missing or unknown:
             raise ConfigError(f"a results record needs exactly the keys {', '.join(COLUMNS)}; "
                               f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}")
-        wrong = problem({**record, "generation_acc": record.get("generation_acc")})
-        if wrong:
-            raise ConfigError(f"a results record {wrong}; see bench.record.FIELDS for what each field holds")
-        values = []
-        for k in COLUMNS:
-            v = record.get(k)
-            if k in JSON_COLUMNS and v is not None:
-                v = json.dumps([float(x) for x in v])
-            values.append(v)
+        try:
+            run = RunRecord.from_row({**record, "generation_acc": record.get("generation_acc")})
+        except RecordRefused as e:
+            raise ConfigError(f"a results record {e}; see bench.record.RunRecord for what each field holds") from None
+        values = [json.dumps([float(x) for x in v]) if k in JSON_COLUMNS and v is not None else v
+                  for k, v in run.to_json().items()]
         sql = f"INSERT OR IGNORE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
         with closing(self._connect()) as con:
             def insert():
@@ -176,7 +163,7 @@ class Store:
                     con.execute("ROLLBACK")
                     raise
             self._run(con, insert)
-        if not self.done(*(record[k] for k in KEY)):  # read back: what was written must be there
+        if not self.done(*run.key):  # read back: what was written must be there
             raise RunFolderError(f"results database '{self.path}' does not hold the run {record['row_id']} seed "
                                  f"{record['seed']} just written (something in the database removed it); move it "
                                  "aside and replay again")
@@ -186,9 +173,9 @@ class Store:
         return self.records_checked(budget)[0]
 
     def records_checked(self, budget: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-        """(every stored run of `budget` (None: of any) that passes `bench.record.problem`, oldest first, lists
-        decoded from JSON; one reason per run skipped: 'id N: ...'). Text that is not UTF-8 is read as bytes,
-        which the check refuses, instead of failing the whole query."""
+        """(every stored run of `budget` (None: of any) that `bench.record.RunRecord.from_row` builds, oldest
+        first, lists decoded from JSON; one reason per run skipped: 'id N: ...'). Text that is not UTF-8 is read
+        as bytes, which the check refuses, instead of failing the whole query."""
         sql = f"SELECT id, {', '.join(COLUMNS)} FROM runs"
         args: tuple = ()
         if budget is not None:
@@ -206,11 +193,10 @@ class Store:
             except RecordRefused as e:
                 skipped.append(f"id {rowid}: {k} {e}")
                 continue
-            wrong = problem(rec)
-            if wrong:
-                skipped.append(f"id {rowid}: the record {wrong}")
-                continue
-            out.append(rec)
+            try:
+                out.append(RunRecord.from_row(rec).to_json())
+            except RecordRefused as e:
+                skipped.append(f"id {rowid}: the record {e}")
         return out, skipped
 
 

@@ -8,8 +8,9 @@ import pytest
 from scipy.stats import t
 
 from bench import cli, results_file
-from bench.report import (END, SAME_MARGIN, START, T_TABLE, Measures, fmt_diff, headline_markdown, load_records,
-                          replace_between_markers, report_data, t_quantile, used_records, verdict, welch, write_report)
+from bench.report import (END, SAME_MARGIN, START, Measures, fmt_diff, headline_markdown, load_records,
+                          replace_between_markers, report_data, used_records, verdict, write_report)
+from bench.stats import T_TABLE, t_quantile, welch
 from bench.store import Store
 from bench.table import Conclusion, Row
 from tricks.errors import ConfigError, RunFolderError

@@ -6,7 +6,8 @@ import multiprocessing
 
 import pytest
 
-from bench.results_file import DEFAULT_PATH, REQUIRED, append, merge, read, read_checked
+from bench.record import RunRecord, merge
+from bench.results_file import DEFAULT_PATH, FIELDS, REQUIRED, append, read, read_checked
 from tricks.errors import ConfigError
 
 
@@ -136,3 +137,27 @@ def test_merge_keeps_the_latest_finished_per_key_in_stable_order():
     assert merge([old, other_seed, newer], [new, other_data, other_code]) == [newer, other_seed, other_data, other_code]
     assert merge([newer], [old]) == [newer]
     assert merge() == [] and merge([], []) == []
+
+
+def test_the_committed_file_read_and_written_again_is_the_same_bytes(tmp_path):
+    committed = DEFAULT_PATH.read_bytes()
+    records, skipped = read_checked(DEFAULT_PATH)
+    assert skipped == [] and len(records) == committed.count(b"\n") == 4
+    assert b"".join(RunRecord.from_row(r, FIELDS).line() for r in records) == committed
+    copy = tmp_path / "full.jsonl"
+    for r in records:
+        append(copy, r)
+    assert copy.read_bytes() == committed
+
+
+def test_one_record_type_serves_the_store_and_the_file(tmp_path):
+    from bench.record import KEY, MACHINE_FIELDS, RESULT_FIELDS
+    from bench.store import COLUMNS, Store
+
+    assert tuple(COLUMNS) == tuple(RESULT_FIELDS) and tuple(FIELDS) == (*RESULT_FIELDS, *MACHINE_FIELDS)
+    store = Store(tmp_path / "results")
+    held = read(DEFAULT_PATH)
+    for r in held:
+        store.add({k: r[k] for k in COLUMNS})
+    assert store.records() == [{k: r[k] for k in RESULT_FIELDS} for r in held]
+    assert [RunRecord.from_row(r).key for r in store.records()] == [tuple(r[k] for k in KEY) for r in held]
