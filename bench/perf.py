@@ -337,7 +337,7 @@ def peak_memory(sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
 
 
 def parity(data: ImageData, sizes: Sizes, device: torch.device, log) -> dict[str, Any]:
-    from bench.report import welch
+    from bench.stats import welch
 
     recipe_acc, plain_acc, identical = [], [], []
     for seed in range(sizes.parity_seeds):
