@@ -32,9 +32,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from recipes.cli import Parser, UsageError, one_line
+from recipes.cli import Parser, UsageError
 from tricks.data import load_dataset
-from tricks.errors import TricksError, describe_os_error
+from tricks.errors import TricksError, describe_os_error, one_line
 from tricks.files import no_space, write_atomic
 
 DEFAULT_RESULTS = "bench-results"

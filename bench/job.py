@@ -3,7 +3,8 @@
 `train_job` trains a `Job` in this process (`recipes.run.train`; a folder left by a stopped attempt is
 resumed from its checkpoint, or redone when it has none) and returns its record; `keep_record` stores
 it (the SQLite store; a full-budget one also in the results file). `bench.replay` runs jobs in local
-processes, `bench.ray_cluster` as Ray tasks: both use this module, and neither imports the other.
+processes, `bench.ray_cluster` as Ray tasks (the replay and `bench.decide` import it for a Ray address):
+both run jobs through this module, which imports neither.
 A `Deadline` callback abandons a job at the replay's deadline, after its epoch's checkpoint.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fastai.callback.core import Callback
 from bench import results_file
 from bench.store import COLUMNS, Store, dataset_checksum, short_version
 from tricks.data import ImageData, load_dataset
-from tricks.errors import DiskFullError, TricksError
+from tricks.errors import DiskFullError, TricksError, one_line
 
 _LOADED: dict[tuple[str, str | None], tuple[ImageData, str]] = {}  # (dataset, data) -> (data, checksum)
 
@@ -174,9 +175,3 @@ def _attempt(job: Job) -> tuple[Job, dict[str, Any] | None, str | None]:
         return job, None, one_line(e)
     except Exception as e:  # a bug or a device error in one run must not stop the others: reported as failed
         return job, None, f"{type(e).__name__}: {one_line(e)}"
-
-
-def one_line(e: Exception) -> str:
-    """The last non-empty line (fastai prefixes errors raised in callbacks with a line naming the event)."""
-    lines = [" ".join(line.split()) for line in str(e).splitlines() if line.strip()]
-    return lines[-1] if lines else type(e).__name__

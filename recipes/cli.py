@@ -73,7 +73,7 @@ from recipes.parse import parse_recipe
 from recipes.presets import PRESETS
 from tricks.registry import TRICKS
 from recipes.recipe import PARAMS, Recipe
-from tricks.errors import TrainingError, TricksError, describe_os_error
+from tricks.errors import TrainingError, TricksError, describe_os_error, one_line
 from tricks.files import no_space
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
@@ -305,12 +305,6 @@ def print_generations(console: Console, result: dict) -> None:
     console.print(table)
     console.print(f"generation folders (config, metrics.csv, model.pth, curves.png) in {result['out']}",
                   highlight=False, soft_wrap=True)
-
-
-def one_line(error: Exception) -> str:
-    """The message alone: fastai prefixes errors raised in callbacks with a line naming the event."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 fit_started = [False]  # set once a fit reports its start: a SIGTERM before it had nothing to stop

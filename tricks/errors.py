@@ -44,3 +44,11 @@ def describe_os_error(e: OSError) -> str:
             errno.ENOSPC: "; free some space or give a path on another disk",
             errno.EDQUOT: "; free some space or give a path on another disk"}.get(e.errno, "")
     return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+
+
+def one_line(error: BaseException) -> str:
+    """The message alone, as one line: its last non-empty line, stripped (fastai prefixes errors raised in
+    callbacks with a line naming the event); the error's type name when it has no message. The front ends
+    print it and a bench job records it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
