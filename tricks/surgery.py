@@ -3,19 +3,15 @@ residual blocks, the last BN and last conv of each residual branch, the final BN
 classifier and the pooled features are; every change recorded so it can be undone; and a Callback base that
 edits the model once at `before_fit`.
 
-The families (`MODEL_FAMILIES`, one `Family` each, described and registered in its own file in tricks/models:
-cifar_resnet for v1 and preact, timm_resnet, timm_resnetv2, fastai_xresnet, torchvision_resnet; `family(model)`
-finds a model's):
-
-| family | model | blocks, in forward order | last BN of a branch | last conv of a branch | final BN | classifier | pooled features |
-|---|---|---|---|---|---|---|---|
-| v1 | `CifarResNet` (`resnet<d>`) | `BasicBlock` | `bn2` | `conv2` | - | `fc` | `pool(forward_features(x))` |
-| preact | `CifarResNet(preact=True)` (`preact_resnet<d>`, `wrn<d>_<k>`) | `PreActBlock` | `bn2` (before the last conv) | `conv2` | `final_act.0` | `fc` | idem |
-| timm | timm `ResNet` (`timm:resnet18`, ...) | `BasicBlock` / `Bottleneck` | `bn2` / `bn3` | `conv2` / `conv3` | - | `pretrained_cfg['classifier']` (`fc`) | `global_pool(forward_features(x))` |
-| timm-v2 | timm `ResNetV2`, pre-activation, BatchNorm (`timm:resnetv2_18`, `resnetv2_50d`, ...; not the GroupNorm / EvoNorm / FRN ones) | `PreActBasic` / `PreActBottleneck` | `norm2` / `norm3` (before the last conv) | `conv2` / `conv3` | `norm` (BN + its ReLU `norm.act`) | `head.fc` (a 1x1 conv) | `head.global_pool(forward_features(x))`, flattened |
-| fastai | fastai `XResNet` (`fastai:xresnet18` ... `xresnet152`, `_deep`, `xse_resnext`) | `ResBlock` | the BN of the last `ConvLayer` of `convpath` (fastai's `BatchZero`) | its conv | - | the last module, an `nn.Linear` (`'11'`) | the children before the classifier, run in turn |
-| torchvision | torchvision `ResNet` (`torchvision:resnet18`, `wide_resnet50_2`, ...) | `BasicBlock` / `Bottleneck` | `bn2` / `bn3` | `conv2` / `conv3` | - | `fc` | `flatten(avgpool(layer4(...)))`, as its forward |
-| vision_learner/<family> | fastai's `vision_learner(dls, arch)`: nn.Sequential(body, head), the body `model[0]` (fastai's XResNet and torchvision's ResNets cut into an nn.Sequential; a timm name: `TimmBody`, its timm model `model[0].model`) | the blocks of the body's family, found inside it | as the body's family | as the body's family | timm's ResNetV2: `0.model.norm`; else - | the head's last nn.Linear (`1.8`) | its input (a forward pre-hook) |
+The families (`MODEL_FAMILIES`, one `tricks.models.family.Family` each; `family(model)` finds a model's) are each
+described, beside the model's factory, in one file of tricks/models, whose docstring says where each thing is:
+`cifar_resnet` (v1 `resnet<d>`; pre-activation `preact_resnet<d>`, `wrn<d>_<k>`), `timm_resnet` (timm's ResNet),
+`timm_resnetv2` (timm's pre-activation ResNetV2 with BatchNorm), `fastai_xresnet` (fastai's XResNet),
+`torchvision_resnet` (torchvision's ResNet). Described here, from the body's family: a model fastai's
+`vision_learner(dls, arch)` built, nn.Sequential(body, head), the body `model[0]` (fastai's XResNet and torchvision's
+ResNets cut into an nn.Sequential; a timm name: `TimmBody`, its timm model `model[0].model`): the blocks, last BNs
+and convs of the body's family, found inside it; the final BN `0.model.norm` for timm's ResNetV2, else none; the
+classifier the head's last nn.Linear (`1.8`); the pooled features its input (a forward pre-hook).
 
 The last BN of a branch is what Goyal et al. 2017 and timm's `zero_init_last` zero in post-activation blocks,
 and in the pre-activation blocks the BN before the last conv, as `cifar_resnet` defines it for the notes'
