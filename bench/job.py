@@ -10,7 +10,6 @@ A `Deadline` callback abandons a job at the replay's deadline, after its epoch's
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shutil
 import time
@@ -47,7 +46,7 @@ class Job:
     compile_mode: str | None = None  # overrides the recipe's torch.compile mode (None: the recipe's, auto)
 
 
-def run_folder(results_dir: Path, row_id: str, budget: str, seed: int, version: str) -> Path:
+def job_folder(results_dir: Path, row_id: str, budget: str, seed: int, version: str) -> Path:
     """`<results_dir>/runs/<row_id>-<budget>-s<seed>-<first 8 hex of the source hash>`."""
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", row_id)
     return Path(results_dir) / "runs" / f"{slug}-{budget}-s{seed}-{short_version(version)}"
@@ -62,11 +61,11 @@ def loaded(dataset: str, data: str | None) -> tuple[ImageData, str]:
     return _LOADED[key]
 
 
-def epoch_accuracies(out: Path, result: dict[str, Any]) -> list[float]:
-    """Per-epoch test accuracy from the run folder's metrics.csv (the last generation's for refine runs)."""
-    if "generations" in result:
-        out = out / result["generations"][-1]["folder"]
-    with open(out / "metrics.csv", newline="") as f:
+def epoch_accuracies(out: Path) -> list[float]:
+    """Per-epoch test accuracy from the metrics.csv of the run's last fit (`recipes.run_folder`)."""
+    from recipes.run_folder import METRICS, last_fit_folder
+
+    with open(last_fit_folder(out) / METRICS, newline="") as f:
         return [float(r["test_acc"]) for r in csv.DictReader(f)]
 
 
@@ -94,12 +93,12 @@ class Deadline(Callback):
                             "the next replay on this results folder resumes it")
 
 
-def _resumable(out: Path, refine: bool) -> bool:
+def _resumable(out: Path, fits: int) -> bool:
     """Whether a run folder left by a stopped attempt can be resumed (else it is redone from scratch)."""
-    from recipes import checkpoint as ckpt
+    from recipes.run_folder import check_resumable
 
     try:
-        ckpt.check_resumable(out, generations=refine)
+        check_resumable(out, fits=fits)
     except TricksError:
         return False
     return True
@@ -107,7 +106,9 @@ def _resumable(out: Path, refine: bool) -> bool:
 
 def speed_of(out: Path) -> dict[str, Any]:
     """The speed settings the run in `out` trained with (its config.json; the top one for refine runs)."""
-    config = json.loads((out / "config.json").read_text())
+    from recipes.run_folder import saved_config
+
+    config = saved_config(out)
     return {k: config.get(k) for k in ("channels_last", "precision", "compile", "compile_mode", "eval_bs")}
 
 
@@ -116,15 +117,15 @@ def train_job(job: Job) -> dict[str, Any]:
     import torch
 
     from bench.budgets import row_recipe
-    from recipes.generations import refine_params
+    from recipes.generations import fit_count
     from recipes.run import train
 
     recipe = row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset, device=job.device)
     if job.compile_mode is not None:  # a speed setting: the results key stays the row's
         recipe = recipe.replace(compile_mode=job.compile_mode)
     images, checksum = loaded(recipe.dataset, recipe.data)  # a row may name its own dataset
-    out = run_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
-    resume = out.exists() and _resumable(out, refine_params(recipe) is not None)
+    out = job_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
+    resume = out.exists() and _resumable(out, fit_count(recipe))
     if out.exists() and not resume:  # left by a killed attempt before its first checkpoint
         shutil.rmtree(out)
     extra = (lambda stats: [Deadline(job.deadline)]) if job.deadline is not None else (lambda stats: [])
@@ -134,7 +135,7 @@ def train_job(job: Job) -> dict[str, Any]:
     device = str(result.get("device", job.device))
     return {
         "row_id": job.row.id, "recipe": job.row.stored_recipe, "budget": job.budget, "seed": job.seed,
-        "code_version": job.version, "dataset_checksum": checksum, "epoch_acc": epoch_accuracies(out, result),
+        "code_version": job.version, "dataset_checksum": checksum, "epoch_acc": epoch_accuracies(out),
         "test_acc": float(result["test_acc"]), "best_test_acc": float(result["best_test_acc"]),
         "generation_acc": None if gens is None else [float(a) for a in gens],
         "wall_seconds": time.perf_counter() - start,
@@ -143,7 +144,7 @@ def train_job(job: Job) -> dict[str, Any]:
         "options": dict(job.row.options), "train_images_per_second": float(result.get("train_images_per_second", 0.0)),
         "device": device, "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
         "torch": torch.__version__, "workers": job.workers, "resumed": resume, "speed": speed_of(out),
-        "epochs": len(epoch_accuracies(out, result)),
+        "epochs": len(epoch_accuracies(out)),
     }
 
 

@@ -150,19 +150,17 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
 
 
 def recipe_fit(recipe: Recipe, data: ImageData) -> dict[str, Any]:
-    """`recipes.run.train` into a temporary run folder: its result.json, the final weights, and the last
+    """`recipes.run.train` into a temporary run folder: its last fit's result.json and final weights, and that
     fit's per-epoch records (`recipes.stats.EpochStats`, training seconds included)."""
     from recipes.run import train
+    from recipes.run_folder import MODEL, finished_result, last_fit_folder
 
     stats = []
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
-        result = train(recipe, Path(tmp) / "run", data=data, callbacks=lambda s: stats.append(s) or [])
-        folder = Path(result["out"])
-        if "generations" in result:
-            last = result["generations"][-1]
-            result = {**json.loads((folder / last["folder"] / "result.json").read_text()), "out": str(folder)}
-            folder = folder / last["folder"]
-        state = torch.load(folder / "model.pth", map_location="cpu", weights_only=True)
+        out = train(recipe, Path(tmp) / "run", data=data, callbacks=lambda s: stats.append(s) or [])["out"]
+        folder = last_fit_folder(Path(out))
+        result = {**finished_result(folder), "out": out}
+        state = torch.load(folder / MODEL, map_location="cpu", weights_only=True)
     return {**result, "state_dict": state, "records": [dict(r) for r in stats[-1].records]}
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.job import Job, keep_record, run_folder, train_job
+from bench.job import Job, job_folder, keep_record, train_job
 from tricks.errors import ConfigError, TricksError
 from tricks.files import write_atomic
 
@@ -67,14 +67,14 @@ def remote_attempt(job: Job) -> tuple[dict[str, Any] | None, dict[str, bytes], s
             record = train_job(local)
         except TricksError as e:
             return None, {}, " ".join(str(e).split())
-        folder = run_folder(local.results_dir, job.row.id, job.budget, job.seed, job.version)
+        folder = job_folder(local.results_dir, job.row.id, job.budget, job.seed, job.version)
         files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     return record, files, None
 
 
 def keep(job: Job, record: dict[str, Any], files: dict[str, bytes]) -> None:
     """Write a finished task's run folder into the results folder, then store its record."""
-    out = run_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
+    out = job_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
     if out.exists():  # left by a replay killed between the files and the record
         shutil.rmtree(out)
     for rel, data in files.items():

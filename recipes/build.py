@@ -46,6 +46,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_device(device: torch.device) -> torch.device:
+    """`device`, or a ConfigError when this machine cannot train or evaluate on it (mps without Apple's GPU,
+    meta and the other devices that hold no data, a CUDA index beyond the GPUs there)."""
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device '{device}' asked for, but torch sees no Apple GPU (mps) here; use --device "
+                              "cpu or auto")
+    elif device.type == "cuda":
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}' asked for, but this machine has {torch.cuda.device_count()} "
+                              f"CUDA GPU(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"device '{device}' cannot train or evaluate a model (it is not a cpu, cuda or mps "
+                          "device); use auto, cpu, cuda or cuda:N")
+    return device
+
+
 def normalization(recipe: Recipe, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (mean, std) in [0, 1] units for the recipe's `normalize` setting."""
     c = data.channels

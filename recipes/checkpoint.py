@@ -23,9 +23,9 @@ fit's setup (`before_fit`), so the first resumed epoch starts where the saved on
 SIGTERM and SIGINT during a fit stop it at the end of the current batch (`Interrupted`); what the
 last checkpoint holds is kept, the partial epoch is not saved and runs again on resume.
 
-A refine run (`recipes.generations`) has no checkpoint in its top folder: each generation's fit
-checkpoints its own `gen<N>` folder as above. Resuming checks the top config.json, takes each
-finished generation (its result.json) as it is, and resumes the first unfinished one.
+A run of several fits (a refinery, `recipes.generations`) has no checkpoint in its top folder: each fit
+checkpoints its own folder as above (`recipes.run_folder` names them). Resuming checks the top config.json,
+takes each finished fit (its result.json) as it is, and resumes the first unfinished one (`recipes.run`).
 """
 from __future__ import annotations
 
@@ -45,10 +45,9 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
+from recipes.run_folder import CHECKPOINT, DAMAGED, PREVIOUS, config_hash, refuse_difference
 from tricks.errors import RunFolderError, TrainingError
-from tricks.files import fsync_dir, torch_bytes, write_temporary
-
-CHECKPOINT, PREVIOUS, DAMAGED = "checkpoint.pth", "checkpoint.prev.pth", "checkpoint.damaged.pth"
+from tricks.files import fsync_dir, torch_bytes, write_atomic
 FORMAT = "fastai-tricks checkpoint 1"
 
 
@@ -60,11 +59,7 @@ class Interrupted(TrainingError):
         self.signum = signum
 
 
-# ---- content hash and config ----
-
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
+# ---- content hash, and the checkpoint's config ----
 
 def _digest(h, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
@@ -92,66 +87,11 @@ def digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def config_difference(saved: dict, now: dict) -> list[str]:
-    """The keys whose values differ, in the saved config's order (then the new keys)."""
-    keys = list(saved) + [k for k in now if k not in saved]
-    return [k for k in keys if saved.get(k, "<unset>") != now.get(k, "<unset>")]
-
-
 def check_config(state: dict, config: dict, out: Path) -> None:
     """Refuse a resume whose resolved config differs from the checkpoint's, naming the first difference."""
     if state["config_hash"] == config_hash(config):
         return
     refuse_difference(json.loads(state["config"]), config, out)
-
-
-def check_folder_config(out: Path, config: dict) -> None:
-    """Refuse a resume whose config differs from the one in `out/config.json` (a folder that holds no
-    checkpoint of its own: the top folder of a refine run), naming the first difference."""
-    try:
-        saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"--resume: the config.json in '{out}' cannot be read ({type(e).__name__}); start "
-                             "the run again in a new --out") from None
-    now = json.loads(json.dumps(config))  # as config.json holds it (lists, not tuples)
-    if saved != now:
-        refuse_difference(saved, now, out)
-
-
-def check_finished_recipe(out: Path, recipe: dict) -> None:
-    """Refuse `--resume` of a finished run (its config.json) with another recipe or other data: the one-line
-    refusal of `refuse_difference` instead of "has finished already". The data are compared as the real
-    path of `data` when the run names one (the loaders record the real path they read); the device is not."""
-    try:
-        saved = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"--resume: the config.json in '{out}' cannot be read ({type(e).__name__}); start "
-                             "the run again in a new --out") from None
-    now = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k not in ("data", "device", "dataset")}
-    was = {k: saved.get(k, "<unset>") for k in now}
-    if recipe.get("data") is not None and saved.get("data") is not None:
-        now["data"], was["data"] = os.path.realpath(recipe["data"]), saved["data"]
-    if was != now:
-        refuse_difference(was, now, out)
-
-
-def refuse_difference(saved: dict, config: dict, out: Path) -> None:
-    """The one-line refusal of a resume whose config is not the saved one."""
-    keys = config_difference(saved, config)
-    if not keys:  # same values, different hash: a config written by another version
-        raise RunFolderError(f"--resume: the checkpoint in '{out}' was made with another config format; "
-                             "start the run again in a new --out")
-    k = keys[0]
-    more = f" (and {len(keys) - 1} more setting{'s' if len(keys) > 2 else ''}: {', '.join(keys[1:4])})" \
-        if len(keys) > 1 else ""
-    raise RunFolderError(f"--resume: the run in '{out}' was {k}={_show(saved.get(k, '<unset>'))}, this is "
-                         f"{k}={_show(config.get(k, '<unset>'))}{more}; resume with the settings it was started "
-                         "with, or give a new --out")
 
 
 # ---- random states ----
@@ -196,18 +136,8 @@ def save_checkpoint(out: Path, state: dict) -> Path:
     """Write `out/checkpoint.pth` atomically; the one it replaces becomes `checkpoint.prev.pth`."""
     state = _cpu(state)
     state["sha256"] = digest(state)
-    path = out / CHECKPOINT
-    tmp = write_temporary(path, torch_bytes(state))  # a full disk: DiskFullError, the last checkpoint kept
-    try:
-        if path.exists():
-            os.replace(path, out / PREVIOUS)
-        os.replace(tmp, path)
-        fsync_dir(out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    # a full disk: DiskFullError, the last checkpoint kept
+    return write_atomic(out / CHECKPOINT, torch_bytes(state), previous=out / PREVIOUS)
 
 
 class Damaged(Exception):
@@ -228,49 +158,6 @@ def read_checkpoint(path: Path) -> dict:
     if saved != digest(state):
         raise Damaged("its content does not match the sha256 written with it")
     return state
-
-
-def finished_result(out: Path) -> dict | None:
-    """result.json's content when the run in `out` has finished, else None."""
-    path = out / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # cut, not UTF-8, not JSON
-        raise RunFolderError(f"--resume: '{path}' cannot be read ({type(e).__name__}); the run's result is damaged: "
-                             "start the run again in a new --out") from None
-    if not isinstance(result, dict):
-        raise RunFolderError(f"--resume: '{path}' is not a result `recipe run` wrote; start the run again in a new "
-                             "--out")
-    return result
-
-
-def check_resumable(out: Path, *, generations: bool = False) -> None:
-    """Refuse (one line) an `--out` that holds no run that could be resumed.
-
-    `generations`: the top folder of a refine run, which holds config.json and the `gen<N>` folders
-    (each with its own checkpoint) but no checkpoint of its own.
-    """
-    if not out.exists():
-        raise RunFolderError(f"--resume: '{out}' does not exist; give the --out of the run to continue")
-    if not out.is_dir():
-        raise RunFolderError(f"--resume: '{out}' is a file; give the --out folder of the run to continue")
-    if generations:
-        if not (out / "config.json").is_file():
-            raise RunFolderError(f"--resume: '{out}' holds no run (no config.json); give the --out of the run to "
-                                 "continue")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise RunFolderError(f"--resume: '{out}' is not writable")
-        return
-    if not (out / "config.json").is_file() and not any((out / n).exists() for n in (CHECKPOINT, PREVIOUS)):
-        raise RunFolderError(f"--resume: '{out}' holds no run (no config.json, no {CHECKPOINT}); give the --out "
-                             "of the run to continue")
-    if not any((out / n).exists() for n in (CHECKPOINT, PREVIOUS)):
-        raise RunFolderError(f"--resume: '{out}' holds no {CHECKPOINT} (nor {PREVIOUS}): the run stopped before "
-                             "its first checkpoint; start it again in a new --out")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise RunFolderError(f"--resume: '{out}' is not writable")
 
 
 def load_for_resume(out: Path) -> tuple[dict, str | None, Path | None]:
@@ -305,13 +192,6 @@ def set_aside(damaged: Path) -> None:
     """Keep a damaged checkpoint as checkpoint.damaged.pth, out of the way of the next checkpoints."""
     os.replace(damaged, damaged.with_name(DAMAGED))
     fsync_dir(damaged.parent)
-
-
-def remove_temporaries(out: Path) -> None:
-    """Temporary files a killed run left behind (`.NAME.XXXX.tmp` of `write_atomic` / `save_checkpoint`)."""
-    for tmp in out.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def remove_checkpoints(out: Path) -> None:

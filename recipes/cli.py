@@ -249,12 +249,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
                           f"({'the first model' if g == 0 else 'refining generation ' + str(g - 1)}; "
                           f"tricks: {', '.join(t['name'] for t in info['tricks']) or 'none'})",
                           highlight=False, soft_wrap=True)
-        console.print(f"[bold]{info['recipe']}[/]  {info['model']} ({info['parameters']:,} parameters) on "
-                      f"{info['dataset']}: {info['train_images']:,} train / {info['test_images']:,} test images "
-                      f"of {info['channels']}x{info['image_size'][0]}x{info['image_size'][1]}, "
-                      f"{info['epochs']} epochs, device {info['device']}\nrun folder: {info['out']}",
-                      highlight=False, soft_wrap=True)
-        for note in info.get("speed_notes", ()):
+        console.print(setup_lines(info), highlight=False, soft_wrap=True)
+        for note in info.get("speed_notes", ()) if not info.get("generation") else ():  # once, at the first fit
             console.print(note, highlight=False, soft_wrap=True)
         fit_started[0] = True
         if info.get("test_missing_classes") and not warned:
@@ -288,6 +284,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
     console.print(f"test accuracy {result['test_acc']:.2f}% (best {result['best_test_acc']:.2f}%), "
                   f"{result['train_images_per_second']:.0f} train img/s, {result['seconds']:.0f} s; "
                   f"run folder: {result['out']}", highlight=False, soft_wrap=True)
+
+
+def setup_lines(info: dict) -> str:
+    """What a fit's start prints, in lines that fit 80 columns (a long recipe string or path aside)."""
+    return (f"[bold]{info['recipe']}[/]\n{info['model']} ({info['parameters']:,} parameters), {info['epochs']} "
+            f"epochs, device {info['device']}\n{info['dataset']}: {info['train_images']:,} train / "
+            f"{info['test_images']:,} test images of {info['channels']}x{info['image_size'][0]}x"
+            f"{info['image_size'][1]}\nrun folder: {info['out']}")
 
 
 def print_generations(console: Console, result: dict) -> None:

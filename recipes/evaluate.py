@@ -6,7 +6,6 @@ refinery run is evaluated at its last generation unless another is asked for.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from recipes.build import resolve_device, trained_model
+from recipes.build import check_device, resolve_device, trained_model
 from recipes.recipe import FIELDS, Recipe
-from recipes.run import check_device
+from recipes.run_folder import CONFIG, MODEL, evaluated_folder, read_config
 from tricks.data import load_dataset
 from tricks.data.augment import normalize
 from tricks.data.formats import read_images
@@ -28,39 +27,6 @@ class Evaluation:
     accuracy: float  # %
     per_class: list[tuple[str, int, int]]  # (class, images, correct)
     folder: Path
-
-
-def run_folder(path: str | Path, generation: int | None = None) -> Path:
-    """The folder holding config.json and model.pth: the run, or one generation of a refinery run."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise RunFolderError(f"'{path}' is not a run folder (no config.json); give a folder `recipe run` wrote")
-    generations = read_config(path).get("generations")
-    if generations is not None:
-        g = generations - 1 if generation is None else generation
-        if not 0 <= g < generations:
-            raise ConfigError(f"--generation {g} is out of range; this run has generations 0..{generations - 1}")
-        path = path / f"gen{g}"
-    elif generation not in (None, 0):
-        raise ConfigError(f"'{path}' is not a refinery run; leave out --generation")
-    if not (path / "model.pth").is_file():
-        raise RunFolderError(f"'{path}' has no model.pth (the run did not finish); evaluate a finished run")
-    return path
-
-
-def read_config(folder: Path) -> dict:
-    """`folder/config.json`, or a RunFolderError naming it when it cannot be read or is not a run's config."""
-    file = folder / "config.json"
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise RunFolderError(f"cannot read '{file}' ({e.strerror}); give a folder `recipe run` wrote") from None
-    except ValueError as e:  # not UTF-8, not JSON
-        why = (str(e).splitlines() or [type(e).__name__])[0][:100]
-        raise RunFolderError(f"'{file}' is not valid JSON ({why}); it is not a config `recipe run` wrote") from None
-    if not isinstance(config, dict):
-        raise RunFolderError(f"'{file}' holds a {type(config).__name__}, not a run's config")
-    return config
 
 
 def _reason(e: BaseException) -> str:
@@ -86,11 +52,11 @@ def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, dic
         num_classes, channels = int(config["num_classes"]), int(config["channels"])
         missing = [k for k in keys if k not in config]
     except (KeyError, TypeError, ValueError) as e:
-        raise RunFolderError(f"'{folder / 'config.json'}' is not a config `recipe run` wrote ({_reason(e)})") from None
+        raise RunFolderError(f"'{folder / CONFIG}' is not a config `recipe run` wrote ({_reason(e)})") from None
     if missing:
-        raise RunFolderError(f"'{folder / 'config.json'}' has no {', '.join(missing)}; it is not a config "
+        raise RunFolderError(f"'{folder / CONFIG}' has no {', '.join(missing)}; it is not a config "
                              "`recipe run` wrote")
-    weights = folder / "model.pth"
+    weights = folder / MODEL
     try:
         with warnings.catch_warnings():  # a plain pickle (protocol 4): torch warns before it refuses the file
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -136,7 +102,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, st
 def evaluate(path: str | Path, *, data: str | None = None, tta: bool = False, generation: int | None = None,
              device: str = "auto") -> Evaluation:
     device = check_device(resolve_device(device))  # before the folder: a device that is not here is the first error
-    model, config = load_model(run_folder(path, generation), device)
+    model, config = load_model(evaluated_folder(path, generation), device)
     dataset = load_dataset(config["dataset"], data if data is not None else config["data"])
     if list(dataset.classes) != config["classes"] or list(dataset.size) != config["image_size"]:
         raise ConfigError(f"the data at '{dataset.source}' ({dataset.num_classes} classes of {dataset.size}) is not "
@@ -153,7 +119,7 @@ def predict_folder(path: str | Path, images: str | Path, *, tta: bool = False, g
                    device: str = "auto") -> list[tuple[str, str, float]]:
     """(file, predicted class, probability) for every image in a folder; needs no dataset."""
     device = check_device(resolve_device(device))  # before the folder: a device that is not here is the first error
-    model, config = load_model(run_folder(path, generation), device)
+    model, config = load_model(evaluated_folder(path, generation), device)
     paths, x = read_images(Path(images), config["channels"], tuple(config["image_size"]))
     probs = predict(model, x, torch.tensor(config["mean"]), torch.tensor(config["std"]), tta)
     best = probs.max(1)

@@ -1,16 +1,14 @@
-"""One fit into one run folder, and what a run folder holds: what `recipes.run.train` and the refinery's
-generations (`recipes.generations`) both use, below both of them.
+"""One fit into one folder: what `recipes.run.run_plan` calls for each fit of a run's plan.
 
 `fit_one` trains one `Recipe` on loaded data into `out` (config.json, metrics.csv after every epoch,
-model.pth, result.json, curves.png; checkpoints by `recipes.checkpoint`) and returns result.json's
-content with the trained model.
+model.pth, result.json, curves.png, as `recipes.run_folder` names them; checkpoints by `recipes.checkpoint`)
+and returns result.json's content with the trained model.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
-import json
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +24,7 @@ from recipes.build import build_dataloaders, build_learner, build_model, build_t
 from recipes.distributed import is_main_process
 from recipes.nan_guard import StopOnNonFinite
 from recipes.recipe import Recipe
+from recipes.run_folder import CURVES, METRICS, MODEL, remove_temporaries, write_config, write_result
 from recipes.speed import seed_everything
 from recipes.stats import EpochStats
 from tricks.data import ImageData
@@ -111,16 +110,16 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         ckpt.check_config(state, config, out)
         if damaged is not None:
             ckpt.set_aside(damaged)
-        ckpt.remove_temporaries(out)
+        remove_temporaries(out)
         started = {"resume": {"epoch": int(state["epoch"]), "note": note}}
     elif main:
-        write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
+        write_config(out, config)
     have = set(data.test.labels.unique().tolist())
     missing = [c for i, c in enumerate(data.classes) if i not in have]
     notes = {"test_missing_classes": missing} if missing else {}  # their accuracy cannot be measured
     on_start({**config, "out": str(out), **started, **notes})
 
-    writer = lambda record: write_atomic(out / "metrics.csv", metrics_csv(stats.records))
+    writer = lambda record: write_atomic(out / METRICS, metrics_csv(stats.records))
     stats = EpochStats(listeners=(writer,) if main else ())
     guard = StopOnNonFinite(out)  # a NaN/inf loss stops the fit with a TrainingError; the folder stays as written
     saver = ckpt.Checkpoint(out, config, resume=state) if checkpoint and main else None
@@ -133,7 +132,7 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     seconds = saver.seconds if saver else time.perf_counter() - start
 
     if main:
-        torch_save_atomic(model.state_dict(), out / "model.pth")
+        torch_save_atomic(model.state_dict(), out / MODEL)
     records = stats.records
     result = {
         "recipe": recipe.recipe,
@@ -150,9 +149,9 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         **notes,
     }
     if main:
-        write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
+        write_result(out, result)
         lrs = lr_schedule(learn).lrs  # one per training batch (of this process's shard)
-        plot_curves(records, lrs, len(lrs) // len(records), out / "curves.png")
+        plot_curves(records, lrs, len(lrs) // len(records), out / CURVES)
     if saver:
         ckpt.remove_checkpoints(out)  # the run has finished: model.pth and result.json hold it
     return result, model

@@ -1,4 +1,5 @@
-"""Label refinery over generations (Bagherinezhad et al. 2018, arXiv:1805.02641), as the notes ran it.
+"""A run's plan of fits: one fit for a plain recipe; for a `refine` term, the label refinery over generations
+(Bagherinezhad et al. 2018, arXiv:1805.02641), as the notes ran it.
 
 `refine:gens=N` trains generation 0 with the rest of the recipe, then generations 1..N, each a fresh
 model trained on the soft predictions of the one before (`tricks.label_refinery.LabelRefinery`). The
@@ -13,34 +14,24 @@ notes' variants are the parameters of the `refine` term:
 | `weak=K` | generation 0 sees K labelled images per class; refinements train on all the images with their labels replaced by -1, so they are never read | S10 |
 | `temperature`, `loss` | the refinery's softmax temperature and KL / soft cross entropy | S9 |
 
-Each generation's run folder is `gen<N>/`, with its own `checkpoint.pth` while it trains
-(`recipes.checkpoint`); the top `result.json` lists every generation.
-
-Resuming (`resume=True`) checks the top config.json, then for each generation in turn: a finished one
-(`gen<N>/result.json`) is not trained again: its `model.pth` is loaded into a model built as its own
-was (the model surgery of its tricks, channels_last, compile), the next generation's teacher; the first
-unfinished one resumes from its checkpoint (or starts afresh without one) and the later ones train as
-usual. Every fit starts with `set_seed(seed)`, so a skipped generation changes no random state the
-next one sees: the resumed run ends with the weights of a run never stopped.
+`fit_plan` lists the fits (`Fit`: recipe, data, early stop, teacher); `recipes.run.run_plan` trains them, each
+into its folder (`recipes.run_folder`: `gen<N>/` when there are several), and `run_result` is the run's
+result.json: the one fit's, or over the generations, listing each.
 """
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
-from recipes import checkpoint as ckpt
-from recipes.build import trained_model
+from recipes.fit import versions
+from recipes.parse import apply
 from recipes.recipe import Recipe
-from recipes.fit import fit_one, versions
-from recipes.stats import EpochStats
+from recipes.run_folder import fit_folder_name
 from tricks.data import ImageData, Split, class_balanced_subset
 from tricks.errors import ConfigError
-from tricks.files import write_atomic
 from tricks.label_refinery import LabelRefinery
 from tricks.registry import TRICKS, TrickSpec
 
@@ -76,14 +67,12 @@ def generation_plan(recipe: Recipe, refine: dict[str, Any]) -> list[Recipe]:
         raise ConfigError("refine:weak trains refinements without labels, so mixup cannot run in them; "
                           "use refine:mixup=first")
     first = recipe.replace(tricks=rest, subset=None)
-    if refine["first_epochs"]:
-        first = first.replace(epochs=refine["first_epochs"],
-                              warmup_epochs=recipe.warmup_epochs * refine["first_epochs"] / recipe.epochs)
+    if refine["first_epochs"]:  # the warmup rescaled with the epochs
+        first = apply(first, {"epochs": refine["first_epochs"]})
     dropped = {n for n, _ in rest if dropped_later(TRICKS.get(n), refine)}
     later = recipe.replace(tricks=tuple((n, p) for n, p in rest if n not in dropped), subset=None)
     if refine["gen_epochs"]:
-        later = later.replace(epochs=refine["gen_epochs"],
-                              warmup_epochs=recipe.warmup_epochs * refine["gen_epochs"] / recipe.epochs)
+        later = apply(later, {"epochs": refine["gen_epochs"]})
     return [first] + [later.replace(seed=recipe.seed + g) for g in range(1, refine["gens"] + 1)]
 
 
@@ -106,59 +95,64 @@ def generation_data(recipe: Recipe, refine: dict[str, Any], data: ImageData) -> 
     return first, unlabelled
 
 
-def generation_entry(g: int, gen_recipe: Recipe, result: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Fit:
+    """One fit of a run's plan: its recipe, the data it trains on, what its config.json and result.json record
+    beside the recipe (`info`), and what it adds to the recipe's tricks: an early stop after `stop_after`
+    epochs, and the refinery's parameters when it learns from the model of the fit before it."""
+
+    recipe: Recipe
+    data: ImageData
+    info: dict[str, Any] = field(default_factory=dict)
+    stop_after: int = 0
+    refinery: dict[str, Any] | None = None
+
+
+def fit_plan(recipe: Recipe, data: ImageData) -> list[Fit]:
+    """The fits a run trains, in order: the recipe itself, or generation 0 and its refinements."""
+    refine = refine_params(recipe)
+    if refine is None:
+        return [Fit(recipe, data)]
+    recipes = generation_plan(recipe, refine)
+    first, later = generation_data(recipe, refine, data)
+    teacher = {"temperature": refine["temperature"], "loss": refine["loss"]}
+    return [Fit(r, first if g == 0 else later, {"generation": g, "generations": len(recipes) - 1},
+                stop_after=refine["early_stop"] if g == 0 else 0, refinery=None if g == 0 else teacher)
+            for g, r in enumerate(recipes)]
+
+
+def fit_count(recipe: Recipe) -> int:
+    """How many fits the run of `recipe` trains (pure: no data)."""
+    refine = refine_params(recipe)
+    return 1 if refine is None else refine["gens"] + 1
+
+
+def fit_callbacks(fit: Fit, teacher: torch.nn.Module | None) -> list[Callback]:
+    """What `fit` adds to its recipe's tricks; `teacher`: the model of the fit before it."""
+    extra: list[Callback] = [StopAfter(fit.stop_after)] if fit.stop_after else []
+    if fit.refinery is not None:
+        extra.append(LabelRefinery(teacher, **fit.refinery))
+    return extra
+
+
+def run_config(recipe: Recipe, plan: list[Fit]) -> dict[str, Any] | None:
+    """The run folder's own config.json for a plan of several fits (None: the one fit writes its own)."""
+    return None if len(plan) == 1 else {**recipe.to_dict(), "generations": len(plan)}
+
+
+def generation_entry(g: int, fit: Fit, result: dict[str, Any]) -> dict[str, Any]:
     return {"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
             "epochs": result["epochs"], "seconds": result["seconds"],
             "train_images_per_second": result["train_images_per_second"],
-            "tricks": [n for n, _ in gen_recipe.tricks], "folder": f"gen{g}"}
+            "tricks": [n for n, _ in fit.recipe.tricks], "folder": fit_folder_name(g)}
 
 
-def train_generations(recipe: Recipe, refine: dict[str, Any], out: Path, data: ImageData, device: torch.device, *,
-                      callbacks: Callable[[EpochStats], list[Callback]],
-                      on_start: Callable[[dict], None], resume: bool = False) -> dict[str, Any]:
-    """Generation 0, then `gens` refinements, each into `out/gen<N>`; writes the top result.json.
-
-    `resume`: continue the stopped run in `out` (see the module docstring); its top `seconds` is then
-    the sum of the generations' training seconds (their stopped parts included), not the wall time.
-    """
-    plan = generation_plan(recipe, refine)
-    first_data, later_data = generation_data(recipe, refine, data)
-    config = {**recipe.to_dict(), "generations": len(plan)}
-    if resume:
-        ckpt.check_folder_config(out, config)  # before anything in the folder changes
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
-    start, generations, teacher = time.perf_counter(), [], None
-    resuming = resume  # until the first generation that has not finished
-    for g, gen_recipe in enumerate(plan):
-        gen_out, gen_data = out / f"gen{g}", first_data if g == 0 else later_data
-        if resuming:
-            finished = ckpt.finished_result(gen_out)
-            if finished is not None:
-                teacher = trained_model(gen_recipe, gen_data.num_classes, gen_data.channels, gen_out / "model.pth",
-                                        device)
-                if gen_recipe.compile:  # as CompileModel compiled it
-                    teacher.compile()
-                generations.append(generation_entry(g, gen_recipe, finished))
-                continue
-            resuming = False
-            gen_resume = any((gen_out / n).exists() for n in (ckpt.CHECKPOINT, ckpt.PREVIOUS))
-            if not gen_resume and gen_out.exists():  # stopped before its first checkpoint: it starts afresh
-                ckpt.remove_temporaries(gen_out)
-        else:
-            gen_resume = False
-        extra: list[Callback] = []
-        if g == 0 and refine["early_stop"]:
-            extra.append(StopAfter(refine["early_stop"]))
-        if g > 0:
-            extra.append(LabelRefinery(teacher, temperature=refine["temperature"], loss=refine["loss"]))
-        info = {"generation": g, "generations": len(plan) - 1}
-        result, teacher = fit_one(gen_recipe, gen_out, gen_data, device, extra_cbs=extra, callbacks=callbacks,
-                                  on_start=on_start, info=info, checkpoint=True, resume=gen_resume)
-        generations.append(generation_entry(g, gen_recipe, result))
-    seconds = sum(g["seconds"] for g in generations) if resume else time.perf_counter() - start
-    result = {
+def run_result(recipe: Recipe, plan: list[Fit], results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The run's result.json: its one fit's, or, over several fits, each fit's entry and the last one's accuracy."""
+    if len(plan) == 1:
+        return results[0]
+    generations = [generation_entry(g, fit, r) for g, (fit, r) in enumerate(zip(plan, results))]
+    return {
         "recipe": recipe.recipe,
         "test_acc": generations[-1]["test_acc"],
         "best_test_acc": max(g["best_test_acc"] for g in generations),
@@ -168,9 +162,7 @@ def train_generations(recipe: Recipe, refine: dict[str, Any], out: Path, data: I
         "seconds": seconds,
         "train_images_per_second": sum(g["train_images_per_second"] for g in generations) / len(generations),
         "seed": recipe.seed,
-        "dataset": data.name,
-        "device": str(device),
+        "dataset": results[-1]["dataset"],
+        "device": results[-1]["device"],
         "versions": versions(),
     }
-    write_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
-    return {**result, "out": str(out)}

@@ -26,6 +26,12 @@ def progress_columns(width: int) -> list:
     return [desc, MofNCompleteColumn(), info]
 
 
+def epoch_line(record: dict) -> str:
+    """One epoch's line, within 80 columns up to epoch 9999 and 99.9 seconds an epoch."""
+    return (f"epoch {record['epoch']:>4} train_loss {record['train_loss']:.4f} test_loss {record['test_loss']:.4f} "
+            f"test_acc {record['test_acc']:6.2f}% lr {record['lr']:.2e} {record['seconds']:.1f}s")
+
+
 class RichProgress(Callback):
     order = 95  # after EpochStats
 
@@ -62,9 +68,7 @@ class RichProgress(Callback):
         r = self.stats.records[-1]
         self.bars.update(self.fit_task, advance=1, info=f"test acc {r['test_acc']:.2f}%  "
                          f"train loss {r['train_loss']:.4f}  {self.stats.images_per_second:.0f} img/s")
-        self.console.print(f"epoch {r['epoch']:>4}  train_loss {r['train_loss']:.4f}  test_loss "
-                           f"{r['test_loss']:.4f}  test_acc {r['test_acc']:6.2f}%  lr {r['lr']:.2e}  "
-                           f"{r['seconds']:.1f}s", highlight=False, soft_wrap=True)
+        self.console.print(epoch_line(r), highlight=False, soft_wrap=True)
 
     def after_fit(self):
         self.bars.stop()

@@ -13,7 +13,7 @@ import pytest
 from fixtures import row, write_cifar10
 
 from bench.cli import main
-from bench.job import run_folder
+from bench.job import job_folder
 from bench.replay import replay
 from bench.store import Store, code_version
 
@@ -55,7 +55,7 @@ def test_replay_over_a_local_ray_head_stores_every_run_once(tmp_path, ray_head):
     assert sorted((r["row_id"], r["seed"]) for r in records) == [(f"S1.{c}", s) for c in "abc" for s in (0, 1)]
     assert {r["code_version"] for r in records} == {code_version()}
     for r in records:  # the run folder came back from the task's node, whole
-        out = run_folder(results, r["row_id"], "smoke", r["seed"], code_version())
+        out = job_folder(results, r["row_id"], "smoke", r["seed"], code_version())
         assert (out / "result.json").is_file() and (out / "config.json").is_file()
         if r["row_id"] == "S1.c":
             assert len(r["generation_acc"]) == 2 and (out / "gen1" / "model.pth").is_file()

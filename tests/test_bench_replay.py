@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.job import run_folder
+from bench.job import job_folder
 from bench.replay import replay
 from bench.store import Store, code_version
 from bench.table import Row
@@ -75,7 +75,7 @@ def test_a_killed_replay_resumes_and_redoes_nothing_it_finished(tmp_path, tiny):
     options = '{"epochs": 100, "warmup_epochs": 5}'
     assert [r["recipe"] for r in records if r["row_id"] == "S1.f"] == [f"baseline+finalbn {options}"]
     folders = sorted(p.name for p in (results / "runs").iterdir())
-    assert folders == sorted(run_folder(results, f"S1.{c}", "smoke", 0, code_version()).name for c in "abcdef")
+    assert folders == sorted(job_folder(results, f"S1.{c}", "smoke", 0, code_version()).name for c in "abcdef")
     refine = next(r for r in records if r["row_id"] == "S1.d")
     assert len(refine["generation_acc"]) == 2 and refine["test_acc"] == refine["generation_acc"][-1]
     assert refine["epoch_acc"][-1] == refine["test_acc"]
@@ -85,7 +85,7 @@ def test_a_killed_replay_resumes_and_redoes_nothing_it_finished(tmp_path, tiny):
 def test_replay_in_process_counts_failures_and_redoes_a_stale_run_folder(tmp_path, tiny):
     results = tmp_path / "results"
     rows = [row("S2.a"), row("S2.bad", "baseline+mixup:alpha=-1"), row("S2.x", status="inexpressible")]
-    stale = run_folder(results, "S2.a", "smoke", 1, code_version())
+    stale = job_folder(results, "S2.a", "smoke", 1, code_version())
     stale.mkdir(parents=True)
     (stale / "metrics.csv").write_text("left by a killed run\n")
     lines: list[str] = []
@@ -110,7 +110,7 @@ def test_replay_with_two_workers_stores_every_run_once(tmp_path, tiny, monkeypat
     assert keys(results) == [("S3.a", 0), ("S3.b", 0), ("S3.c100", 0)]
     checksums = {r["row_id"]: r["dataset_checksum"] for r in Store(results).records()}
     assert checksums["S3.a"] == checksums["S3.b"] != checksums["S3.c100"]
-    config = json.loads((run_folder(results, "S3.c100", "smoke", 0, code_version()) / "config.json").read_text())
+    config = json.loads((job_folder(results, "S3.c100", "smoke", 0, code_version()) / "config.json").read_text())
     assert config["num_classes"] == 100
 
 
@@ -147,7 +147,7 @@ def test_until_abandons_at_the_deadline_and_the_next_replay_resumes_into_the_res
     assert counts == {"done_before": 0, "ran": 0, "skipped_inexpressible": 0, "failed": 0, "abandoned": 1,
                       "not_started": 1}
     assert any("S9.baseline seed 0: abandoned: stopped at the deadline after epoch 1 of 3" in line for line in lines)
-    folder = run_folder(results, "S9.baseline", "full", 0, code_version())
+    folder = job_folder(results, "S9.baseline", "full", 0, code_version())
     assert (folder / "checkpoint.pth").exists() and not (folder / "model.pth").exists()
     assert not path.exists() and keys(results) == []
     counts = replay(rows, budget="full", seeds=1, workers=1, results_dir=results, data=str(tiny), device="cpu",

@@ -336,14 +336,14 @@ def test_refine_sigkill_in_generation_1_then_resume_is_bit_identical(toy_folder,
 def test_refine_resume_after_generation_0_and_a_changed_config(tmp_path, monkeypatch):
     import json
 
-    import recipes.generations
+    import recipes.run
 
     torch.set_num_threads(1)
     recipe = lambda **kw: parse_recipe(REFINE, **{"epochs": 1, "bs": 32, "device": "cpu", **kw})
     data = toy_data()
     train(recipe(), tmp_path / "full", data=data)
 
-    real = recipes.generations.fit_one
+    real = recipes.run.fit_one
 
     def stop_at_gen1(*args, info, **kw):
         if info["generation"] == 1:
@@ -352,7 +352,7 @@ def test_refine_resume_after_generation_0_and_a_changed_config(tmp_path, monkeyp
 
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(recipes.generations, "fit_one", stop_at_gen1)
+        m.setattr(recipes.run, "fit_one", stop_at_gen1)
         with pytest.raises(KeyboardInterrupt):
             train(recipe(), out, data=data)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "gen0"]

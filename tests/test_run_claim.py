@@ -1,4 +1,4 @@
-"""Issue 14 §1: a run folder belongs to exactly one run (`recipes.run.claimed`).
+"""Issue 14 §1: a run folder belongs to exactly one run (`recipes.run_folder.claimed`).
 
 Two `recipe run` on one `--out`, started together as real processes: exactly one trains and exits 0, the
 other exits 2 with one stderr line naming the folder, and the folder holds the winner's run alone
@@ -68,7 +68,7 @@ def tree(root: Path) -> dict[str, bytes]:
 def test_a_folder_a_live_run_holds_is_refused_naming_it(images, tmp_path, capsys):
     from recipes.cli import main
     from recipes.parse import parse_recipe
-    from recipes.run import CLAIM, claimed
+    from recipes.run_folder import CLAIM, claimed
 
     out = tmp_path / "run"
     with claimed(out, parse_recipe("baseline+mixup"), resume=False):
@@ -89,7 +89,7 @@ def test_a_killed_runs_stale_claim_is_taken_over_by_resume(images, tmp_path, cap
     """A claim file nobody holds (its run was killed) with a stopped run: a fresh run is refused, --resume goes on."""
     from recipes.cli import main
     import recipes.fit
-    from recipes.run import CLAIM
+    from recipes.run_folder import CLAIM
 
     out = tmp_path / "run"
     real = recipes.fit.build_learner

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -83,9 +83,11 @@ def _size(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
-def write_temporary(path: str | os.PathLike, data: bytes | str, prefix: str | None = None) -> Path:
+def write_temporary(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], None],
+                    prefix: str | None = None) -> Path:
     """Write `data` into a new temporary file beside `path` (named `prefix` + random + `.tmp`, by default
     `.<name>.`), fsync'd, with the mode `path` has or, if it does not exist, a new file's mode; return its path.
+    `data` may be a function that writes into the open binary file (a torch.save of GBs, streamed).
     On any error the temporary file is removed; a full disk is a `DiskFullError` naming `path`."""
     path = Path(path)
     if isinstance(data, str):
@@ -99,7 +101,10 @@ def write_temporary(path: str | os.PathLike, data: bytes | str, prefix: str | No
             mode = new_file_mode()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -109,17 +114,22 @@ def write_temporary(path: str | os.PathLike, data: bytes | str, prefix: str | No
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-        if no_space(e):
+        if no_space(e):  # an OSError, or the RuntimeError of torch's zip writer with that OSError as its context
             raise disk_full(path) from None
         raise
     return Path(tmp)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never a part."""
+def write_atomic(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], None], *,
+                 prefix: str | None = None, previous: str | os.PathLike | None = None) -> Path:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never a part: the one writer
+    of whole files in the project. `data`, `prefix`: as `write_temporary`. `previous`: the file `path` held
+    is renamed to it first (the last checkpoint kept beside the new one)."""
     path = Path(path)
-    tmp = write_temporary(path, data)
+    tmp = write_temporary(path, data, prefix)
     try:
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -24,7 +24,7 @@ import torch
 from tricks.data import formats
 from tricks.data.formats import ImageData, Split
 from tricks.errors import DataError
-from tricks.files import disk_full, fsync_dir, new_file_mode, no_space
+from tricks.files import disk_full, no_space, write_atomic
 
 FORMAT_VERSION = 1  # bump when readers change what they return, to drop old cache files
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -112,29 +112,14 @@ def _unwritable(cache_dir: Path, e: OSError) -> DataError:
 
 
 def _save(obj, file: Path, cache_dir: Path) -> None:
-    """`torch.save` to `file` atomically, through a temporary this process owns (see `remove_stale_temporaries`)."""
+    """`torch.save` to `file` atomically (`tricks.files.write_atomic`), streamed (a dataset can be GBs), through a
+    temporary this process owns (see `remove_stale_temporaries`)."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(file.parent)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=_tmp_prefix(file.name), suffix=".tmp")
-    except OSError as e:
+        write_atomic(file, lambda f: torch.save(obj, f), prefix=_tmp_prefix(file.name))
+    except OSError as e:  # a full disk is already the DiskFullError naming `file`
         raise disk_full(file) if no_space(e) else _unwritable(cache_dir, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)  # straight to the file (a dataset can be GBs): a full disk is then torch's RuntimeError
-            f.flush()
-            os.fchmod(f.fileno(), new_file_mode())  # mkstemp's 0600 would be kept by the rename
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-        fsync_dir(file.parent)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if no_space(e):  # an OSError, or the RuntimeError of torch's zip writer with that OSError as its context
-            raise disk_full(file) from None
-        if isinstance(e, OSError):
-            raise _unwritable(cache_dir, e) from None
-        raise
 
 
 def cache_key(name: str, fmt: str, fp: list, size: tuple[int, int] | None) -> str:
