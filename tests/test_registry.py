@@ -86,3 +86,27 @@ def test_bench_perf_measures_a_trick_that_counts_generations_with_one():
     measured = dict(composable_tricks()[0])
     assert (measured["refine"], measured["mixup"], measured["dynarefine"]) == (
         "baseline+refine:gens=1", "baseline+mixup", "baseline+dynarefine")
+
+
+def test_a_callback_built_directly_checks_its_arguments_with_its_registered_params():
+    from torch import nn
+
+    from tricks import DynamicRefine, FCDropout, FinalBN, KLMixUp, LabelRefinery, MixUp, ResidualDropout
+
+    refused = [(lambda: MixUp(alpha=0), "mixup: alpha=0 is out of range; allowed: (0, inf)"),
+               (lambda: MixUp(mix="both"), "mixup: mix='both' is not allowed; choose one of labels, losses"),
+               (lambda: KLMixUp(alpha=-1.0), "klmixup: alpha=-1.0 is out of range; allowed: (0, inf)"),
+               (lambda: LabelRefinery(nn.Linear(2, 2), loss="mse"),
+                "refine: loss='mse' is not allowed; choose one of kl, ce"),
+               (lambda: DynamicRefine(weight=1.5), "dynarefine: weight=1.5 is out of range; allowed: [0, 1]"),
+               (lambda: DynamicRefine(start_epoch=0), "dynarefine: start_epoch=0 is out of range; allowed: [1, inf)"),
+               (lambda: ResidualDropout(p=1.0), "resdrop: p=1.0 is out of range; allowed: [0, 1)"),
+               (lambda: FCDropout(where="middle"),
+                "fcdrop: where='middle' is not allowed; choose one of before, after"),
+               (lambda: FinalBN(position="inside"),
+                "finalbn: position='inside' is not allowed; choose one of features, logits")]
+    for make, message in refused:
+        with pytest.raises(ConfigError) as e:
+            make()
+        assert str(e.value) == message
+    assert (MixUp(alpha=1).alpha, DynamicRefine(weight=1.0).weight, FCDropout(p=0.0).drop_p) == (1, 1.0, 0.0)

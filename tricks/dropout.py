@@ -22,7 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.surgery import (ClassifierWrap, Family, ModelSurgery, classifier_family, family, last_conv, like,
                             wrap_classifier)
 
@@ -53,8 +53,7 @@ class ResidualDropout(ModelSurgery):
 
     def __init__(self, p: float = 0.1, position: str = "before_last_conv"):
         super().__init__()
-        if position not in POSITIONS:
-            raise ConfigError(f"resdrop position '{position}' is not one of {', '.join(POSITIONS)}")
+        check_arguments("resdrop", p=p, position=position)
         self.drop_p, self.position = p, position
 
     def settings(self) -> str:
@@ -91,8 +90,7 @@ class FCDropout(ModelSurgery):
 
     def __init__(self, p: float = 0.1, where: str = "before"):
         super().__init__()
-        if where not in WHERES:
-            raise ConfigError(f"fcdrop where='{where}' is not one of {', '.join(WHERES)}")
+        check_arguments("fcdrop", p=p, where=where)
         self.drop_p, self.where = p, where
 
     def settings(self) -> str:

@@ -26,20 +26,20 @@ forward pass, is not a teacher at all: at T = 1 its gradient w.r.t. the logits i
 (1 - w) * (softmax(pred) - y), i.e. plain cross entropy scaled by (1 - w), a change of learning rate.
 Evaluation is untouched (run_valid False): the test split is scored against its true labels.
 Single-label only: a multi-label Learner (BCE loss) is refused at before_fit.
-The maths is `refine_targets` (the refinery's `teacher_targets` blended with y_soft); the snapshot is
-written by hand: no library keeps one.
+The maths is `refine_targets`: the refinery's `tempered_softmax` of the snapshot's logits (what its
+`teacher_targets` gives) blended with y_soft; the snapshot is written by hand: no library keeps one.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
-import torch.nn.functional as F
 
 from tricks.errors import ConfigError
+from tricks.label_refinery import tempered_softmax
 from tricks.losses import TrainingLoss, one_hot
 from tricks.mixup import MixUp
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 
 
 def blend_targets(y_soft: torch.Tensor, teacher_probs: torch.Tensor, weight: float) -> torch.Tensor:
@@ -50,9 +50,8 @@ def blend_targets(y_soft: torch.Tensor, teacher_probs: torch.Tensor, weight: flo
 def refine_targets(y_soft: torch.Tensor, teacher_logits: torch.Tensor, weight: float,
                    temperature: float) -> torch.Tensor:
     """(1 - weight) * y_soft + weight * softmax(teacher_logits / temperature): the refined targets, with
-    `teacher_logits` the snapshot's logits of the batch (the same maths as `teacher_targets`)."""
-    probs = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
-    return blend_targets(y_soft, probs, weight)
+    `teacher_logits` the snapshot's logits of the batch (the refinery's `tempered_softmax`)."""
+    return blend_targets(y_soft, tempered_softmax(teacher_logits.detach(), temperature), weight)
 
 
 @register_trick(
@@ -77,13 +76,7 @@ class DynamicRefine(TrainingLoss):
     single_label_only = "its targets blend in the snapshot's softmax over classes"
 
     def __init__(self, weight: float = 0.5, temperature: float = 1.0, start_epoch: int = 1):
-        if not 0.0 <= weight <= 1.0:
-            raise ConfigError(f"dynarefine weight={weight} is out of range; allowed: [0, 1]")
-        if not temperature > 0:
-            raise ConfigError(f"dynarefine temperature={temperature} is out of range; allowed: (0, inf)")
-        if start_epoch < 1:
-            raise ConfigError(f"dynarefine start_epoch={start_epoch} is out of range; allowed: [1, inf) "
-                              "(the first snapshot is taken at the end of an epoch)")
+        check_arguments("dynarefine", weight=weight, temperature=temperature, start_epoch=start_epoch)
         self.weight, self.temperature, self.start_epoch = weight, temperature, start_epoch
         self.snapshot = None  # the frozen model of the previous epoch
         self.teacher_logits = None  # snapshot(x) of the current training batch

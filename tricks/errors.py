@@ -1,13 +1,15 @@
 """The project's error types.
 
 Library code raises these; only the command-line front ends (`recipes/cli.py`, `bench/cli.py`) turn
-them into one line on stderr and exit code 2 (1 for a `TrainingError`: the input was valid, the
-training went wrong). Each message is one line that names what was wrong and what would be right.
+them into one line on stderr and an exit code: 2 for bad input; `recipe` exits 1 for a `TrainingError`
+(the input was valid, the training went wrong) and 128 + the signal for an interrupted fit
+(`recipes.checkpoint.Interrupted`). Each message is one line that names what was wrong and what would be right.
 """
 
 
 class TricksError(Exception):
-    """Base class of every error the user can fix by changing the input."""
+    """Base class of every error the project raises on purpose: bad input (the subclasses below but
+    `TrainingError`) or a training that went wrong on valid input (`TrainingError`)."""
 
 
 class ConfigError(TricksError):

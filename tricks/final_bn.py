@@ -22,7 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.surgery import (ClassifierWrap, Family, ModelSurgery, classifier_family, classifier_layer,
                             classifier_widths, family, like, wrap_classifier)
 
@@ -46,8 +46,7 @@ class FinalBN(ModelSurgery):
 
     def __init__(self, position: str = "features"):
         super().__init__()
-        if position not in POSITIONS:
-            raise ConfigError(f"finalbn position '{position}' is not one of {', '.join(POSITIONS)}")
+        check_arguments("finalbn", position=position)
         self.position = position
 
     def settings(self) -> str:

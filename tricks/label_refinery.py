@@ -7,8 +7,9 @@ For each training batch x (after augmentation and, when mixup is on, after mixin
 
 with the teacher in eval mode under no_grad; T < 1 sharpens. The loss is KL(t || softmax(s))
 or the soft cross entropy -(t * log_softmax(s)).sum(1), which differ by the entropy of t, a constant,
-so both give the same gradient. The generations (train, then refine from the model just trained) are
-run by `recipes.run`; this callback is one generation and works in any fastai Learner.
+so both give the same gradient. The generations (train, then refine from the model just trained) are the
+fits of the recipe's plan (`recipes.generations`), each after the first with this callback and the fit before
+it as the teacher; this callback is one generation and works in any fastai Learner.
 The teacher is used, not changed: it predicts under `torch.no_grad` (its parameters' requires_grad are left as
 they are), in eval mode during the fit, and after the fit it is back on its own device and in its own train /
 eval mode, so the Learner it came from trains on as before. Single-label only: the targets are a softmax
@@ -20,17 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tricks.errors import ConfigError
 from tricks.losses import TrainingLoss, kl_div_loss, soft_target_cross_entropy
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 
 LOSSES = {"kl": kl_div_loss, "ce": soft_target_cross_entropy}
+
+
+def tempered_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) over the classes, in fp32 (the logits may come from a bf16 autocast)."""
+    return F.softmax(logits.float() / temperature, dim=1)
 
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """softmax(teacher(x) / T): the refined targets of batch x."""
-    return F.softmax(teacher(x).float() / temperature, dim=1)
+    return tempered_softmax(teacher(x), temperature)
 
 
 @register_trick(
@@ -39,7 +44,7 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, temperature: float = 1.
         Param("gens", int, 4, "refinement generations after generation 0", low=0, generations=True),
         Param("mixup", str, "first", "mixup in the first generation only, or in all", choices=("first", "all")),
         Param("temperature", float, 1.0, "softmax temperature of the teacher (<1 sharpens)", low=0, low_open=True),
-        Param("loss", str, "kl", "KL divergence or soft cross entropy", choices=("kl", "ce")),
+        Param("loss", str, "kl", "KL divergence or soft cross entropy", choices=tuple(LOSSES)),
         Param("gen_epochs", int, 0, "epochs of each refinement generation (0: the recipe's)", low=0, epochs=True),
         Param("first_epochs", int, 0, "epochs of generation 0's schedule (0: the recipe's)", low=0, epochs=True),
         Param("early_stop", int, 0, "stop generation 0 after this many epochs (0: never)", low=0, epochs=True),
@@ -65,10 +70,7 @@ class LabelRefinery(TrainingLoss):
     single_label_only = "its targets are the teacher's softmax over classes"
 
     def __init__(self, teacher: nn.Module, temperature: float = 1.0, loss: str = "kl"):
-        if loss not in LOSSES:
-            raise ConfigError(f"refinery loss '{loss}' is not one of {', '.join(LOSSES)}")
-        if temperature <= 0:
-            raise ConfigError(f"refinery temperature={temperature} must be > 0")
+        check_arguments("refine", temperature=temperature, loss=loss)
         self.teacher, self.temperature, self.loss = teacher, temperature, loss
         self.train_loss, self.targets = LOSSES[loss], None
         self.lent = None  # (device, training mode) the teacher had before this fit borrowed it

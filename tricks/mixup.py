@@ -35,7 +35,7 @@ from fastai.layers import NoneReduce
 
 from tricks.errors import ConfigError
 from tricks.losses import SoftTargetLoss, TrainingLoss, kl_div_loss, one_hot
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 
 MIX = ("labels", "losses")
 
@@ -75,10 +75,7 @@ class MixUp(TrainingLoss):
     multi_label = True  # multi-hot targets mixed under the Learner's BCE loss (kept)
 
     def __init__(self, alpha: float = 0.3, mix: str = "labels"):
-        if not alpha > 0:
-            raise ConfigError(f"mixup alpha={alpha} is out of range; allowed: (0, inf)")
-        if mix not in MIX:
-            raise ConfigError(f"mixup mix={mix!r} is not allowed; choose one of {', '.join(MIX)}")
+        check_arguments("mixup", alpha=alpha, mix=mix)
         self.alpha, self.mix = alpha, mix
         self.beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
         self.lam, self.perm = 1.0, None
@@ -138,4 +135,5 @@ class KLMixUp(MixUp):
     single_label_only = "KL divergence compares softmax distributions; tricks.MixUp mixes multi-hot targets under BCE"
 
     def __init__(self, alpha: float = 0.3):
+        check_arguments("klmixup", alpha=alpha)
         super().__init__(alpha=alpha, mix="labels")

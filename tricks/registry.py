@@ -191,6 +191,21 @@ class TrickSpec:
 
 
 TRICKS = Registry("trick")
+
+
+def check_arguments(trick: str, **values: Any) -> None:
+    """Each argument of trick `trick`'s Callback allowed by its `Param`, else a ConfigError '<trick>: <key>=...'.
+
+    A fastai user constructs the Callback directly, where no recipe checked its parameters; its `__init__` calls
+    this, so both paths use the one check."""
+    spec = TRICKS.get(trick)
+    for key, value in values.items():
+        try:
+            spec.param(key).check(value)
+        except ConfigError as e:
+            raise ConfigError(f"{trick}: {e}") from None
+
+
 TOUCHES = ("input", "targets", "loss", "lr", "optimizer", "weights", "model")
 
 
