@@ -10,6 +10,7 @@ default, so an ablation never silently ignores a setting.
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 from dataclasses import dataclass
 from typing import Callable
@@ -37,7 +38,6 @@ class ModelPattern:
 
 PATTERNS: dict[str, ModelPattern] = {}
 FAMILIES: list[Family] = []  # in the order `tricks.surgery.find_family` tries them
-_DEFAULTS = {"shortcut": "conv1x1", "zero_init_last": False, "stem": "default", "drop_rate": 0.0}
 
 
 def register_pattern(pattern: ModelPattern) -> None:
@@ -107,8 +107,9 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, shortcut: st
     _check_values(num_classes, in_chans, shortcut, bn_momentum, zero_init_last, stem, drop_rate)
     options = {"shortcut": shortcut, "zero_init_last": zero_init_last, "stem": stem, "drop_rate": drop_rate}
     factory, takes = _factory(name)
+    defaults = inspect.signature(create_model).parameters
     for key, value in options.items():
-        if key not in takes and value != _DEFAULTS[key]:
+        if key not in takes and value != defaults[key].default:
             raise ConfigError(f"option {key}={value!r} does not apply to model '{name}'; "
                               f"it takes: {', '.join(takes) or 'none'} (and bn_momentum)")
     model = factory(num_classes=num_classes, in_chans=in_chans, **{k: options[k] for k in takes})
