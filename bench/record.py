@@ -30,7 +30,8 @@ KEY = ("row_id", "recipe", "budget", "seed", "code_version", "dataset_checksum")
 
 
 class RecordRefused(ValueError):
-    """Text that `loads` does not take as a record's JSON (the reason in words)."""
+    """Text that `loads` does not take as a record's JSON, or a row `RunRecord.from_row` does not take as a
+    record (the reason in words)."""
 
 
 def _refuse_constant(name: str) -> Any:

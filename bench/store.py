@@ -131,10 +131,9 @@ class Store:
              dataset_checksum: str | None = None) -> bool:
         """Whether this run (row with this recipe, budget, seed) of this code is stored, trained on the data
         `dataset_checksum` names (None: on any data)."""
-        sql = "SELECT 1 FROM runs WHERE row_id = ? AND recipe = ? AND budget = ? AND seed = ? AND code_version = ?"
-        args: tuple = (row_id, recipe, budget, int(seed), code_version)
-        if dataset_checksum is not None:
-            sql, args = sql + " AND dataset_checksum = ?", args + (dataset_checksum,)
+        key = KEY if dataset_checksum is not None else LEGACY_KEY
+        sql = "SELECT 1 FROM runs WHERE " + " AND ".join(f"{k} = ?" for k in key)
+        args = (row_id, recipe, budget, int(seed), code_version, dataset_checksum)[:len(key)]
         with closing(self._connect()) as con:
             cur = self._run(con, lambda: con.execute(sql, args))
             return cur.fetchone() is not None
