@@ -91,7 +91,8 @@ def test_bench_perf_measures_a_trick_that_counts_generations_with_one():
 def test_a_callback_built_directly_checks_its_arguments_with_its_registered_params():
     from torch import nn
 
-    from tricks import DynamicRefine, FCDropout, FinalBN, KLMixUp, LabelRefinery, MixUp, ResidualDropout
+    from tricks import (EMA, SGDR, BNMomentum, ChannelDrop, DynamicRefine, FCDropout, FinalBN, KLMixUp,
+                        LabelRefinery, LeakyReLUSwap, Lookahead, MixUp, ResidualDropout, RotationHead, StepDecay)
 
     refused = [(lambda: MixUp(alpha=0), "mixup: alpha=0 is out of range; allowed: (0, inf)"),
                (lambda: MixUp(mix="both"), "mixup: mix='both' is not allowed; choose one of labels, losses"),
@@ -104,7 +105,17 @@ def test_a_callback_built_directly_checks_its_arguments_with_its_registered_para
                (lambda: FCDropout(where="middle"),
                 "fcdrop: where='middle' is not allowed; choose one of before, after"),
                (lambda: FinalBN(position="inside"),
-                "finalbn: position='inside' is not allowed; choose one of features, logits")]
+                "finalbn: position='inside' is not allowed; choose one of features, logits"),
+               (lambda: EMA(mode="fast"), "ema: mode='fast' is not allowed; choose one of plain, lr_wd, noschedule"),
+               (lambda: EMA(decay=1.0), "ema: decay=1.0 is out of range; allowed: [0, 1)"),
+               (lambda: SGDR(unit="batch"), "sgdr: unit='batch' is not allowed; choose one of epoch, iter"),
+               (lambda: SGDR(cycle_mul=0.5), "sgdr: mult=0.5 is out of range; allowed: [1, inf)"),
+               (lambda: StepDecay(gamma=1.0), "stepdecay: gamma=1.0 is out of range; allowed: (0, 1)"),
+               (lambda: Lookahead(k=0), "lookahead: k=0 is out of range; allowed: [1, inf)"),
+               (lambda: ChannelDrop(max=0), "channeldrop: max=0 is out of range; allowed: [1, inf)"),
+               (lambda: BNMomentum(momentum=2.0), "bnmom: momentum=2.0 is out of range; allowed: [0, 1]"),
+               (lambda: RotationHead(weight=-1.0), "rotation: weight=-1.0 is out of range; allowed: [0, inf)"),
+               (lambda: LeakyReLUSwap(slope=-0.1), "leakyrelu: slope=-0.1 is out of range; allowed: [0, inf)")]
     for make, message in refused:
         with pytest.raises(ConfigError) as e:
             make()

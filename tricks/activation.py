@@ -22,7 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.surgery import Family, ModelSurgery, find_family
 
 
@@ -66,6 +66,7 @@ class LeakyReLUSwap(ActivationSwap):
 
     def __init__(self, slope: float = 0.01, msra: float = 0.0):
         super().__init__()
+        check_arguments("leakyrelu", slope=slope, msra=msra)
         self.slope, self.msra = slope, msra
 
     def settings(self) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 
 from tricks.errors import ConfigError
 from tricks.models.family import batchnorms
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.surgery import Family, ModelSurgery, find_family
 
 
@@ -54,6 +54,7 @@ class BNMomentum(ModelSurgery):
 
     def __init__(self, momentum: float = 0.01):
         super().__init__()
+        check_arguments("bnmom", momentum=momentum)
         self.bn_momentum = momentum
 
     def settings(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from fastai.callback.core import Callback
 
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 
 
 def channel_drop(x: torch.Tensor, max_channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -43,6 +43,7 @@ class ChannelDrop(Callback):
 
     def __init__(self, max: int = 2):  # noqa: A002  (the notes' word, the trick's parameter name)
         super().__init__()
+        check_arguments("channeldrop", max=max)
         self.max_channels = max
 
     def before_batch(self):

@@ -45,7 +45,7 @@ from fastai.torch_core import norm_bias_params
 from timm.utils.model_ema import ModelEmaV3
 
 from tricks.errors import ConfigError
-from tricks.registry import TRICKS, Param, register_trick
+from tricks.registry import TRICKS, Param, check_arguments, register_trick
 from tricks.schedules import LRSchedule, lr_ratios, set_lr, sets_lr
 from tricks.surgery import undone_on_refusal
 
@@ -117,8 +117,7 @@ class EMA(Callback):
 
     def __init__(self, *, decay: float = 0.9, eval: bool = True, every: int = 1, mode: str = "plain",
                  peak_lr: float = 0.0, wd: float = 0.0, wd_bn_bias: bool = False):
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        check_arguments("ema", decay=decay, eval=eval, every=every, mode=mode)
         self.decay, self.eval, self.every, self.mode = decay, eval, every, mode
         self.peak_lr, self.wd, self.wd_bn_bias = peak_lr, wd, wd_bn_bias
         self.average: ModelEmaV3 | None = None

@@ -22,7 +22,7 @@ from fastai.optimizer import Lookahead as FastaiLookahead
 from fastcore.foundation import L
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.surgery import undone_on_refusal
 
 
@@ -71,6 +71,7 @@ class Lookahead(Callback):
     order = 65  # after tricks that rebuild the optimizer at before_fit (1-7) and the lr schedule (60)
 
     def __init__(self, k: int = 6, alpha: float = 0.5):
+        check_arguments("lookahead", k=k, alpha=alpha)
         self.k, self.alpha = k, alpha
 
     def before_fit(self):

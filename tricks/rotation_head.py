@@ -32,7 +32,7 @@ from fastai.torch_core import find_bs
 from torch import nn
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.surgery import Family, ModelSurgery, SideLinear, classifier_family, like, num_features, pooled_features
 
 ROTATIONS = 4
@@ -82,6 +82,7 @@ class RotationHead(ModelSurgery):
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
+        check_arguments("rotation", weight=weight)
         self.weight = weight
 
     def check(self, model: nn.Module) -> Family | None:

@@ -23,7 +23,7 @@ import math
 from typing import Callable
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.schedules import LRSchedule
 from tricks.surgery import undo_surgeries
 
@@ -120,8 +120,7 @@ class SGDR(LRSchedule):
     def __init__(self, *, peak: float | None = None, floor: float = 0.0, cycle_len: float = 10.0, unit: str = "epoch",
                  cycle_mul: float = 2.0, cycle_decay: float = 1.0, step: str = "epoch", warmup_epochs: float = 0.0,
                  warmup_start: float = 1e-5, warmup_shape: str = "linear"):
-        if unit not in UNITS:
-            raise ValueError(f"unit {unit!r} is not one of {UNITS}")
+        check_arguments("sgdr", len=cycle_len, unit=unit, mult=cycle_mul, decay=cycle_decay, step=step)
         super().__init__(schedule=lambda t: peak, step=step)  # the real schedule is made at before_fit
         self.peak, self.floor, self.cycle_len, self.unit = peak, floor, cycle_len, unit
         self.cycle_mul, self.cycle_decay = cycle_mul, cycle_decay

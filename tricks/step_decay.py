@@ -14,7 +14,7 @@ from bisect import bisect_right
 from typing import Callable, Sequence
 
 from tricks.errors import ConfigError
-from tricks.registry import Param, register_trick
+from tricks.registry import Param, check_arguments, register_trick
 from tricks.schedules import LRSchedule
 from tricks.sgdr import warmup_lr
 
@@ -84,6 +84,7 @@ class StepDecay(LRSchedule):
     def __init__(self, *, peak: float | None = None, milestones: Sequence[int] = (100, 150), gamma: float = 0.1,
                  step: str = "iter", warmup_epochs: float = 0.0, warmup_start: float = 1e-5,
                  warmup_shape: str = "linear"):
+        check_arguments("stepdecay", gamma=gamma)
         self.peak, self.milestones, self.gamma = peak, list(milestones), gamma
         self.warmup_epochs, self.warmup_start, self.warmup_shape = warmup_epochs, warmup_start, warmup_shape
         super().__init__(self.schedule_for(peak), step=step)
