@@ -40,7 +40,8 @@ def describe_os_error(e: OSError) -> str:
 
     where = (f"'{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else "")) if e.filename else ""
     what = e.strerror or str(e) or type(e).__name__
-    hint = {errno.EEXIST: "; it is not a folder: give another path", errno.ENOTDIR: "; a file stands where a folder is needed",
+    hint = {errno.EEXIST: "; it is not a folder: give another path",
+            errno.ENOTDIR: "; a file stands where a folder is needed",
             errno.EISDIR: "; a folder stands where a file is needed",
             errno.EACCES: "; give a path you can write to", errno.EROFS: "; give a path on a writable filesystem",
             errno.ENOSPC: "; free some space or give a path on another disk",
