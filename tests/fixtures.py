@@ -396,3 +396,13 @@ def row(rid: str, recipe: str = "baseline", status: str = "measured", kind: str 
 
     return Row(id=rid, section=rid.split(".")[0], recipe=recipe, options=options, noted=(90.0,), kind=kind,
                status=status, why="", baseline=None)
+
+
+def tiny_model(num_classes: int, seed: int = 0, pool: int = 4) -> torch.nn.Module:
+    """A conv, BN, ReLU, `pool`x`pool` average pool and a linear layer, seeded: a model a fastai user's test fits in
+    seconds."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(pool),
+                         nn.Flatten(), nn.Linear(8 * pool * pool, num_classes))

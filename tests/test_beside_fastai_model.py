@@ -23,7 +23,7 @@ from fastai.vision.models.xresnet import xresnet18
 from torch import nn
 from torchvision.models import resnet18
 
-from fixtures import CIFAR10_CLASSES, cifar10_jpeg_folder
+from fixtures import CIFAR10_CLASSES, cifar10_jpeg_folder, tiny_model
 from tricks import EMA, SGDR, FinalBN, LastBN, LastGamma, Lookahead, ResidualDropout, RotationHead, StepDecay
 from tricks.errors import ConfigError
 from tricks.sgdr import sgdr_lr
@@ -31,12 +31,6 @@ from tricks.step_decay import step_decay_lr
 
 CLASSES = CIFAR10_CLASSES[:4]
 BS = 16
-
-
-def tiny_model(num_classes: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, num_classes))
 
 
 def two_groups(model: nn.Module):
@@ -92,11 +86,11 @@ class GroupLRs(Callback):
 @pytest.mark.parametrize("trick", ["ema", "lookahead"])
 def test_the_best_file_holds_the_weights_that_scored_best(trick, dls, tmp_path, one_torch_thread):
     cb = EMA(decay=0.5) if trick == "ema" else Lookahead(k=2, alpha=0.5)
-    learn = Learner(dls, tiny_model(dls.c), metrics=accuracy, path=tmp_path, cbs=[cb])
+    learn = Learner(dls, tiny_model(dls.c, pool=1), metrics=accuracy, path=tmp_path, cbs=[cb])
     learn.fit(3, 3e-2, cbs=[SaveModelCallback(monitor="valid_loss", fname="best")])
     losses = [v[1] for v in learn.recorder.values]
     best = int(np.argmin(losses))
-    fresh = Learner(dls, tiny_model(dls.c, seed=1), metrics=accuracy, path=tmp_path)
+    fresh = Learner(dls, tiny_model(dls.c, seed=1, pool=1), metrics=accuracy, path=tmp_path)
     fresh.load("best", with_opt=False)
     loss, acc = fresh.validate()
     assert loss == pytest.approx(losses[best], rel=1e-6, abs=0) and acc == learn.recorder.values[best][2]
@@ -117,7 +111,7 @@ class LiveWeights(Callback):
 
 def test_early_stopping_leaves_the_averaged_weights(dls, tmp_path, one_torch_thread):
     ema, live = EMA(decay=0.5), LiveWeights()
-    learn = Learner(dls, tiny_model(dls.c), metrics=accuracy, path=tmp_path, cbs=[ema, live])
+    learn = Learner(dls, tiny_model(dls.c, pool=1), metrics=accuracy, path=tmp_path, cbs=[ema, live])
     learn.fit(5, 3e-2, cbs=[EarlyStoppingCallback(monitor="valid_loss", min_delta=10.0, patience=0)])
     assert learn.epoch == 1 and len(learn.recorder.values) == 2  # stopped after its second epoch
     final = state(learn.model)
@@ -131,7 +125,7 @@ def test_early_stopping_leaves_the_averaged_weights(dls, tmp_path, one_torch_thr
 
 def test_ema_holding_the_lr_holds_each_group_at_its_own(dls, one_torch_thread):
     spy = GroupLRs()
-    learn = Learner(dls, tiny_model(dls.c), splitter=two_groups, cbs=[EMA(mode="noschedule"), spy])
+    learn = Learner(dls, tiny_model(dls.c, pool=1), splitter=two_groups, cbs=[EMA(mode="noschedule"), spy])
     learn.fit(1, slice(1e-4, 1e-2))
     assert spy.lrs == [spy.base] * len(dls.train) and spy.base[0] < spy.base[1] == 1e-2
 
@@ -154,7 +148,7 @@ def test_optimizer_rebuilds_keep_the_discriminative_lrs(policy, dls, one_torch_t
     runs = {}
     for tricks in ((), (FinalBN(), RotationHead())):
         spy = GroupLRs()
-        learn = Learner(dls, tiny_model(dls.c), splitter=two_groups, cbs=[*tricks, spy])
+        learn = Learner(dls, tiny_model(dls.c, pool=1), splitter=two_groups, cbs=[*tricks, spy])
         getattr(learn, policy)(1, slice(1e-4, 1e-2))
         runs[bool(tricks)] = spy, [h["wd"] for h in learn.opt.hypers]
     (plain, plain_wds), (tricked, tricked_wds) = runs[False], runs[True]
@@ -182,7 +176,7 @@ def test_fine_tune_with_finalbn_keeps_its_frozen_body_and_group_lrs(dls, one_tor
 def test_lr_schedules_scale_every_group_from_its_own_base_lr(schedule, dls, one_torch_thread):
     cb = SGDR(cycle_len=1, cycle_mul=1, step="iter") if schedule == "sgdr" else StepDecay(milestones=[1], gamma=0.1)
     spy = GroupLRs()
-    learn = Learner(dls, tiny_model(dls.c), splitter=two_groups, cbs=[cb, spy])
+    learn = Learner(dls, tiny_model(dls.c, pool=1), splitter=two_groups, cbs=[cb, spy])
     learn.fit(2, slice(1e-4, 1e-2))
     base = spy.base
     n = len(dls.train)
@@ -198,7 +192,7 @@ def test_lr_schedules_scale_every_group_from_its_own_base_lr(schedule, dls, one_
 def test_two_lr_schedules_added_after_the_fit_refuse_the_next_fit_but_not_evaluation(dls, one_torch_thread):
     """fastai's validate / get_preds hold the Learner's lock during before_fit: a refusal there would leave it held
     and hang the next call, so the schedules stand aside there and refuse only a fit."""
-    learn = Learner(dls, tiny_model(dls.c), metrics=accuracy)
+    learn = Learner(dls, tiny_model(dls.c, pool=1), metrics=accuracy)
     learn.fit(1, 1e-2)
     learn.add_cbs([SGDR(), StepDecay(milestones=[1])])
     probs, targets = learn.get_preds()
@@ -214,7 +208,7 @@ def test_two_lr_schedules_added_after_the_fit_refuse_the_next_fit_but_not_evalua
 @pytest.mark.parametrize("refusal", ["two lr schedules", "reduce on plateau", "ema holding the lr", "ranger",
                                      "a trick that does not apply"])
 def test_a_refused_fit_leaves_the_model_as_it_was(refusal, dls, one_torch_thread):
-    learn = Learner(dls, tiny_model(dls.c), splitter=two_groups)
+    learn = Learner(dls, tiny_model(dls.c, pool=1), splitter=two_groups)
     learn.create_opt()
     before, n_params = state(learn.model), sum(len(pg) for pg in learn.opt.param_lists)
     if refusal == "two lr schedules":
@@ -252,7 +246,7 @@ class HeadAtStart(Callback):
 
 
 def test_a_second_fit_with_new_callbacks_changes_nothing(dls, one_torch_thread):
-    learn = Learner(dls, tiny_model(dls.c), splitter=two_groups)
+    learn = Learner(dls, tiny_model(dls.c, pool=1), splitter=two_groups)
     learn.fit(1, 1e-2, cbs=[FinalBN(), RotationHead()])
     names, trained_head = [n for n, _ in learn.model.named_modules()], learn.model.rotation_head.weight.clone()
     at_start = HeadAtStart()
@@ -290,7 +284,7 @@ def test_rotation_loss_is_accumulated_as_the_main_loss(image_folder, one_torch_t
     for n_acc in (None, 2 * BS):
         dls = loaders(image_folder, augment=False, shuffle=False)
         spy = FirstGradients()
-        learn = Learner(dls, tiny_model(dls.c), cbs=[RotationHead(weight=2.0), spy])
+        learn = Learner(dls, tiny_model(dls.c, pool=1), cbs=[RotationHead(weight=2.0), spy])
         set_seed(0)
         learn.fit(1, 1e-2, cbs=[GradientAccumulation(n_acc=n_acc)] if n_acc else [])
         grads[n_acc] = spy.grads

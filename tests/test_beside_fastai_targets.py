@@ -24,7 +24,7 @@ from fastai.metrics import accuracy
 from fastai.vision.data import ImageBlock, ImageDataLoaders
 from torch import nn
 
-from fixtures import CIFAR10_CLASSES, check_evaluation, cifar10_jpeg_folder
+from fixtures import CIFAR10_CLASSES, check_evaluation, cifar10_jpeg_folder, tiny_model
 from tricks import (ChannelDrop, ConfigError, DynamicRefine, FinalBN, KLMixUp, LabelRefinery, LabelSmoothing, MixUp,
                     OneHot)
 
@@ -32,12 +32,6 @@ CLASSES = CIFAR10_CLASSES[:4]
 PER_SPLIT = (("train", 16), ("test", 4))  # 64 training and 16 test JPEGs
 STATS = ([0.49, 0.48, 0.45], [0.25] * 3)
 VEHICLES = ("airplane", "automobile")
-
-
-def tiny_model(num_classes: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                         nn.Flatten(), nn.Linear(8 * 16, num_classes))
 
 
 @pytest.fixture(scope="module")

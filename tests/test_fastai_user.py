@@ -16,18 +16,12 @@ from fastai.vision.augment import Flip
 from fastai.vision.data import ImageDataLoaders
 from torch import nn
 
-from fixtures import CIFAR10_CLASSES, check_evaluation, cifar10_jpeg_folder
+from fixtures import CIFAR10_CLASSES, check_evaluation, cifar10_jpeg_folder, tiny_model
 from tricks import DynamicRefine, KLMixUp, LabelRefinery, LabelSmoothing, MixUp, OneHot
 from tricks.losses import kl_div_loss, soft_target_cross_entropy
 
 CLASSES = CIFAR10_CLASSES[:5]
 PER_CLASS = {"train": 40, "test": 8}  # 200 training and 40 test JPEGs
-
-
-def tiny_model(num_classes: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                         nn.Flatten(), nn.Linear(8 * 16, num_classes))
 
 
 @pytest.fixture(scope="module")
