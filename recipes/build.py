@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from fastai.callback.core import (Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
@@ -85,23 +85,35 @@ def normalization(recipe: Recipe, data: ImageData) -> tuple[torch.Tensor, torch.
 
 def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> DataLoaders:
     """Train loader (subset, shuffle, augmentation) and test loader (normalisation only)."""
-    train = data.train
-    images, labels = train.images, train.labels
+    mean, std = normalization(recipe, data)
+    images, labels = data.train.images, data.train.labels
     if recipe.subset is not None:
         idx = class_balanced_subset(labels, recipe.subset, recipe.seed)
         images, labels = images[idx], labels[idx]
-    mean, std = normalization(recipe, data)
+    test_images, test_labels = data.test.images, data.test.labels
+    if recipe.test_subset is not None:
+        idx = class_balanced_subset(test_labels, recipe.test_subset, recipe.seed)
+        test_images, test_labels = test_images[idx], test_labels[idx]
     augment = BatchAugment(crop_pad=recipe.crop_pad, pad_mode=recipe.pad_mode, flip=recipe.flip,
                            resize_crop=recipe.resize_crop)
     common = dict(bs=recipe.bs, mean=mean, std=std, seed=recipe.seed, device=device,
                   channels_last=recipe.channels_last)
     train_dl = DeviceLoader(images, labels, shuffle=True, drop_last=True, augment=augment, **common)
-    test_images, test_labels = data.test.images, data.test.labels
-    if recipe.test_subset is not None:
-        idx = class_balanced_subset(test_labels, recipe.test_subset, recipe.seed)
-        test_images, test_labels = test_images[idx], test_labels[idx]
     test_dl = DeviceLoader(test_images, test_labels, **{**common, "bs": recipe.eval_bs})
     return device_dataloaders(train_dl, test_dl)
+
+
+def build_fit(recipe: Recipe, data: ImageData, device: torch.device,
+              make_model: Callable[[], torch.nn.Module] | None = None
+              ) -> tuple[DataLoaders, torch.nn.Module, list[Callback]]:
+    """One fit's loaders, model (on `device`) and tricks, built after `recipes.speed.seed_everything`; a model a
+    trick cannot change fails here, before anything is written. `make_model` builds the model in place of the
+    recipe's."""
+    dls = build_dataloaders(recipe, data, device)
+    model = (make_model() if make_model is not None else build_model(recipe, data)).to(device)
+    tricks = build_tricks(recipe)
+    check_surgery(model, tricks)
+    return dls, model, tricks
 
 
 def build_model(recipe: Recipe, data: ImageData) -> torch.nn.Module:

@@ -194,13 +194,6 @@ def set_aside(damaged: Path) -> None:
     fsync_dir(damaged.parent)
 
 
-def remove_checkpoints(out: Path) -> None:
-    for name in (CHECKPOINT, PREVIOUS):
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
-    fsync_dir(out)
-
-
 # ---- the callback ----
 
 class Checkpoint(Callback):

@@ -20,16 +20,15 @@ import torch
 from fastai.callback.core import Callback
 
 from recipes import checkpoint as ckpt
-from recipes.build import build_dataloaders, build_learner, build_model, build_tricks, lr_schedule
+from recipes.build import build_fit, build_learner, lr_schedule
 from recipes.distributed import is_main_process
 from recipes.nan_guard import StopOnNonFinite
 from recipes.recipe import Recipe
-from recipes.run_folder import CURVES, METRICS, MODEL, remove_temporaries, write_config, write_result
+from recipes.run_folder import METRICS, finish_fit, remove_temporaries, write_config
 from recipes.speed import seed_everything
 from recipes.stats import EpochStats
 from tricks.data import ImageData
-from tricks.files import torch_save_atomic, write_atomic
-from tricks.surgery import check_surgery
+from tricks.files import torch_bytes, write_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
 PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
@@ -54,7 +53,7 @@ def metrics_csv(records: Iterable[dict]) -> str:
     return buf.getvalue()
 
 
-def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, path: Path) -> None:
+def curves_png(records: list[dict], lrs: list[float], steps_per_epoch: int) -> bytes:
     """Loss, accuracy and lr against epochs, as one PNG."""
     import matplotlib
 
@@ -77,7 +76,7 @@ def plot_curves(records: list[dict], lrs: list[float], steps_per_epoch: int, pat
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *, extra_cbs: list[Callback],
@@ -91,10 +90,7 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     in place of the recipe's (after seeding, as the recipe's is; `bench perf --overhead`'s tiny model).
     """
     seed_everything(recipe.seed, device)
-    dls = build_dataloaders(recipe, data, device)
-    model = (make_model() if make_model is not None else build_model(recipe, data)).to(device)
-    tricks = build_tricks(recipe)
-    check_surgery(model, tricks)  # a model a trick cannot change fails before anything is written
+    dls, model, tricks = build_fit(recipe, data, device, make_model)  # the model surgery checked
     resolved = recipe.replace(dataset=data.name, data=data.source, device=str(device))
     main = is_main_process()  # on several processes only rank 0 writes (recipes.distributed)
     if main:
@@ -131,8 +127,6 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         learn.fit(recipe.epochs)
     seconds = saver.seconds if saver else time.perf_counter() - start
 
-    if main:
-        torch_save_atomic(model.state_dict(), out / MODEL)
     records = stats.records
     result = {
         "recipe": recipe.recipe,
@@ -148,10 +142,8 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
         **info,
         **notes,
     }
-    if main:
-        write_result(out, result)
+    if main:  # the fit has finished: model.pth and result.json hold it, its checkpoints go
         lrs = lr_schedule(learn).lrs  # one per training batch (of this process's shard)
-        plot_curves(records, lrs, len(lrs) // len(records), out / CURVES)
-    if saver:
-        ckpt.remove_checkpoints(out)  # the run has finished: model.pth and result.json hold it
+        finish_fit(out, torch_bytes(model.state_dict()), result, curves_png(records, lrs, len(lrs) // len(records)),
+                   checkpoints=saver is not None)
     return result, model

@@ -15,8 +15,7 @@ notes' variants are the parameters of the `refine` term:
 | `temperature`, `loss` | the refinery's softmax temperature and KL / soft cross entropy | S9 |
 
 `fit_plan` lists the fits (`Fit`: recipe, data, early stop, teacher); `recipes.run.run_plan` trains them, each
-into its folder (`recipes.run_folder`: `gen<N>/` when there are several), and `run_result` is the run's
-result.json: the one fit's, or over the generations, listing each.
+into its folder (`recipes.run_folder`: `gen<N>/` when there are several), and writes the run's result.json.
 """
 from __future__ import annotations
 
@@ -26,10 +25,8 @@ from typing import Any
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
-from recipes.fit import versions
 from recipes.parse import apply
 from recipes.recipe import Recipe
-from recipes.run_folder import fit_folder_name
 from tricks.data import ImageData, Split, class_balanced_subset
 from tricks.errors import ConfigError
 from tricks.label_refinery import LabelRefinery
@@ -66,13 +63,11 @@ def generation_plan(recipe: Recipe, refine: dict[str, Any]) -> list[Recipe]:
     if refine["weak"] and refine["mixup"] == "all":
         raise ConfigError("refine:weak trains refinements without labels, so mixup cannot run in them; "
                           "use refine:mixup=first")
-    first = recipe.replace(tricks=rest, subset=None)
-    if refine["first_epochs"]:  # the warmup rescaled with the epochs
-        first = apply(first, {"epochs": refine["first_epochs"]})
     dropped = {n for n, _ in rest if dropped_later(TRICKS.get(n), refine)}
+    first = recipe.replace(tricks=rest, subset=None)
     later = recipe.replace(tricks=tuple((n, p) for n, p in rest if n not in dropped), subset=None)
-    if refine["gen_epochs"]:
-        later = apply(later, {"epochs": refine["gen_epochs"]})
+    first, later = (apply(r, {"epochs": epochs}) if epochs else r  # the warmup rescaled with the epochs
+                    for r, epochs in ((first, refine["first_epochs"]), (later, refine["gen_epochs"])))
     return [first] + [later.replace(seed=recipe.seed + g) for g in range(1, refine["gens"] + 1)]
 
 
@@ -133,36 +128,3 @@ def fit_callbacks(fit: Fit, teacher: torch.nn.Module | None) -> list[Callback]:
     if fit.refinery is not None:
         extra.append(LabelRefinery(teacher, **fit.refinery))
     return extra
-
-
-def run_config(recipe: Recipe, plan: list[Fit]) -> dict[str, Any] | None:
-    """The run folder's own config.json for a plan of several fits (None: the one fit writes its own)."""
-    return None if len(plan) == 1 else {**recipe.to_dict(), "generations": len(plan)}
-
-
-def generation_entry(g: int, fit: Fit, result: dict[str, Any]) -> dict[str, Any]:
-    return {"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
-            "epochs": result["epochs"], "seconds": result["seconds"],
-            "train_images_per_second": result["train_images_per_second"],
-            "tricks": [n for n, _ in fit.recipe.tricks], "folder": fit_folder_name(g)}
-
-
-def run_result(recipe: Recipe, plan: list[Fit], results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """The run's result.json: its one fit's, or, over several fits, each fit's entry and the last one's accuracy."""
-    if len(plan) == 1:
-        return results[0]
-    generations = [generation_entry(g, fit, r) for g, (fit, r) in enumerate(zip(plan, results))]
-    return {
-        "recipe": recipe.recipe,
-        "test_acc": generations[-1]["test_acc"],
-        "best_test_acc": max(g["best_test_acc"] for g in generations),
-        "generation_test_acc": [g["test_acc"] for g in generations],
-        "generations": generations,
-        "epochs": sum(g["epochs"] for g in generations),
-        "seconds": seconds,
-        "train_images_per_second": sum(g["train_images_per_second"] for g in generations) / len(generations),
-        "seed": recipe.seed,
-        "dataset": results[-1]["dataset"],
-        "device": results[-1]["device"],
-        "versions": versions(),
-    }

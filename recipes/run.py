@@ -21,12 +21,11 @@ from fastai.callback.core import Callback
 
 from recipes.build import check_device, check_speed, resolve_device, trained_model
 from recipes.distributed import DistributedEnv, ddp_callbacks
-from recipes.fit import fit_one
-from recipes.generations import Fit, fit_callbacks, fit_count, fit_plan, run_config, run_result
+from recipes.fit import fit_one, versions
+from recipes.generations import Fit, fit_callbacks, fit_count, fit_plan
 from recipes.recipe import Recipe
-from recipes.run_folder import (MODEL, check_finished_recipe, check_folder_config, check_out, check_resumable, claimed,
-                                default_out, finished_result, fit_folder, has_checkpoint, remove_temporaries,
-                                write_config, write_result)
+from recipes.run_folder import (MODEL, check_folder_config, claimed, finished_result, fit_folder, fit_folder_name,
+                                has_checkpoint, remove_temporaries, start_run, write_config, write_result)
 from recipes.speed import resolve_speed
 from recipes.stats import EpochStats
 from tricks.data import ImageData, load_dataset
@@ -61,19 +60,13 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
                               "run it without torchrun")
         if out is None:
             raise ConfigError("--resume needs --out: the folder of the run to continue")
-    out = Path(out) if out is not None else default_out(recipe)
     device = env.device(check_device(resolve_device(recipe.device)))
     check_speed(recipe, device)
     recipe, speed_notes = resolve_speed(recipe, device)  # config.json holds what runs, not "auto"
-    if resume:
-        finished = finished_result(out)
-        if finished is not None:
-            check_finished_recipe(out, recipe.to_dict())  # another recipe is refused, not "finished"
-            return {**finished, "out": str(out), "already_finished": True}
-        check_resumable(out, fits=fits)
-    elif env.is_main:
-        check_out(out)
-    else:
+    out, finished = start_run(out, recipe, resume=resume, fits=fits, main=env.is_main)
+    if finished is not None:
+        return {**finished, "out": str(out), "already_finished": True}
+    if not env.is_main:
         callbacks, on_start = (lambda stats: []), (lambda info: None)
     env.init(device)
     stack = contextlib.ExitStack()
@@ -85,8 +78,9 @@ def train(recipe: Recipe, out: str | os.PathLike | None = None, *, data: ImageDa
         extra, info = (ddp_callbacks(env), {"processes": env.world}) if env.enabled else ([], {})
         if speed_notes:
             info["speed_notes"] = speed_notes
-        result = run_plan(recipe, fit_plan(recipe, data), out, device, extra_cbs=extra, callbacks=callbacks,
-                          on_start=on_start, info=info, checkpoint=not env.enabled, resume=resume)
+        plan = fit_plan(recipe, data)
+        result = run_plan(recipe, plan, out, device, extra_cbs=extra, callbacks=callbacks, on_start=on_start,
+                          info=info, checkpoint=not env.enabled, resume=resume)
     finally:
         stack.close()
         env.shutdown()
@@ -136,6 +130,39 @@ def run_plan(recipe: Recipe, plan: list[Fit], out: Path, device: torch.device, *
     result = run_result(recipe, plan, results, seconds)
     write_result(out, result)
     return result
+
+
+def run_config(recipe: Recipe, plan: list[Fit]) -> dict[str, Any] | None:
+    """The run folder's own config.json for a plan of several fits (None: the one fit writes its own)."""
+    return None if len(plan) == 1 else {**recipe.to_dict(), "generations": len(plan)}
+
+
+def generation_entry(g: int, fit: Fit, result: dict[str, Any]) -> dict[str, Any]:
+    return {"generation": g, "test_acc": result["test_acc"], "best_test_acc": result["best_test_acc"],
+            "epochs": result["epochs"], "seconds": result["seconds"],
+            "train_images_per_second": result["train_images_per_second"],
+            "tricks": [n for n, _ in fit.recipe.tricks], "folder": fit_folder_name(g)}
+
+
+def run_result(recipe: Recipe, plan: list[Fit], results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The run's result.json: its one fit's, or, over several fits, each fit's entry and the last one's accuracy."""
+    if len(plan) == 1:
+        return results[0]
+    generations = [generation_entry(g, fit, r) for g, (fit, r) in enumerate(zip(plan, results))]
+    return {
+        "recipe": recipe.recipe,
+        "test_acc": generations[-1]["test_acc"],
+        "best_test_acc": max(g["best_test_acc"] for g in generations),
+        "generation_test_acc": [g["test_acc"] for g in generations],
+        "generations": generations,
+        "epochs": sum(g["epochs"] for g in generations),
+        "seconds": seconds,
+        "train_images_per_second": sum(g["train_images_per_second"] for g in generations) / len(generations),
+        "seed": recipe.seed,
+        "dataset": results[-1]["dataset"],
+        "device": results[-1]["device"],
+        "versions": versions(),
+    }
 
 
 def finished_model(recipe: Recipe, data: ImageData, folder: Path, device: torch.device) -> torch.nn.Module:

@@ -30,7 +30,7 @@ from typing import Any
 
 from recipes.recipe import Recipe
 from tricks.errors import ConfigError, RunFolderError
-from tricks.files import disk_full, no_space, write_atomic
+from tricks.files import disk_full, fsync_dir, no_space, write_atomic
 
 CONFIG, RESULT, METRICS, MODEL, CURVES = "config.json", "result.json", "metrics.csv", "model.pth", "curves.png"
 CHECKPOINT, PREVIOUS, DAMAGED = "checkpoint.pth", "checkpoint.prev.pth", "checkpoint.damaged.pth"
@@ -77,12 +77,17 @@ def saved_config(folder: Path) -> Any:
     return json.loads((Path(folder) / CONFIG).read_text(encoding="utf-8"))
 
 
+def json_text(content: dict) -> str:
+    """config.json's and result.json's text."""
+    return json.dumps(content, indent=2) + "\n"
+
+
 def write_config(folder: Path, config: dict) -> None:
-    write_atomic(Path(folder) / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_atomic(Path(folder) / CONFIG, json_text(config))
 
 
 def write_result(folder: Path, result: dict) -> None:
-    write_atomic(Path(folder) / RESULT, json.dumps(result, indent=2) + "\n")
+    write_atomic(Path(folder) / RESULT, json_text(result))
 
 
 def read_config(folder: Path) -> dict:
@@ -132,6 +137,37 @@ def evaluated_folder(path: str | Path, generation: int | None = None) -> Path:
     if not (path / MODEL).is_file():
         raise RunFolderError(f"'{path}' has no model.pth (the run did not finish); evaluate a finished run")
     return path
+
+
+# ---- a run's start and a fit's end ----
+
+def start_run(out: str | os.PathLike | None, recipe: Recipe, *, resume: bool, fits: int,
+              main: bool = True) -> tuple[Path, dict | None]:
+    """(the run folder, its result.json when `resume` finds the run finished already, else None), once the
+    folder is checked: `resume` needs a stopped run of this recipe in `out`, a new run (on the main process) a
+    new or empty `out` (None: `default_out`). Nothing is written."""
+    out = Path(out) if out is not None else default_out(recipe)
+    if not resume:
+        if main:
+            check_out(out)
+        return out, None
+    finished = finished_result(out)
+    if finished is not None:
+        check_finished_recipe(out, recipe.to_dict())  # another recipe is refused, not "finished"
+        return out, finished
+    check_resumable(out, fits=fits)
+    return out, None
+
+
+def finish_fit(out: Path, weights: bytes, result: dict, curves: bytes, *, checkpoints: bool) -> None:
+    """A finished fit's files: model.pth, result.json and curves.png, in this order; then its checkpoints go."""
+    for name, content in ((MODEL, weights), (RESULT, json_text(result)), (CURVES, curves)):
+        write_atomic(out / name, content)
+    if checkpoints:
+        for name in (CHECKPOINT, PREVIOUS):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+        fsync_dir(out)
 
 
 # ---- a new run: --out and the claim ----

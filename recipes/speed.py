@@ -2,8 +2,8 @@
 
 A recipe says `precision=auto`, `compile=None` (auto) and `compile_mode=auto` unless the user names a
 setting; `resolve_speed` turns them into what runs, the fastest measured setting on that device
-(`bench perf --device cuda`, README "GPU"), and `recipes.run.train` writes the resolved recipe to
-config.json:
+(`bench perf --device cuda`, README "GPU"); `recipes.run.train` resolves the recipe before its fits, so each
+fit's config.json (`recipes.fit.fit_one`) holds the resolved settings:
 
 | setting      | CUDA GPU                                    | CPU                                   |
 |--------------|---------------------------------------------|---------------------------------------|

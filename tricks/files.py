@@ -161,8 +161,3 @@ def torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
-
-
-def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` through `write_atomic`."""
-    return write_atomic(path, torch_bytes(obj))
