@@ -107,7 +107,8 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
         raise ValueError("plain_fit runs fp32 and bf16 (fp16 needs a gradient scaler)")
     seed_everything(recipe.seed, device)
     dls = build_dataloaders(recipe, data, device)
-    model = (make_model() if make_model is not None else build_model(recipe, data)).to(device)
+    model = make_model() if make_model is not None else build_model(recipe, data.num_classes, data.channels)
+    model = model.to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     if recipe.compile:
@@ -247,7 +248,7 @@ def augmentation_ratio(data: ImageData, sizes: Sizes, device: torch.device, step
 def composable_tricks() -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(trick, recipe) for every registered trick that composes with the baseline and its ResNet-20 (a trick
     whose parameters count generations with one generation), and {trick: why not} for the others."""
-    from recipes.build import build_tricks, model_for
+    from recipes.build import build_model, build_tricks
     from tricks.surgery import check_surgery
 
     out, skipped = [], {}
@@ -256,7 +257,7 @@ def composable_tricks() -> tuple[list[tuple[str, str]], dict[str, str]]:
         text = f"baseline+{name}" + (f":{once}" if once else "")
         try:
             recipe = parse_recipe(text)
-            check_surgery(model_for(recipe, 10, 3), build_tricks(recipe))
+            check_surgery(build_model(recipe, 10, 3), build_tricks(recipe))
         except TricksError as e:
             skipped[name] = " ".join(str(e).split())
             continue

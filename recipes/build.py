@@ -110,17 +110,14 @@ def build_fit(recipe: Recipe, data: ImageData, device: torch.device,
     trick cannot change fails here, before anything is written. `make_model` builds the model in place of the
     recipe's."""
     dls = build_dataloaders(recipe, data, device)
-    model = (make_model() if make_model is not None else build_model(recipe, data)).to(device)
+    model = make_model() if make_model is not None else build_model(recipe, data.num_classes, data.channels)
+    model = model.to(device)
     tricks = build_tricks(recipe)
     check_surgery(model, tricks)
     return dls, model, tricks
 
 
-def build_model(recipe: Recipe, data: ImageData) -> torch.nn.Module:
-    return model_for(recipe, data.num_classes, data.channels)
-
-
-def model_for(recipe: Recipe, num_classes: int, in_chans: int) -> torch.nn.Module:
+def build_model(recipe: Recipe, num_classes: int, in_chans: int) -> torch.nn.Module:
     return create_model(recipe.model, num_classes=num_classes, in_chans=in_chans, shortcut=recipe.shortcut,
                         bn_momentum=recipe.bn_momentum, zero_init_last=recipe.zero_init_last, stem=recipe.stem,
                         drop_rate=recipe.drop_rate)
@@ -305,7 +302,7 @@ def trained_model(recipe: Recipe, num_classes: int, in_chans: int, weights: Path
     """The model a fit of `recipe` left in `weights` (a model.pth): built as `fit_one` builds it, in
     channels-last format when the recipe asks (as `build_learner`), changed by the recipe's model-surgery
     tricks in their order (as their before_fit), then the saved weights loaded."""
-    model = model_for(recipe, num_classes, in_chans).to(device)
+    model = build_model(recipe, num_classes, in_chans).to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
     check_surgery(model, build_tricks(recipe), edit=True)

@@ -284,8 +284,8 @@ def learner(text: str, model: str = "resnet20", cbs=(), **overrides):
 
     recipe = parse_recipe(text, **{"epochs": 1, "bs": 32, "device": "cpu", "model": model, **overrides})
     data = toy_data()
-    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), build_model(recipe, data),
-                         cbs=list(cbs))
+    return build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")),
+                         build_model(recipe, data.num_classes, data.channels), cbs=list(cbs))
 
 
 def edited(cb, model):
@@ -330,7 +330,7 @@ def toy_learner(text, *cbs, epochs=1):
     data = toy_data(n_train=64, n_test=32)
     torch.manual_seed(0)
     dls = build_dataloaders(recipe, data, torch.device("cpu"))
-    return build_learner(recipe, dls, build_model(recipe, data), cbs=list(cbs))
+    return build_learner(recipe, dls, build_model(recipe, data.num_classes, data.channels), cbs=list(cbs))
 
 
 class Spy(Callback):

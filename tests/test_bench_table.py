@@ -14,7 +14,7 @@ from torch import nn
 
 from bench.budgets import BUDGETS, SHORT_SECONDS, fit_epochs, predicted_seconds, relative_cost, row_recipe
 from bench.table import Row, load_table, select, status_counts
-from recipes.build import build_tricks, model_for
+from recipes.build import build_model, build_tricks
 from recipes.parse import parse_recipe
 from tricks.errors import ConfigError
 from bench.cli import main
@@ -146,7 +146,7 @@ def test_every_replayable_row_parses_and_its_tricks_and_model_build(table, budge
         key = (recipe.model, recipe.shortcut, recipe.zero_init_last, recipe.stem, recipe.drop_rate)
         if budget == "full" and key not in built:
             built.add(key)
-            model_for(recipe, 10, 3)
+            build_model(recipe, 10, 3)
 
 
 def test_inexpressible_rows_are_refused_and_their_models_do_not_build(table):
@@ -158,7 +158,7 @@ def test_inexpressible_rows_are_refused_and_their_models_do_not_build(table):
     # S5.preact.lastgamma: the lastgamma surgery zeros the BN before the last conv of timm's ResNetV2 blocks
     lastgamma = row["S5.preact.lastgamma"]
     recipe = parse_recipe(lastgamma.recipe, **lastgamma.options)
-    model = model_for(recipe, 10, 3)
+    model = build_model(recipe, 10, 3)
     (trick,) = [cb for cb in build_tricks(recipe) if type(cb).__name__ == "LastGamma"]
     trick.edit(model, trick.check(model))
     zeroed = sorted(n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.any())
@@ -174,12 +174,12 @@ def test_s4_shortcut3x3_and_s5_preact_rows_build_their_models(table):
     assert (s4.model, s4.stem, s4.shortcut, s4.warmup_epochs) == ("timm:resnet18", "conv3x3s1-nomaxpool",
                                                                   "conv3x3", 10.0)
     assert row_recipe(row["S4.eta0"], "full", 0).shortcut == "conv3x3"  # S5 puts the 1x1 shortcut back
-    model = model_for(s4, 10, 3)
+    model = build_model(s4, 10, 3)
     convs = {n: m for n, m in model.named_modules() if ".downsample." in n and isinstance(m, nn.Conv2d)}
     assert len(convs) == 3 and all(c.kernel_size == (3, 3) and c.stride == (2, 2) for c in convs.values())
     s5 = row_recipe(row["S5.preact"], "full", 0)
     assert (s5.model, s5.stem, s5.shortcut) == ("timm:resnetv2_18", "conv3x3s1-nomaxpool", "conv1x1")
-    model = model_for(s5, 10, 3)
+    model = build_model(s5, 10, 3)
     assert isinstance(model.stem.pool, nn.Identity) and not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     assert model.stem.conv.kernel_size == (3, 3) and model.stem.conv.stride == (1, 1)
     out = model(torch.randn(2, 3, 32, 32))

@@ -111,11 +111,11 @@ def run_args(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
 def weights_bytes() -> int:
     """The size of the baseline model's model.pth: about that of the checkpoint of epoch 0; the later ones hold
     twice as much (the SGD momentum buffers)."""
-    from recipes.build import model_for
+    from recipes.build import build_model
     from recipes.parse import parse_recipe
     from tricks.files import torch_bytes
 
-    return len(torch_bytes(model_for(parse_recipe("baseline"), 10, 3).state_dict()))
+    return len(torch_bytes(build_model(parse_recipe("baseline"), 10, 3).state_dict()))
 
 
 def test_a_fresh_run_on_a_full_disk_stops_at_config_json_and_leaves_no_folder(disk, data, capsys, one_torch_thread):

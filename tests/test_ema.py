@@ -158,7 +158,7 @@ def test_trains_and_saves_the_evaluated_ema_weights(tmp_path):
     recipe = parse_recipe("baseline+ema", epochs=2, bs=32, device="cpu")
     result = train(recipe, tmp_path / "run", data=toy_data())
     data = toy_data()
-    model = build_model(recipe, data)
+    model = build_model(recipe, data.num_classes, data.channels)
     model.load_state_dict(torch.load(tmp_path / "run" / "model.pth", weights_only=True))
     model.eval()
     mean, std = normalization(recipe, data)

@@ -64,7 +64,7 @@ def compiled_fit(text: str, model: str = "resnet8") -> Counts:
     dls = build_dataloaders(recipe, data, torch.device("cpu"))
     assert len(dls.train) == 4 and len(dls.valid) == 2
     counts = Counts()
-    learn = build_learner(recipe, dls, build_model(recipe, data), cbs=[counts])
+    learn = build_learner(recipe, dls, build_model(recipe, data.num_classes, data.channels), cbs=[counts])
     compile_cb = next(cb for cb in learn.cbs if isinstance(cb, CompileModel))
     compile_cb.backend = "aot_eager"
     learn.fit(recipe.epochs)
@@ -100,8 +100,8 @@ def test_a_new_shape_after_the_first_epoch_is_counted_as_a_recompile():
     torch._dynamo.reset()
     counters.clear()
     counts = Counts()
-    learn = build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")), build_model(recipe, data),
-                          cbs=[counts, SmallerBatchesLater()])
+    learn = build_learner(recipe, build_dataloaders(recipe, data, torch.device("cpu")),
+                          build_model(recipe, data.num_classes, data.channels), cbs=[counts, SmallerBatchesLater()])
     next(cb for cb in learn.cbs if isinstance(cb, CompileModel)).backend = "aot_eager"
     learn.fit(2)
     assert counts.after_epochs[0] == (1, 1, 0) and counts.after_epochs[1][0] == 2  # a second frame compiled

@@ -27,7 +27,7 @@ def test_channels_last_reaches_batches_and_weights_and_trains(tmp_path):
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     x, _ = next(iter(dls.valid))
     assert x.is_contiguous(memory_format=torch.channels_last)
-    model = build_model(recipe, data)
+    model = build_model(recipe, data.num_classes, data.channels)
     build_learner(recipe, dls, model)
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
@@ -40,11 +40,11 @@ def test_precision_is_fastais_mixed_precision_and_needs_cuda(tmp_path, capsys):
     data = toy_data()
     recipe = parse_recipe("baseline", precision="bf16", **TOY)
     dls = build_dataloaders(recipe, data, torch.device("cpu"))
-    learn = build_learner(recipe, dls, build_model(recipe, data))
+    learn = build_learner(recipe, dls, build_model(recipe, data.num_classes, data.channels))
     mp = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
     assert len(mp) == 1 and mp[0].amp_mode.value == "bf16"
-    assert not any(isinstance(cb, MixedPrecision) for cb in build_learner(parse_recipe("baseline", **TOY), dls,
-                                                                          build_model(recipe, data)).cbs)
+    fp32 = build_learner(parse_recipe("baseline", **TOY), dls, build_model(recipe, data.num_classes, data.channels))
+    assert not any(isinstance(cb, MixedPrecision) for cb in fp32.cbs)
     with pytest.raises(ConfigError, match=r"precision=bf16 autocasts on a CUDA GPU .* use precision=fp32 here"):
         train(recipe, tmp_path / "bf16", data=data)
     assert not (tmp_path / "bf16").exists()
@@ -80,7 +80,7 @@ def test_compile_compiles_in_place_and_trains_like_eager(tmp_path):
     assert json.loads((tmp_path / "c" / "config.json").read_text())["compile"] is True
     recipe = parse_recipe("baseline", compile=True, **TOY)
     dls = build_dataloaders(recipe, data, torch.device("cpu"))
-    learn = build_learner(recipe, dls, build_model(recipe, data))
+    learn = build_learner(recipe, dls, build_model(recipe, data.num_classes, data.channels))
     assert sum(isinstance(cb, CompileModel) for cb in learn.cbs) == 1
 
 
@@ -96,7 +96,7 @@ def test_evaluation_runs_under_inference_mode_and_training_goes_on_after_it(tmp_
     data = toy_data()
     recipe = parse_recipe("baseline+ema:eval=true", **{**TOY, "epochs": 3})
     dls = build_dataloaders(recipe, data, torch.device("cpu"))
-    learn = build_learner(recipe, dls, build_model(recipe, data), cbs=[Mode()])
+    learn = build_learner(recipe, dls, build_model(recipe, data.num_classes, data.channels), cbs=[Mode()])
     learn.fit(recipe.epochs)
     assert {s for s in seen if s[0]} == {(True, False, True)}  # training: autograd on, not inference mode
     assert {s for s in seen if not s[0]} == {(False, True, False)}  # every evaluation batch in inference mode

@@ -43,7 +43,7 @@ def test_run_folder_holds_config_metrics_result_weights_and_curves(toy_run):
 def test_saved_weights_give_the_recorded_accuracy(toy_run):
     out, result = toy_run
     data = toy_data()
-    model = build_model(toy_recipe(), data)
+    model = build_model(toy_recipe(), data.num_classes, data.channels)
     model.load_state_dict(torch.load(out / "model.pth", weights_only=True))
     model.eval()
     from recipes.build import normalization
@@ -71,7 +71,8 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 def test_weight_decay_skips_batchnorm_and_bias():
-    model = build_model(toy_recipe(), toy_data())
+    data = toy_data()
+    model = build_model(toy_recipe(), data.num_classes, data.channels)
     decay, no_decay = sgd_param_groups(model, 5e-4, wd_bn_bias=False)
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
