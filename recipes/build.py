@@ -17,7 +17,7 @@ from fastcore.xtras import modify_exception
 from fastai.data.core import DataLoaders
 
 from recipes.recipe import Recipe
-from tricks.data import DATASETS, ImageData
+from tricks.data import DATASETS, ImageData, Split
 from tricks.data.augment import BatchAugment
 from tricks.data.loaders import DeviceLoader, device_dataloaders
 from tricks.data.subset import class_balanced_subset
@@ -83,13 +83,23 @@ def normalization(recipe: Recipe, data: ImageData) -> tuple[torch.Tensor, torch.
     return torch.tensor(mean), torch.tensor(std)
 
 
+def with_train(data: ImageData, images: torch.Tensor, labels: torch.Tensor) -> ImageData:
+    """`data` with another train split."""
+    return ImageData(data.name, data.classes, Split(images.contiguous(), labels), data.test, data.source, data.format)
+
+
+def train_subset(data: ImageData, n: int, seed: int) -> ImageData:
+    """`data` with its train split cut to the class-balanced subset of `n` images that `seed` picks (a recipe's
+    `subset`, the refinery's labelled images)."""
+    idx = class_balanced_subset(data.train.labels, n, seed)
+    return with_train(data, data.train.images[idx], data.train.labels[idx])
+
+
 def build_dataloaders(recipe: Recipe, data: ImageData, device: torch.device) -> DataLoaders:
     """Train loader (subset, shuffle, augmentation) and test loader (normalisation only)."""
     mean, std = normalization(recipe, data)
-    images, labels = data.train.images, data.train.labels
-    if recipe.subset is not None:
-        idx = class_balanced_subset(labels, recipe.subset, recipe.seed)
-        images, labels = images[idx], labels[idx]
+    train = data.train if recipe.subset is None else train_subset(data, recipe.subset, recipe.seed).train
+    images, labels = train.images, train.labels
     test_images, test_labels = data.test.images, data.test.labels
     if recipe.test_subset is not None:
         idx = class_balanced_subset(test_labels, recipe.test_subset, recipe.seed)

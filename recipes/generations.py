@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
+from recipes.build import train_subset, with_train
 from recipes.parse import apply
 from recipes.recipe import Recipe
-from tricks.data import ImageData, Split, class_balanced_subset
+from tricks.data import ImageData
 from tricks.errors import ConfigError
 from tricks.label_refinery import LabelRefinery
 from tricks.registry import TRICKS, TrickSpec
@@ -71,22 +72,14 @@ def generation_plan(recipe: Recipe, refine: dict[str, Any]) -> list[Recipe]:
     return [first] + [later.replace(seed=recipe.seed + g) for g in range(1, refine["gens"] + 1)]
 
 
-def with_train(data: ImageData, images: torch.Tensor, labels: torch.Tensor) -> ImageData:
-    return ImageData(data.name, data.classes, Split(images.contiguous(), labels), data.test, data.source, data.format)
-
-
 def generation_data(recipe: Recipe, refine: dict[str, Any], data: ImageData) -> tuple[ImageData, ImageData]:
     """(generation 0's data, the refinements' data): the recipe's subset, then the weak split."""
-    train = data.train
     if recipe.subset is not None:
-        idx = class_balanced_subset(train.labels, recipe.subset, recipe.seed)
-        data = with_train(data, train.images[idx], train.labels[idx])
-        train = data.train
+        data = train_subset(data, recipe.subset, recipe.seed)
     if not refine["weak"]:
         return data, data
-    idx = class_balanced_subset(train.labels, refine["weak"] * data.num_classes, recipe.seed)
-    first = with_train(data, train.images[idx], train.labels[idx])
-    unlabelled = with_train(data, train.images, torch.full_like(train.labels, -1))
+    first = train_subset(data, refine["weak"] * data.num_classes, recipe.seed)
+    unlabelled = with_train(data, data.train.images, torch.full_like(data.train.labels, -1))
     return first, unlabelled
 
 
