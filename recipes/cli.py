@@ -75,6 +75,7 @@ from tricks.registry import TRICKS
 from recipes.recipe import PARAMS, Recipe
 from tricks.errors import TrainingError, TricksError, describe_os_error, one_line
 from tricks.files import no_space
+from recipes.run_folder import fit_folder_name
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
              "precision", "compile", "compile_mode")
@@ -299,8 +300,7 @@ def print_generations(console: Console, result: dict) -> None:
     curves inside the run folder (named below the table, so that no column is cut at 80 columns); the seed
     in the title, so that the numbers read as one measured run."""
     accs = result["generation_test_acc"]
-    folders = [g.get("folder", f"gen{i}") for i, g in enumerate(result.get("generations", []))] or \
-        [f"gen{i}" for i in range(len(accs))]
+    folders = [fit_folder_name(i) for i in range(len(accs))]
     table = Table(title=f"generations (seed {result.get('seed', '?')})")
     for col in ("generation", "test accuracy (%)", "vs generation 0 (points)", "plot"):
         table.add_column(col, no_wrap=True)
