@@ -124,7 +124,7 @@ def run_plan(recipe: Recipe, plan: list[Fit], out: Path, device: torch.device, *
                                   on_start=on_start, info={**info, **fit.info}, checkpoint=checkpoint,
                                   resume=fit_resume)
         results.append(result)
-    if len(plan) == 1:
+    if config is None:  # one fit: its result.json is the run's
         return results[0]
     seconds = sum(r["seconds"] for r in results) if resume else time.perf_counter() - start
     result = run_result(recipe, plan, results, seconds)
@@ -145,9 +145,7 @@ def generation_entry(g: int, fit: Fit, result: dict[str, Any]) -> dict[str, Any]
 
 
 def run_result(recipe: Recipe, plan: list[Fit], results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """The run's result.json: its one fit's, or, over several fits, each fit's entry and the last one's accuracy."""
-    if len(plan) == 1:
-        return results[0]
+    """The result.json of a run of several fits: each fit's entry, and the last one's accuracy as the run's."""
     generations = [generation_entry(g, fit, r) for g, (fit, r) in enumerate(zip(plan, results))]
     return {
         "recipe": recipe.recipe,
