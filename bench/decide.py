@@ -191,6 +191,9 @@ def load_simulation(path: str | Path, rows: list[Row]) -> dict[str, Simulated]:
     except FileNotFoundError:
         raise ConfigError(f"--simulate {path} does not exist; give a TOML file with a table per row glob, e.g. "
                           "[\"S9.*\"] mean = 92.0, sd = 0.3") from None
+    except (OSError, UnicodeDecodeError) as e:  # a folder, an unreadable file, bytes that are not UTF-8
+        why = e.strerror if isinstance(e, OSError) else e.reason
+        raise ConfigError(f"--simulate {path} cannot be read ({type(e).__name__}: {why}); give a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--simulate {path} is not valid TOML: {e}") from None
     specs = []

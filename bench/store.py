@@ -54,6 +54,7 @@ TABLE = ("runs (id INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(f"{k} {v}" f
          + f", UNIQUE ({', '.join(KEY)}))")
 SCHEMA = "CREATE TABLE IF NOT EXISTS " + TABLE
 LEGACY_KEY = KEY[:-1]  # the key before the data's checksum joined it: such a store is migrated when opened
+FIRST_KEY = ("row_id", "budget", "seed", "code_version")  # the first stores' key, before the recipe joined it: too
 
 
 class Store:
@@ -237,9 +238,10 @@ def _schema_row(kind: str, name: str, table: str, sql: str | None) -> tuple:
 @functools.cache
 def project_schema() -> frozenset[tuple]:
     """The sqlite_master rows (`_schema_row`) the store's own CREATE statements make, of the current key and of
-    the key before the data's checksum joined it (`LEGACY_KEY`, migrated on open): made in a database in memory."""
+    the keys before the data's checksum and the recipe joined it (`LEGACY_KEY`, `FIRST_KEY`, migrated on open):
+    made in a database in memory."""
     rows = set()
-    for key in (KEY, LEGACY_KEY):
+    for key in (KEY, LEGACY_KEY, FIRST_KEY):
         with closing(sqlite3.connect(":memory:")) as con:
             con.execute(SCHEMA.replace(f"UNIQUE ({', '.join(KEY)})", f"UNIQUE ({', '.join(key)})"))
             rows |= {_schema_row(*row) for row in con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")}

@@ -239,6 +239,19 @@ def test_cli_simulate_prints_the_verdict_table(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # a simulation stores nothing
 
 
+@pytest.mark.parametrize("spec, why", [("folder", "(IsADirectoryError: Is a directory)"),
+                                       ("latin1", "(UnicodeDecodeError: invalid continuation byte)")])
+def test_cli_simulate_of_an_unreadable_spec_is_one_line(tmp_path, capsys, spec, why):
+    path = tmp_path / spec
+    if spec == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes('["S9.*"]\nmean = 92.0 # caf\u00e9\n'.encode("latin-1"))
+    assert main(["decide", "S9.mixup-helps", "--simulate", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bench: error: --simulate {path} cannot be read {why}; give a UTF-8 TOML file\n"
+
+
 def test_cli_dry_run_lists_the_next_runs(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC)

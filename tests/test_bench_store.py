@@ -170,14 +170,16 @@ def test_columns_are_the_interface_record_keys():
                               "test_acc", "best_test_acc", "generation_acc", "wall_seconds", "finished_at")
 
 
-def test_a_store_of_the_old_key_is_migrated_and_the_data_is_part_of_a_runs_key(tmp_path):
+@pytest.mark.parametrize("old_key", ["row_id, recipe, budget, seed, code_version",  # before the data's checksum
+                                     "row_id, budget, seed, code_version"])  # the first store's, before the recipe
+def test_a_store_of_an_old_key_is_migrated_and_the_data_is_part_of_a_runs_key(tmp_path, old_key):
     import json
     import sqlite3
 
     from bench.store import KEY
 
     old = ("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-           + ", ".join(f"{k} {v}" for k, v in COLUMNS.items()) + ", UNIQUE (row_id, recipe, budget, seed, code_version))")
+           + ", ".join(f"{k} {v}" for k, v in COLUMNS.items()) + f", UNIQUE ({old_key}))")
     (tmp_path / "r").mkdir()
     con = sqlite3.connect(tmp_path / "r" / "results.sqlite")
     con.execute(old)

@@ -200,6 +200,33 @@ def test_each_bound_is_refused_with_nothing_left_behind(tmp_path, bounds, messag
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("tar_format, kind", [(tarfile.GNU_FORMAT, "GNU long name"), (tarfile.PAX_FORMAT, "pax")])
+def test_a_header_record_over_the_read_bound_is_refused_before_it_is_read(tmp_path, tar_format, kind):
+    """tarfile reads a GNU long name or a pax header whole, before the member reaches the member bounds: a 2 MiB
+    name (a few KiB of gzip) is refused at its one read of over 1 MiB, and nothing is left behind."""
+    archive = tmp_path / f"long-{tar_format}.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tar_format) as tar:
+        tar.addfile(tarfile.TarInfo("d/" + "a" * (2 << 20)), io.BytesIO(b""))
+    assert archive.stat().st_size < 64 << 10
+    with pytest.raises(DataError, match=r"has a header record of 2,09\d,\d{3} bytes, over the 1,048,576 allowed; "
+                                        "refusing to extract it: extract it yourself"):
+        cache.extract_archive(archive, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_plain_tar_and_a_gzipped_tar_read_the_same_through_the_bounded_reader(tmp_path):
+    src = tmp_path / "src" / "d"
+    src.mkdir(parents=True)
+    (src / "f").write_bytes(os.urandom(40_000))  # three 16 KiB reads of member data
+    plain = tmp_path / "plain.tar"
+    with tarfile.open(plain, "w") as tar:
+        tar.add(src, arcname="d")
+    packed = make_tar(src, tmp_path / "packed.tar.gz")
+    for archive in (plain, packed):
+        out = cache.extract_archive(archive, tmp_path / f"cache-{archive.name}")
+        assert (out / "d" / "f").read_bytes() == (src / "f").read_bytes()
+
+
 def test_an_archive_at_its_bounds_is_extracted(tmp_path):
     archive = small_files_archive(tmp_path, [100, 100, 100])
     out = cache.extract_archive(archive, tmp_path / "cache", max_total_bytes=300, max_members=4, max_member_bytes=100)
@@ -244,7 +271,7 @@ def test_the_shared_cifar10_jpeg_archive_is_within_the_default_bounds():
     archive = shared_cifar10_archive()
     if not archive.is_file():
         pytest.skip(f"shared archive not found at {archive}")
-    with tarfile.open(archive) as tar:
+    with cache.open_tar(archive) as tar:
         members = list(cache.bounded_members(tar, archive, cache.MAX_MEMBERS, cache.MAX_MEMBER_BYTES,
                                              cache.default_total_bytes(archive)))
     assert (archive.stat().st_size, len(members), sum(m.size for m in members)) == (19_751_770, 60_023, 55_250_913)

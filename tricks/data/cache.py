@@ -7,6 +7,7 @@ decoded again; an archive is keyed on the archive file, so a cache hit needs no 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -139,6 +140,42 @@ BOUNDS_HINT = ("extract it yourself and pass the folder if you trust it (an arch
                f"or {MIN_TOTAL_BYTES >> 30} GiB in all)")
 
 
+MAX_READ_BYTES = 1 << 20            # one read of tarfile's: a header, a GNU long name or a pax record (KiBs in
+                                    # a real archive); member data is copied in 16 KiB reads
+
+
+class BoundedReads:
+    """The decompressed archive, every read at most `limit` bytes: tarfile reads a GNU long name or a pax header
+    whole, before `bounded_members` sees its member, so a header claiming GiBs (a few MiB of gzip) would be read
+    into memory. Written by hand: tarfile has no bound on them."""
+
+    def __init__(self, stream, archive: Path, limit: int = MAX_READ_BYTES):
+        self.stream, self.archive, self.limit = stream, archive, limit
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self.limit:
+            raise DataError(f"archive '{self.archive}' has a header record of {size:,} bytes, over the "
+                            f"{self.limit:,} allowed; refusing to extract it: {BOUNDS_HINT}")
+        return self.stream.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+
+@contextlib.contextmanager
+def open_tar(archive: Path, read_limit: int = MAX_READ_BYTES):
+    """`archive` (a tar, gzipped or not) as a TarFile reading through `BoundedReads`."""
+    with open(archive, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        with (gzip.GzipFile(fileobj=raw) if gzipped else contextlib.nullcontext(raw)) as stream, \
+                tarfile.open(fileobj=BoundedReads(stream, archive, read_limit), mode="r:") as tar:
+            yield tar
+
+
 def default_total_bytes(archive: Path) -> int:
     """The most bytes `archive` may extract to: `MAX_EXPANSION` times its size, or `MIN_TOTAL_BYTES`."""
     return max(MIN_TOTAL_BYTES, MAX_EXPANSION * Path(archive).stat().st_size)
@@ -176,14 +213,18 @@ def _remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
+def extraction_folder(archive: Path, cache_dir: Path) -> Path:
+    """`<cache_dir>/extracted/<key>`, the key from `archive`'s absolute path, size and mtime."""
+    st = archive.stat()
+    return Path(cache_dir) / "extracted" / _hash([os.path.abspath(archive), st.st_size, st.st_mtime_ns])
+
+
 def extract_archive(archive: Path, cache_dir: Path, *, max_members: int = MAX_MEMBERS,
                     max_member_bytes: int = MAX_MEMBER_BYTES, max_total_bytes: int | None = None) -> Path:
     """Extract `archive` once into `<cache_dir>/extracted/<key>/` (via a temp dir and a rename), within the bounds
     (`max_total_bytes` None: `default_total_bytes`); a refused or failed extraction leaves nothing behind."""
-    st = archive.stat()
-    key = _hash([os.path.abspath(archive), st.st_size, st.st_mtime_ns])
-    base = Path(cache_dir) / "extracted"
-    dest = base / key
+    dest = extraction_folder(archive, cache_dir)
+    base, key = dest.parent, dest.name
     if dest.is_dir():
         return dest
     total_bytes = default_total_bytes(archive) if max_total_bytes is None else max_total_bytes
@@ -195,7 +236,7 @@ def extract_archive(archive: Path, cache_dir: Path, *, max_members: int = MAX_ME
     except OSError as e:
         raise _unwritable(Path(cache_dir), e) from None
     try:
-        with tarfile.open(archive) as tar:
+        with open_tar(archive) as tar:
             tar.extractall(tmp, members=bounded_members(tar, archive, max_members, max_member_bytes, total_bytes),
                            filter="data")
         os.rename(tmp, dest)
@@ -235,16 +276,19 @@ def _load(file: Path) -> dict | None:
 
 def _read_archive(archive: Path, cache_dir: Path, size: tuple[int, int] | None,
                   prefer: tuple[str, ...]) -> tuple[tuple[str, ...], Split, Split, str]:
-    """Extract `archive` and read it: (classes, train, test, format); an extraction whose data cannot be read
-    (a refused pickle, a bad image) is removed again, so a failed load leaves nothing in the cache."""
+    """Extract `archive` and read it: (classes, train, test, format); an extraction this call made whose data
+    cannot be read (a refused pickle, a bad image) is removed again, so a failed load leaves nothing in the cache
+    (one another process made, and may be reading, is left to it)."""
     new_folders = _new_cache_folders(cache_dir)
+    made_here = not extraction_folder(archive, cache_dir).is_dir()
     extracted = extract_archive(archive, cache_dir)
     try:
         fmt, folder = formats.detect_format(extracted, prefer=prefer)
         return (*formats.read_format(fmt, folder, size), fmt)
     except BaseException:
-        shutil.rmtree(extracted, ignore_errors=True)
-        _remove_if_empty(new_folders)
+        if made_here:
+            shutil.rmtree(extracted, ignore_errors=True)
+            _remove_if_empty(new_folders)
         raise
 
 

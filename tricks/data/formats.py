@@ -368,14 +368,14 @@ def _native_stderr_dropped_on_error():
     temporary file: written back to fd 2 when the block ends normally, dropped when it raises (the DataError's one
     line then says what was wrong). Written by hand: torchvision keeps libjpeg's default message handler, which
     prints to fd 2, and has no option to silence it."""
+    held = tempfile.TemporaryFile()
     try:
         saved = os.dup(2)
     except OSError:  # no fd 2 (a daemon): nothing to hold
-        saved = None
-    if saved is None:
+        held.close()
         yield
         return
-    held, failed = tempfile.TemporaryFile(), True
+    failed = True
     try:
         sys.stderr.flush()
         os.dup2(held.fileno(), 2)
