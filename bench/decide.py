@@ -297,7 +297,7 @@ def verdict_lines(statuses: list[Status]) -> list[list[str]]:
     for s in statuses:
         c = s.conclusion
         if s.interval is None:
-            measured = "no look yet (2 seeds per row needed)"
+            measured = f"no look yet ({sequential.FIRST_LOOK} seeds per row needed)"
         else:
             measured = f"{s.diff:+.2f} [{s.interval[0]:+.2f}, {s.interval[1]:+.2f}] ({100 * s.level:.0f}%)"
         expected = f"{c.expect} {'as' if c.expect == 'same' else 'than'} {c.versus}"

@@ -47,7 +47,7 @@ from fastai.callback.core import Callback
 
 from recipes.run_folder import CHECKPOINT, DAMAGED, PREVIOUS, config_hash, refuse_difference
 from tricks.errors import RunFolderError, TrainingError
-from tricks.files import fsync_dir, torch_bytes, write_atomic
+from tricks.files import fsync_dir, write_atomic
 FORMAT = "fastai-tricks checkpoint 1"
 
 
@@ -137,7 +137,7 @@ def save_checkpoint(out: Path, state: dict) -> Path:
     state = _cpu(state)
     state["sha256"] = digest(state)
     # a full disk: DiskFullError, the last checkpoint kept
-    return write_atomic(out / CHECKPOINT, torch_bytes(state), previous=out / PREVIOUS)
+    return write_atomic(out / CHECKPOINT, lambda f: torch.save(state, f), previous=out / PREVIOUS)
 
 
 class Damaged(Exception):

@@ -28,7 +28,7 @@ from recipes.run_folder import METRICS, finish_fit, remove_temporaries, write_co
 from recipes.speed import seed_everything
 from recipes.stats import EpochStats
 from tricks.data import ImageData
-from tricks.files import torch_bytes, write_atomic
+from tricks.files import write_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "seconds")
 PACKAGES = ("fastai-tricks", "torch", "torchvision", "fastai", "timm", "rich", "numpy")
@@ -144,6 +144,6 @@ def fit_one(recipe: Recipe, out: Path, data: ImageData, device: torch.device, *,
     }
     if main:  # the fit has finished: model.pth and result.json hold it, its checkpoints go
         lrs = lr_schedule(learn).lrs  # one per training batch (of this process's shard)
-        finish_fit(out, torch_bytes(model.state_dict()), result, curves_png(records, lrs, len(lrs) // len(records)),
+        finish_fit(out, lambda f: torch.save(model.state_dict(), f), result, curves_png(records, lrs, len(lrs) // len(records)),
                    checkpoints=saver is not None)
     return result, model

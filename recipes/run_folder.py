@@ -26,7 +26,7 @@ import re
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from recipes.recipe import Recipe
 from tricks.errors import ConfigError, RunFolderError
@@ -159,7 +159,7 @@ def start_run(out: str | os.PathLike | None, recipe: Recipe, *, resume: bool, fi
     return out, None
 
 
-def finish_fit(out: Path, weights: bytes, result: dict, curves: bytes, *, checkpoints: bool) -> None:
+def finish_fit(out: Path, weights: bytes | Callable[[BinaryIO], None], result: dict, curves: bytes, *, checkpoints: bool) -> None:
     """A finished fit's files: model.pth, result.json and curves.png, in this order; then its checkpoints go."""
     for name, content in ((MODEL, weights), (RESULT, json_text(result)), (CURVES, curves)):
         write_atomic(out / name, content)

@@ -7,6 +7,7 @@ does not fit. tmpfs counts in pages, so "1 page free" lets exactly one small fil
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from fixtures import write_cifar10
 
 from bench.results_file import append as append_result, read as read_results
@@ -113,9 +115,9 @@ def weights_bytes() -> int:
     twice as much (the SGD momentum buffers)."""
     from recipes.build import build_model
     from recipes.parse import parse_recipe
-    from tricks.files import torch_bytes
-
-    return len(torch_bytes(build_model(parse_recipe("baseline"), 10, 3).state_dict()))
+    buf = io.BytesIO()
+    torch.save(build_model(parse_recipe("baseline"), 10, 3).state_dict(), buf)
+    return len(buf.getvalue())
 
 
 def test_a_fresh_run_on_a_full_disk_stops_at_config_json_and_leaves_no_folder(disk, data, capsys, one_torch_thread):

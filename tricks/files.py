@@ -9,16 +9,13 @@ temporary file is removed and the file it would have replaced is kept as it was.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import re
 import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
-
-import torch
+from typing import BinaryIO, Callable
 
 from tricks.errors import DiskFullError
 
@@ -153,11 +150,3 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def torch_bytes(obj: Any) -> bytes:
-    """`torch.save` into memory: a full disk then fails in our own write (an OSError), not inside torch's
-    zip writer (a RuntimeError "unexpected pos")."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()

@@ -25,7 +25,7 @@ from typing import Callable
 from tricks.errors import ConfigError
 from tricks.registry import Param, check_arguments, register_trick
 from tricks.schedules import LRSchedule
-from tricks.surgery import undo_surgeries
+from tricks.surgery import undone_on_refusal
 
 UNITS = ("epoch", "iter")
 
@@ -138,8 +138,8 @@ class SGDR(LRSchedule):
         cycle_len = self.cycle_len * (per_epoch if self.unit == "epoch" else 1)
         peak = self.fit_lr() if self.peak is None else self.peak
         if not self.floor < peak:
-            undo_surgeries(self.learn)  # a refused fit leaves no model surgery of the other tricks behind
-            raise ConfigError(f"sgdr: floor={self.floor} must be below the peak lr={peak}")
+            with undone_on_refusal(self.learn):  # a refused fit leaves no model surgery of the other tricks behind
+                raise ConfigError(f"sgdr: floor={self.floor} must be below the peak lr={peak}")
         self.schedule = sgdr_schedule(peak=peak, floor=self.floor, cycle_len=cycle_len,
                                       cycle_mul=self.cycle_mul, cycle_decay=self.cycle_decay,
                                       warmup_len=self.warmup_epochs * per_epoch, warmup_start=self.warmup_start,
