@@ -11,6 +11,10 @@
                  [--dry-run] [--simulate SPEC] and replay's --workers/--results/--data/--ray options
                                                                  seeds only where a conclusion is still open
     list, replay, report and decide take --table PATH: an ablation table of your own (bench/ablations.toml's format)
+    bench gap    [--budget B] [--seeds N] [--workers N] [--until SECONDS] and replay's --results/--data/--device
+                                                                 the S9 baseline three ways (issue 19)
+    bench slice  --stage NAME=START:END ... --given SECONDS [--budget B] [--log PATH]
+                                                                 one line of the GPU slice log
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
     bench perf   [--quick] [--results DIR] [--data PATH] [--device D] [--overhead]
                                                                  the trainer's cost over a plain loop, and more
@@ -105,20 +109,70 @@ def cmd_replay(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> None:
-    from bench.report import headline_markdown, load_records, readme_parts, replace_between_markers, write_report
+    from bench.report import (GAP_MARKERS, SLICE_MARKERS, gap_markdown, has_markers, headline_markdown,
+                              load_records, readme_parts, replace_between_markers, slice_markdown, write_report)
     from bench.results_file import DEFAULT_PATH
+    from bench.slices import DEFAULT_PATH as SLICES_PATH, read_checked as read_slices
     from bench.table import load_table
 
     rows, conclusions = load_table(args.table)
     results, results_file = Path(args.results), Path(args.results_file or DEFAULT_PATH)
-    if args.readme:
-        readme_parts(Path(args.readme))  # a README that cannot be read or changed fails before a file is written
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None:  # a README that cannot be read or changed fails before a file is written
+        readme_parts(readme)
+    extra = [m for m in (GAP_MARKERS, SLICE_MARKERS) if readme is not None and has_markers(readme, m)]
+    for markers in extra:
+        readme_parts(readme, markers)
+    slices, slices_skipped = read_slices(Path(args.slices_file or SLICES_PATH))
     path = write_report(results, rows, conclusions, budget=args.budget, results_file=results_file)
     console.print(f"report: {path}", highlight=False, soft_wrap=True)
-    if args.readme:
-        replace_between_markers(Path(args.readme), headline_markdown(load_records(results, results_file), rows,
-                                                                     conclusions))
+    if slices_skipped:
+        console.print(f"slice log: {len(slices_skipped)} lines skipped (first: {slices_skipped[0]})", highlight=False)
+    if readme is not None:
+        records = load_records(results, results_file)
+        replace_between_markers(readme, headline_markdown(records, rows, conclusions))
+        texts = {GAP_MARKERS: lambda: gap_markdown(records, rows), SLICE_MARKERS: lambda: slice_markdown(slices, rows)}
+        for markers in extra:
+            replace_between_markers(readme, texts[markers](), markers)
         console.print(f"full-budget table: {args.readme}", highlight=False, soft_wrap=True)
+
+
+def cmd_gap(args: argparse.Namespace, console: Console) -> None:
+    from bench.gap import gap
+    from bench.results_file import DEFAULT_PATH
+    from bench.table import load_table
+
+    rows, _ = load_table()
+    counts = gap(rows, budget=args.budget, seeds=args.seeds, workers=args.workers, results_dir=Path(args.results),
+                 data=args.data, dataset=args.dataset, device=args.device, until=args.until,
+                 results_path=Path(args.results_file) if args.results_file else DEFAULT_PATH,
+                 progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()), highlight=False)
+    if counts.get("failed"):
+        raise SystemExit(1)
+
+
+def cmd_slice(args: argparse.Namespace, console: Console) -> None:
+    """Append one line to the GPU slice log (`bench.slices`) for the stages given; print it."""
+    import torch
+
+    from bench.record import merge
+    from bench.results_file import DEFAULT_PATH, read
+    from bench.slices import DEFAULT_PATH as SLICES_PATH, append, parse_stage, slice_entry
+    from bench.store import DB_NAME, Store
+    from recipes.build import resolve_device
+
+    stages = [parse_stage(text) for text in args.stage]
+    results = Path(args.results)
+    stored = Store(results).records(args.budget) if (results / DB_NAME).is_file() else []
+    device = resolve_device(args.device)
+    entry = slice_entry(stages, merge(stored, read(Path(args.results_file or DEFAULT_PATH))),
+                        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                        budget=args.budget, seconds_given=args.given)
+    log = Path(args.log or SLICES_PATH)
+    append(log, entry)
+    print(json.dumps(entry, sort_keys=True))
+    print(f"slice log: {log}")
 
 
 def cmd_decide(args: argparse.Namespace, console: Console) -> None:
@@ -258,7 +312,28 @@ def build_parser() -> Parser:
     rr.add_argument("--results-file", metavar="PATH",
                     help="the repository's full-budget records, merged in (default: bench/results/full.jsonl)")
     rr.add_argument("--readme", metavar="PATH", help="put the full-budget table between the lines "
-                                                     "<!-- full-budget:start --> and <!-- full-budget:end --> of PATH")
+                                                     "<!-- full-budget:start --> and <!-- full-budget:end --> of PATH "
+                                                     "(and the baseline gap and the latest GPU slice between "
+                                                     "<!-- baseline-gap:... --> and <!-- gpu-slice:... --> where it "
+                                                     "has them)")
+    rr.add_argument("--slices-file", metavar="PATH",
+                    help="the GPU slice log the README's GPU section reads (default: bench/results/slices.jsonl)")
+    gp = sub.add_parser("gap", help="the S9 baseline three ways (default, fp32 eager, the plain loop), issue 19")
+    gp.add_argument("--budget", choices=("smoke", "short", "full"), default="full")
+    gp.add_argument("--seeds", type=int, default=2)
+    gp.add_argument("--workers", type=int, default=None, help="runs at once (default: 6 on a CUDA GPU, 1 on the CPU)")
+    for name in ("--until", "--results-file", "--results", "--data", "--dataset", "--device"):
+        action = next(a for a in rp._actions if name in a.option_strings)
+        gp.add_argument(name, type=action.type, default=action.default, help=action.help, metavar=action.metavar)
+    sl = sub.add_parser("slice", help="append one line to the GPU slice log: stages, runs finished, img/s")
+    sl.add_argument("--stage", action="append", default=[], metavar="NAME=START:END",
+                    help="a stage and its start and end (Unix seconds, `date +%%s`); once per stage, in order")
+    sl.add_argument("--given", type=float, required=True, metavar="SECONDS", help="the seconds the call was given")
+    sl.add_argument("--budget", choices=("smoke", "short", "full"), default="full")
+    sl.add_argument("--results", default=DEFAULT_RESULTS, help="the results folder the stages trained into")
+    sl.add_argument("--results-file", metavar="PATH", help="the full-budget records (default: bench/results/full.jsonl)")
+    sl.add_argument("--log", metavar="PATH", help="the slice log (default: bench/results/slices.jsonl)")
+    sl.add_argument("--device", default="auto", help="whose GPU name the line records")
     dc = sub.add_parser("decide", help="run seeds only where a conclusion is still open; a verdict table")
     dc.add_argument("conclusions", nargs="*", metavar="CONCLUSION-GLOB",
                     help="globs over conclusion ids, e.g. 'S9.*' (default: every conclusion)")
@@ -316,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         check_numbers(args)
         {"list": cmd_list, "replay": cmd_replay, "report": cmd_report, "decide": cmd_decide, "load": cmd_load,
-         "perf": cmd_perf}[args.command](args, console)
+         "perf": cmd_perf, "gap": cmd_gap, "slice": cmd_slice}[args.command](args, console)
     except (TricksError, UsageError) as e:
         print(f"bench: error: {one_line(e)}", file=sys.stderr)
         return 2

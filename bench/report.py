@@ -43,14 +43,19 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.gap import BASE_ROW, VARIANTS, variant_row
 from bench.record import finished, merge
 from bench.results_file import DEFAULT_PATH, read_checked
+from bench.slices import SLICE_SECONDS, latest_slice, runs_per_slice
 from bench.stats import mean_std, welch
 from bench.store import DB_NAME, Store
 from tricks.errors import ConfigError, RunFolderError
 from tricks.files import write_atomic
 
 START, END = "<!-- full-budget:start -->", "<!-- full-budget:end -->"
+GAP_MARKERS = ("<!-- baseline-gap:start -->", "<!-- baseline-gap:end -->")  # optional in a README
+SLICE_MARKERS = ("<!-- gpu-slice:start -->", "<!-- gpu-slice:end -->")  # optional in a README
+GAP_COMMAND = "bench gap --budget full --seeds 2 --data cifar10-jpeg.tar.gz"  # on a GPU; gpu_session.sh's gap stage
 SAME_MARGIN = 0.5  # points: 'same' is supported when the whole 95% interval lies within ±SAME_MARGIN
 
 
@@ -377,6 +382,9 @@ def write_report(results_dir: Path, rows: list, conclusions: list, budget: str |
                                m.verdicts[c.id]])
             out += ["", "Conclusions:", ""]
             out += table(["the notes say", "row", "versus", "expected", "measured Δ", "verdict"], clines)
+    if budget is not None and BASE_ROW in m.by_id:
+        out += ["", "## Why the baseline sits where it does: the S9 baseline three ways (`bench gap`)", ""]
+        out += [gap_markdown(records, rows, budget).rstrip("\n")]
     path = results_dir / "report.md"
     write_atomic(path, "\n".join(out) + "\n")
     return path
@@ -405,29 +413,126 @@ def headline_markdown(records: list[dict], rows: list, conclusions: list, budget
     return "\n".join(out) + "\n"
 
 
-def readme_parts(path: Path) -> tuple[str, str]:
-    """(the text of `path` up to and with its START line, the text from its END line on); a one-line ConfigError
-    when it cannot be read, is not UTF-8, or lacks the markers. Checked before a report writes anything."""
+def gap_runs(records: list[dict], rows: list, budget: str) -> dict[str, list[dict]]:
+    """variant name (`bench.gap.VARIANTS`) -> its records that count: of `budget`, the variant's row id and recipe,
+    trained on the report's data (`report_data`), per seed the one finished last."""
+    base = next((r for r in rows if r.id == BASE_ROW), None)
+    if base is None:
+        return {v.name: [] for v in VARIANTS}
+    checksum = report_data(records, budget)
+    out = {}
+    for v in VARIANTS:
+        row = variant_row(base, v)
+        mine = [r for r in records if r["budget"] == budget and r["row_id"] == row.id
+                and r["recipe"] == row.stored_recipe and r["dataset_checksum"] == checksum]
+        out[v.name] = latest(mine).get(row.id, [])
+    return out
+
+
+def gap_sentence(runs: dict[str, list[dict]]) -> str:
+    """What the gap runs say (issue 19 section 1): 'not measured yet' with fewer than 2 seeds a side; 'the fast path
+    costs accuracy' when fp32 eager or the plain loop is higher than the default beyond the 95% interval; 'the gap
+    is the data's' when every interval holds 0; else that the default is the higher."""
+    default, others = VARIANTS[0].name, [v.name for v in VARIANTS[1:]]
+    if any(len(runs[name]) < 2 for name in runs):
+        return (f"Not measured yet: each way needs 2 seeds at least; on a GPU `{GAP_COMMAND}` trains them (the `gap` "
+                "stage of `bench/gpu_session.sh`).")
+    acc = {name: [r["test_acc"] for r in recs] for name, recs in runs.items()}
+    diffs = {name: welch(acc[name], acc[default]) for name in others}
+    higher = [n for n, (_, (lo, _)) in diffs.items() if lo > 0]
+    lower = [n for n, (_, (_, hi)) in diffs.items() if hi < 0]
+    said = lambda names: " and ".join(f"{n} ({fmt_diff(*diffs[n])})" for n in names)
+    if higher:
+        return (f"The fast path costs accuracy: {said(higher)} above the default beyond the 95% interval; find why "
+                "before more rows (issue 19).")
+    if not lower:
+        return (f"The gap is the data's: the default, {' and '.join(others)} agree within seed noise "
+                f"({said(others)}; every 95% interval holds 0), so the fast path costs no accuracy here.")
+    return (f"The default is above {said(lower)} beyond the 95% interval: the fast path costs no accuracy, and the "
+            "ways differ by more than seed noise.")
+
+
+def gap_markdown(records: list[dict], rows: list, budget: str = "full") -> str:
+    """The baseline-gap table: each way of training the S9 baseline (`bench.gap.VARIANTS`) with its seeds, mean ±
+    std and difference from the default with its 95% Welch interval, the sentence of `gap_sentence`, and where the
+    numbers come from."""
+    runs = gap_runs(records, rows, budget)
+    default = [r["test_acc"] for r in runs[VARIANTS[0].name]]
+    lines = []
+    for v in VARIANTS:
+        acc = [r["test_acc"] for r in runs[v.name]]
+        mean, std = mean_std(acc) if acc else (None, None)
+        shown = "-" if mean is None else f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+        diff = "default" if v is VARIANTS[0] else fmt_diff(*welch(acc, default)) if acc and default else "-"
+        lines.append([v.name, v.what, str(len(acc)), shown, diff])
+    out = table(["way", "what ran", "seeds", "test acc mean ± std", "Δ vs default [95%]"], lines)
+    out += ["", gap_sentence(runs)]
+    kept = [r for recs in runs.values() for r in recs]
+    if kept:
+        out += ["", f"{len(kept)} {budget}-budget runs; the numbers come from:", ""]
+        out += provenance(kept, newest_version(kept))
+    return "\n".join(out) + "\n"
+
+
+def slice_markdown(entries: list[dict], rows: list, log: str = "bench/results/slices.jsonl") -> str:
+    """The latest full-budget line of the GPU slice log (`bench.slices`) in words, and how many full-budget runs a
+    15-minute slice finishes at its speed."""
+    from bench.budgets import TRAIN_SET_IMAGES, row_recipe  # bench.budgets imports the recipes: only when needed
+
+    entry = latest_slice(entries)
+    if entry is None:
+        return f"No full-budget GPU slice logged yet in `{log}`.\n"
+    stages = ", ".join(f"{name} {f['seconds']:.0f} s" + (f" ({f['runs']} runs)" if f["runs"] else "")
+                       for name, f in entry["stages"].items())
+    ips = entry["images_per_second"]
+    text = (f"Latest slice ({entry['date']}, {entry['gpu'] or 'no GPU'}, {entry['seconds_given']:.0f} s given): "
+            f"{stages}; {entry['runs_finished']} runs finished; "
+            + (f"{ips:,.0f} train img/s in all." if ips is not None else "no run with a measured speed."))
+    base = next((r for r in rows if r.id == BASE_ROW), None)
+    if base is None or ips is None:  # a table of one's own without the S9 baseline: no run length to divide by
+        return text + "\n"
+    recipe = row_recipe(base, "full", 0)
+    run_images = recipe.epochs * (TRAIN_SET_IMAGES[recipe.dataset] // recipe.bs * recipe.bs)
+    n = runs_per_slice(entry, run_images)
+    if n is not None:
+        text += (f" At that speed a {SLICE_SECONDS / 60:.0f}-minute slice finishes about {n} full-budget runs "
+                 f"({recipe.epochs} epochs of {run_images // recipe.epochs:,} images each).")
+    return text + "\n"
+
+
+def readme_parts(path: Path, markers: tuple[str, str] = (START, END)) -> tuple[str, str]:
+    """(the text of `path` up to and with its start marker line, the text from its end marker line on; START and
+    END by default); a one-line ConfigError when it cannot be read, is not UTF-8, or lacks the markers. Checked
+    before a report writes anything."""
+    start, end = markers
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"cannot read {path} ({e.strerror}); give a file with the lines {START} and {END}") from None
+        raise ConfigError(f"cannot read {path} ({e.strerror}); give a file with the lines {start} and {end}") from None
     try:
         lines = raw.decode("utf-8").splitlines(keepends=True)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}); the README must be "
                           "UTF-8 text: convert it (e.g. iconv -t UTF-8) and give it again") from None
-    starts = [i for i, line in enumerate(lines) if line.strip() == START]
-    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    starts = [i for i, line in enumerate(lines) if line.strip() == start]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end]
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-        raise ConfigError(f"{path} needs one line {START} and after it one line {END}, around the full-budget table")
+        what = "the full-budget table" if markers == (START, END) else "what the report writes there"
+        raise ConfigError(f"{path} needs one line {start} and after it one line {end}, around {what}")
     return "".join(lines[:starts[0] + 1]), "".join(lines[ends[0]:])
 
 
-def replace_between_markers(path: Path, text: str) -> None:
-    """Replace the lines between the lines START and END of `path` by `text` (atomically; nothing else changes).
+def has_markers(path: Path, markers: tuple[str, str]) -> bool:
+    """Whether `path` holds either line of `markers` (then `readme_parts` must find both, in order)."""
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    return any(line.strip() in markers for line in text.splitlines())
+
+
+def replace_between_markers(path: Path, text: str, markers: tuple[str, str] = (START, END)) -> None:
+    """Replace the lines between the marker lines of `path` (START and END by default) by `text` (atomically;
+    nothing else changes).
 
     A `path` that is a symbolic link stays one: the file it points to is written."""
-    head, tail = readme_parts(path)
+    head, tail = readme_parts(path, markers)
     write_atomic(Path(path).resolve(), head + "\n" + text.rstrip("\n") + "\n\n" + tail)  # keeps the file's mode
