@@ -331,7 +331,8 @@ def build_parser() -> Parser:
     sl.add_argument("--given", type=float, required=True, metavar="SECONDS", help="the seconds the call was given")
     sl.add_argument("--budget", choices=("smoke", "short", "full"), default="full")
     sl.add_argument("--results", default=DEFAULT_RESULTS, help="the results folder the stages trained into")
-    sl.add_argument("--results-file", metavar="PATH", help="the full-budget records (default: bench/results/full.jsonl)")
+    sl.add_argument("--results-file", metavar="PATH",
+                    help="the full-budget records (default: bench/results/full.jsonl)")
     sl.add_argument("--log", metavar="PATH", help="the slice log (default: bench/results/slices.jsonl)")
     sl.add_argument("--device", default="auto", help="whose GPU name the line records")
     dc = sub.add_parser("decide", help="run seeds only where a conclusion is still open; a verdict table")
