@@ -10,6 +10,9 @@
 #   speed        bench perf --device cuda --only speed (single-run img/s, epoch and evaluation seconds, the
 #                ratio to the fast plain loop); concurrency (1, 2, 4, 8 runs at once); parity (bf16 vs fp32,
 #                30 epochs, 2 seeds); perf = speed,concurrency
+#   gap          bench gap --budget full: the S9 baseline three ways side by side (issue 19 section 1: the default
+#                bf16 compiled run, fp32 eager, the plain loop of bench perf), SEEDS seeds each, up to 6 at once;
+#                what the results hold is skipped, so once the six runs are kept it costs seconds
 #   replay       bench replay --budget full of ROWS (default 'S9.*', in the bench's priority order) with SEEDS
 #                seeds (default 2) until the time is spent, min(4, the fastest measured count) runs at once
 #   replay-late  the same, starting runs up to the deadline: for a call that another call on the same warm
@@ -21,7 +24,7 @@
 # session.log, replay.log, perf-cuda-<measurement>.json, full.jsonl (bench/results/full.jsonl after the appends).
 set -uo pipefail
 SECONDS_GIVEN=${1:-540}
-STAGES=${2:-setup,perf,replay,decide}
+STAGES=${2:-setup,perf,gap,replay,decide}
 ROWS=${3:-S9.*}
 SEEDS=${4:-2}
 CONCLUSIONS=${5:-S9.*}
@@ -38,9 +41,12 @@ LOG="$OUT/session.log"
 left() { echo $(( SECONDS_GIVEN - ($(date +%s) - START) )); }
 say() { echo "[$(date +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
+MARKS=()  # NAME=UNIX-SECONDS as each stage starts: the slice log's stage windows (bench slice, at the end)
+mark() { MARKS+=("$1=$(date +%s)"); }
 
 if [ -d "$WHEELS" ] && [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site; fi
 if has setup; then
+  mark setup
   say "setup: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null)"
   if [ -d "$WHEELS" ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
@@ -73,9 +79,19 @@ for m in speed concurrency parity; do
   fi
 done
 
+if has gap && [ "$(left)" -gt 60 ]; then
+  mark gap
+  UNTIL=$(( $(left) - 20 ))
+  say "gap: the S9 baseline three ways, $SEEDS seeds each, until $UNTIL s"
+  timeout $(( UNTIL + 15 )) $PY -m bench.cli gap --budget "$BUDGET" --device "$DEVICE" --seeds "$SEEDS" \
+    --until "$UNTIL" --data "$DATA" --results /tmp/bench-results 2>&1 \
+    | grep --line-buffered -v Warning | tee "$OUT/gap.log" | tee -a "$LOG"
+fi
+
 LATE=""
 if has replay-late; then LATE="--start-late"; STAGES="$STAGES,replay"; fi
 if has replay && [ "$(left)" -gt 60 ]; then
+  mark replay
   WORKERS=$($PY - <<'EOF'
 import json, os
 try:
@@ -100,6 +116,7 @@ EOF
   fi
 fi
 if has decide && [ "$(left)" -gt 90 ]; then
+  mark decide
   UNTIL=$(( $(left) - 20 ))
   say "decide: conclusions $CONCLUSIONS, ${WORKERS:-4} at once, until $UNTIL s"
   timeout $(( UNTIL + 15 )) $PY -m bench.cli decide "$CONCLUSIONS" --budget "$BUDGET" --device "$DEVICE" \
@@ -107,5 +124,12 @@ if has decide && [ "$(left)" -gt 90 ]; then
     | grep --line-buffered -v Warning | tee "$OUT/decide.log" | tee -a "$LOG"
   cp /tmp/bench-results/decide.md "$OUT/decide.md" 2>/dev/null
 fi
+mark end
+SLICE_STAGES=()
+for (( i = 0; i + 1 < ${#MARKS[@]}; i++ )); do SLICE_STAGES+=(--stage "${MARKS[i]}:${MARKS[i+1]#*=}"); done
+SLICES=${SLICES:-$([ "$BUDGET" = full ] && echo bench/results/slices.jsonl || echo "$OUT/slices.jsonl")}
+$PY -m bench.cli slice "${SLICE_STAGES[@]}" --given "$SECONDS_GIVEN" --budget "$BUDGET" --device "$DEVICE" \
+  --results /tmp/bench-results --log "$SLICES" 2>&1 | grep --line-buffered -v Warning | tee -a "$LOG"
+[ "$SLICES" -ef "$OUT/slices.jsonl" ] || cp "$SLICES" "$OUT/slices.jsonl" 2>/dev/null
 cp bench/results/full.jsonl "$OUT/full.jsonl" 2>/dev/null
 say "done; $(wc -l < bench/results/full.jsonl 2>/dev/null || echo 0) lines in bench/results/full.jsonl"
