@@ -139,7 +139,10 @@ def slice_entry(stages: list[tuple[str, float, float]], records: list[dict], *, 
         earlier = stages[:i]
         inside = [r for r in mine if t0 <= finished(r).timestamp() <= t1
                   and not any(a <= finished(r).timestamp() <= b for _, a, b in earlier)]
-        figures[name] = stage_figures(inside, t1 - t0)
+        key, n = name, 2
+        while key in figures:  # a stage run twice (e.g. a measurement again under MPS): name#2, name#3, ...
+            key, n = f"{name}#{n}", n + 1
+        figures[key] = stage_figures(inside, t1 - t0)
     timed = [f for f in figures.values() if f["images_per_second"] is not None and f["seconds"] > 0]
     weight = sum(f["seconds"] for f in timed)
     return {"date": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"), "gpu": gpu, "budget": budget,

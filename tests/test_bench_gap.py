@@ -3,6 +3,10 @@ smoke budget, their records kept apart from S9.baseline's, the report's gap tabl
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
@@ -16,6 +20,7 @@ from bench.report import (END, GAP_COMMAND, GAP_MARKERS, SLICE_MARKERS, START, g
                           slice_markdown)
 from bench.slices import append, latest_slice, read_checked, runs_per_slice, slice_entry
 from bench.store import Store, code_version
+from bench.slices import DEFAULT_PATH as SLICES_PATH
 from bench.table import load_table
 from fixtures import write_cifar10
 from tricks.errors import ConfigError
@@ -269,3 +274,27 @@ def test_bench_report_fills_the_readmes_gap_and_slice_markers_from_the_files(tmp
     report = (tmp_path / "none" / "report.md").read_text()
     assert "## Why the baseline sits where it does" in report and gap_markdown(records, rows).rstrip("\n") in report
     assert json.loads(slices.read_text()) == entry
+
+
+def test_the_gpu_slice_runs_its_gap_stage_and_logs_the_slice_on_the_cpu(tmp_path, tiny):
+    """`bash bench/gpu_session.sh` dry-run at the smoke budget with the gap stage alone: the six runs, then one
+    slice line in $OUT/slices.jsonl (a dry run writes nothing under bench/results/)."""
+    out, root = tmp_path / "out", SLICES_PATH.parents[2]
+    committed = sorted(SLICES_PATH.parent.iterdir())
+    env = {**os.environ, "BUDGET": "smoke", "DEVICE": "cpu", "WHEELS": "none", "PY": sys.executable, "DATA": str(tiny),
+           "OUT": str(out), "RESULTS": str(tmp_path / "results"), "TRICKS_CACHE": str(tmp_path / "cache"),
+           "MPS_CONTROL": "no-such-mps-control", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "bench/gpu_session.sh", "300", "gap"], cwd=root, text=True, capture_output=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    gap_log = (out / "gap.log").read_text().splitlines()
+    assert re.fullmatch(r"6 gap runs to do \(0 done before\), budget smoke, 1 at once, until [0-9]+ s from now",
+                        gap_log[0])
+    assert gap_log[-1] == "done before 0, ran 6, failed 0, abandoned 0, not started 0"
+    [entry], skipped = read_checked(out / "slices.jsonl")
+    assert skipped == [] and entry["budget"] == "smoke" and entry["gpu"] is None and entry["seconds_given"] == 300.0
+    assert list(entry["stages"]) == ["gap"] and entry["stages"]["gap"]["runs"] == 6 == entry["runs_finished"]
+    assert entry["images_per_second"] is None  # the store keeps no speed; smoke runs reach no results file
+    assert re.search(r"\] gap: the S9 baseline three ways, 2 seeds each, until [0-9]+ s\n",
+                     (out / "session.log").read_text())
+    assert sorted(SLICES_PATH.parent.iterdir()) == committed
