@@ -381,6 +381,17 @@ def readme_in(encoding: str) -> Callable[[World], list[str]]:
     return argv
 
 
+def readme_with(extra: str) -> Callable[[World], list[str]]:
+    """`bench report --readme` of a UTF-8 README with the full-budget markers and then `extra`."""
+
+    def argv(w: World) -> list[str]:
+        readme = w.root / "README-extra.md"
+        readme.write_text("# t\n<!-- full-budget:start -->\n<!-- full-budget:end -->\n" + extra)
+        return ["report", "--results", str(w.results), "--readme", str(readme)]
+
+    return argv
+
+
 def load(*extra: str) -> Callable[[World], list[str]]:
     return lambda w: ["load", "--data", str(w.data), *extra]
 
@@ -527,6 +538,19 @@ CASES = [
          "--until must be a finite number of seconds above 0, got -5", prog="bench", section=STORE_SECTION),
     Case("perf-parity-epochs-zero", lambda w: ["perf", "--parity-epochs", "0", "--results", str(w.results)],
          "--parity-epochs must be at least 1, got 0", prog="bench", section=STORE_SECTION),
+    Case("gap-unknown-budget", bench("gap", "--budget", "huge"),
+         "argument --budget: invalid choice: 'huge' (choose from 'smoke', 'short', 'full')", prog="bench",
+         section=STORE_SECTION),
+    Case("gap-seeds-zero", bench("gap", "--budget", "smoke", "--seeds", "0"),
+         "--seeds and --workers must be at least 1, got --seeds 0", prog="bench", section=STORE_SECTION),
+    Case("slice-stage-ends-before-it-starts",
+         lambda w: ["slice", "--stage", "gap=200:100", "--given", "60", "--budget", "smoke", "--results",
+                    str(w.results), "--log", str(w.root / "slices.jsonl")],
+         "--stage 'gap=200:100': give NAME=START:END, two Unix times in seconds with START <= END", prog="bench",
+         section=STORE_SECTION),
+    Case("readme-gap-marker-without-its-end", readme_with("<!-- baseline-gap:start -->\n"),
+         "needs one line <!-- baseline-gap:start --> and after it one line <!-- baseline-gap:end -->, around what "
+         "the report writes there", prog="bench", section=STORE_SECTION),
     # disk and files (issue 23; a full disk needs a small tmpfs: tests/test_disk_full.py)
     Case("eval-model-whole-module-pickled", damaged_run(whole_model_saved),
          "/runs/trained/model.pth' holds a pickled Python object (a whole model, as torch.save(model) writes), "
