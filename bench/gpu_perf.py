@@ -10,30 +10,46 @@ batch 256 on the whole training split, with the speed settings `recipe run` reso
    the CUDA graphs); the ratio is best recipe over best plain. Also: seconds per training epoch, the
    seconds to evaluate the test split (plain loop, after the first epoch), the seconds of the process's
    first epoch (the plain loop's: it compiles from nothing), and the 200-epoch wall time they predict:
-   that first epoch + 199 x a steady epoch of `recipe run` (train + evaluate).
-2. `concurrency`: N = 1, 2, 4, 8 processes training `recipe run baseline` at once on the one GPU. Each
-   process compiles and trains one epoch, then waits at a barrier; all then train `epochs` more
-   epochs; aggregate img/s = N x epochs x images / (last end - release).
+   that first epoch + 199 x a steady epoch of `recipe run` (train + evaluate). A third side, `recipe run` with
+   compile_step=true (the optimizer step compiled too, `tricks.compiled_step`), gives `compile_step_ratio`: its
+   best img/s over the default's; `recipes.speed.CUDA_COMPILE_STEP` turns auto on only where it is above 1.
+2. `concurrency`: N = 1, 2, 4, 8, 16 processes training `recipe run baseline` at once on the one GPU.
+   Each process compiles and trains one epoch, then waits at a barrier; all then train `epochs` more
+   epochs; aggregate img/s = N x epochs x images / (last end - release). The result records whether
+   the processes ran as clients of a CUDA MPS daemon (`mps_running`): `bench/gpu_session.sh` measures
+   once without the daemon and once with it, and each call merges its setting into the GPU's committed
+   file (`concurrency_path`: bench/results/perf-cuda-concurrency-<gpu>.json), which `bench replay`
+   reads for its number of runs at once (`bench.replay.default_workers`).
 3. `parity`: test accuracy after `parity_epochs` epochs in bf16 and fp32, `seeds` seeds each (four
    processes at once), and the 95% Welch interval of bf16 - fp32.
 4. `modes`: the plain loop's training img/s for each torch.compile mode in `MODES` (and eager), one
    process each, with its compile seconds (the first epoch's).
 
+`--quick` (`QUICK`) runs the same code at toy sizes on any device: the CPU dry run of the GPU slice.
+
 Written by hand: no library measures a fastai Learner against its own plain-loop equivalent on a GPU.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import re
+import stat
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 
 from recipes.parse import parse_recipe
+from tricks.files import write_atomic
 
 MEASUREMENTS = ("speed", "concurrency", "parity", "modes")
+# `speed`'s fits, alternated per repeat: the plain loop, `recipe run`, and `recipe run` with compile_step=true
+SPEED_SIDES = ("plain", "recipe", "compile_step")
 MODES = ("eager", "default", "reduce-overhead")
 GOAL_IMAGES_PER_SECOND = 120_000  # issue 11, on one H100: an epoch in under 0.42 s
 GOAL_EVAL_SECONDS = 0.05
@@ -45,8 +61,8 @@ GOAL_RATIO = 0.95
 class GpuSizes:
     epochs: int = 4  # per fit in `speed` (the first one warms up)
     repeats: int = 2
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
-    concurrency_epochs: int = 3  # after the barrier
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    concurrency_epochs: int = 2  # after the barrier (the compile is shared through one Inductor cache)
     parity_epochs: int = 30
     parity_seeds: int = 2
     parity_precisions: tuple[str, str] = ("bf16", "fp32")  # (low, reference); tests on the CPU use fp32 twice
@@ -55,6 +71,25 @@ class GpuSizes:
     test_subset: int | None = None
     dataset: str = "cifar10"
     bs: int = 256
+
+
+# `--quick`: every measurement in seconds at toy sizes, on any device (the CPU dry run of bench/gpu_session.sh)
+QUICK = GpuSizes(epochs=2, repeats=1, concurrency=(1, 2), concurrency_epochs=1, parity_epochs=1, parity_seeds=1,
+                 mode_epochs=2, subset=64, test_subset=64, bs=16)
+# where each GPU's concurrency measurement is committed (`concurrency_path`), read by `bench replay`
+MEASURED = Path(__file__).parent / "results"
+MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"  # the MPS daemon's default when CUDA_MPS_PIPE_DIRECTORY is not set
+
+
+def gpu_sizes(device: str, *, quick: bool, dataset: str, parity_epochs: int) -> GpuSizes:
+    """`bench perf --device D [--quick]`'s sizes: `QUICK` or the full ones (with `parity_epochs`); off CUDA the
+    parity compares fp32 with itself (bf16 autocast is refused on the CPU)."""
+    from dataclasses import replace
+
+    from recipes.build import resolve_device
+
+    sizes = replace(QUICK, dataset=dataset) if quick else GpuSizes(dataset=dataset, parity_epochs=parity_epochs)
+    return sizes if resolve_device(device).type == "cuda" else replace(sizes, parity_precisions=("fp32", "fp32"))
 
 
 def _recipe(text: str = "baseline", *, epochs: int, sizes: GpuSizes, device: str, **values: Any):
@@ -73,24 +108,27 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
 
     recipe = _recipe(epochs=sizes.epochs, sizes=sizes, device=device)
     dev = torch.device(device)
-    plain, trainer = [], []
+    plain, trainer, stepped = [], [], []  # stepped: `recipe run` with compile_step=true (recipes.speed)
     for r in range(sizes.repeats):
-        for side in (("plain", "recipe") if r % 2 == 0 else ("recipe", "plain")):
+        for side in (SPEED_SIDES if r % 2 == 0 else SPEED_SIDES[::-1]):
             if side == "plain":
                 out = plain_fit(recipe, data, dev)
                 plain.append({"images_per_second": _steady(out["train_seconds"], out["train_images"]),
                               "train_seconds": out["train_seconds"], "eval_seconds": out["eval_seconds"],
                               "test_acc": out["test_acc"]})
             else:
-                out = recipe_fit(recipe, data)
+                out = recipe_fit(recipe if side == "recipe" else recipe.replace(compile_step=True), data)
                 records = out["records"]
-                trainer.append({"images_per_second": _steady([e["train_seconds"] for e in records],
+                (trainer if side == "recipe" else stepped).append({"images_per_second": _steady([e["train_seconds"] for e in records],
                                                              records[-1]["train_images"]),
                                 "train_seconds": [e["train_seconds"] for e in records],
                                 "epoch_seconds": [e["seconds"] for e in records], "test_acc": out["test_acc"]})
-            last = (plain if side == "plain" else trainer)[-1]
+            last = {"plain": plain, "recipe": trainer, "compile_step": stepped}[side][-1]
             log(f"speed: repeat {r + 1}, {side}: {last['images_per_second']:,.0f} train img/s")
     best_recipe = max(trainer, key=lambda t: t["images_per_second"])
+    best_stepped = max(stepped, key=lambda t: t["images_per_second"])
+    step_ratio = best_stepped["images_per_second"] / best_recipe["images_per_second"]
+    log(f"speed: compile_step on / off: {step_ratio:.3f} ({'faster' if step_ratio > 1 else 'not faster'} on)")
     best_plain = max(plain, key=lambda t: t["images_per_second"])
     epoch_s = data_images(recipe, data) / best_recipe["images_per_second"]
     eval_s = min(s for p in plain for s in p["eval_seconds"][1:] or p["eval_seconds"])
@@ -101,6 +139,8 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
             "plain_images_per_second": best_plain["images_per_second"],
             "epoch_train_seconds": epoch_s, "eval_seconds": eval_s, "first_epoch_seconds": first,
             "steady_epoch_seconds": steady_epoch, "predicted_200_epoch_seconds": first + 199 * steady_epoch,
+            "compile_step": stepped, "compile_step_images_per_second": best_stepped["images_per_second"],
+            "compile_step_ratio": step_ratio,
             "setup": f"baseline, batch {recipe.bs}, {sizes.epochs} epochs x {sizes.repeats} per side"}
 
 
@@ -182,7 +222,10 @@ def _barrier_child(barrier, data_arg: tuple[str, str | None], epochs: int, sizes
             "images": epochs * data_images(_recipe(epochs=2, sizes=sizes, device=device), data)}
 
 
-def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> dict[str, Any]:
+def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> list[dict[str, Any]]:
+    """One setting's measurement, as a list of one (the form `merge_concurrency` keeps several settings in):
+    aggregate img/s for each N in `sizes.concurrency`, the fastest N, and whether MPS served the processes."""
+    mps = mps_running()
     ctx = multiprocessing.get_context("spawn")
     out = {}
     for n in sizes.concurrency:
@@ -194,10 +237,87 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
         images = sum(r["images"] for r in results)
         out[str(n)] = {"processes": n, "aggregate_images_per_second": images / window, "window_seconds": window,
                        "per_process_images_per_second": images / window / n}
-        log(f"concurrency {n}: {images / window:,.0f} img/s aggregate ({images / window / n:,.0f} per process)")
+        log(f"concurrency {n}{' (MPS)' if mps else ''}: {images / window:,.0f} img/s aggregate "
+            f"({images / window / n:,.0f} per process)")
     best = max(out.values(), key=lambda v: v["aggregate_images_per_second"])
-    return {"runs": out, "best_processes": best["processes"],
-            "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}
+    return [{"mps": mps, "runs": out, "best_processes": best["processes"],
+             "best_images_per_second": best["aggregate_images_per_second"], "date": time.strftime("%Y-%m-%d"),
+             "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}]
+
+
+def mps_running(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether a CUDA MPS control daemon listens where this process's CUDA clients would look: its control pipe
+    (`control`, a FIFO or socket) in $CUDA_MPS_PIPE_DIRECTORY (default /tmp/nvidia-mps). Written by hand:
+    neither torch nor NVML says whether a process would run as an MPS client."""
+    try:
+        mode = os.stat(Path(env.get("CUDA_MPS_PIPE_DIRECTORY") or MPS_PIPE_DIRECTORY) / "control").st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def gpu_slug(gpu: str) -> str:
+    """A GPU name as a file name part: 'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu.lower().removeprefix("nvidia")).strip("-") or "gpu"
+
+
+def concurrency_path(gpu: str, folder: Path = MEASURED) -> Path:
+    return Path(folder) / f"perf-cuda-concurrency-{gpu_slug(gpu)}.json"
+
+
+def merge_concurrency(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The settings of `new`, and those of `earlier` that `new` does not measure again (by `mps`); without MPS
+    first."""
+    measured = {s["mps"] for s in new}
+    return sorted([s for s in earlier if s["mps"] not in measured] + new, key=lambda s: s["mps"])
+
+
+def faster_setting(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The setting (with or without MPS) whose best count trained the most images per second."""
+    return max(settings, key=lambda s: s["best_images_per_second"])
+
+
+def concurrency_verdict(settings: list[dict[str, Any]]) -> str:
+    """One line, which `bench/gpu_session.sh` reads: 'concurrency: faster with MPS' or 'faster without MPS' when
+    both settings are measured (the script then stops the daemon), else the one setting's best."""
+    def best(s: dict[str, Any]) -> str:
+        return f"{s['best_processes']} at once, {s['best_images_per_second']:,.0f} img/s"
+
+    if len(settings) == 1:
+        s = settings[0]
+        return f"concurrency: {'with' if s['mps'] else 'without'} MPS only: {best(s)}"
+    fast = faster_setting(settings)
+    slow = next(s for s in settings if s is not fast)
+    return (f"concurrency: faster {'with' if fast['mps'] else 'without'} MPS ({best(fast)}; "
+            f"{'with' if slow['mps'] else 'without'}: {best(slow)})")
+
+
+def read_measurement(path: Path) -> dict[str, Any] | None:
+    """A committed measurement file's JSON, or None when there is none or it cannot be read as one."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_gpu_perf(perf: dict[str, Any], results: Path, measured: Path = MEASURED) -> dict[str, Any]:
+    """perf-cuda.json and perf-cuda.md in `results`; a concurrency measurement on a GPU is also merged into that
+    GPU's file in `measured` (`concurrency_path`), keeping the other MPS setting measured before. Returns `perf`
+    with the merged settings (what the markdown shows)."""
+    if perf.get("concurrency") and perf["gpu"] is not None:
+        path = concurrency_path(perf["gpu"], measured)
+        earlier = read_measurement(path) or {}
+        settings = merge_concurrency(earlier.get("concurrency", []) if earlier.get("gpu") == perf["gpu"] else [],
+                                     perf["concurrency"])
+        perf = {**perf, "concurrency": settings}
+        committed = {k: perf[k] for k in ("device", "gpu", "torch", "sizes", "concurrency")}
+        Path(measured).mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(committed, indent=2) + "\n")
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_atomic(results / "perf-cuda.json", json.dumps(perf, indent=2) + "\n")
+    write_atomic(results / "perf-cuda.md", markdown(perf))
+    return perf
 
 
 def _parity_child(side: int, precision: str, seed: int, data_arg: tuple[str, str | None], sizes: GpuSizes,
@@ -284,7 +404,8 @@ def run_gpu_perf(data, data_arg: str | None, *, device: str = "cuda", only: tupl
 
 def markdown(perf: dict[str, Any]) -> str:
     """The README's GPU table: each figure, its reference or goal, and the command."""
-    lines = [f"# bench perf --device cuda ({perf['gpu']}, torch {perf['torch']}, {perf['seconds']:.0f} s)", "",
+    lines = [f"# bench perf --device {perf['device']} ({perf['gpu'] or 'no GPU'}, torch {perf['torch']}, "
+             f"{perf['seconds']:.0f} s)", "",
              "| measurement | measured | reference / goal |", "|---|---|---|"]
     s = perf.get("speed")
     if s:
@@ -293,17 +414,24 @@ def markdown(perf: dict[str, Any]) -> str:
             f"goal >= {GOAL_IMAGES_PER_SECOND:,} |",
             f"| plain fast PyTorch loop, same work, train img/s | {s['plain_images_per_second']:,.0f} | - |",
             f"| recipe / plain loop | **{s['ratio']:.3f}** | goal >= {GOAL_RATIO} |",
+            f"| `recipe run` with `--compile-step`, train img/s | {s['compile_step_images_per_second']:,.0f} | "
+            f"{s['compile_step_ratio']:.3f}x without (auto turns it on only when > 1) |",
             f"| seconds per training epoch (50,000 images) | {s['epoch_train_seconds']:.3f} | goal < 0.42 |",
             f"| seconds to evaluate the test split | {s['eval_seconds']:.3f} | goal < {GOAL_EVAL_SECONDS} |",
             f"| first epoch of the process, compile from nothing included (s) | {cold_first_epoch(s):.1f} | - |",
             f"| 200 epochs predicted: that first epoch + 199 x a steady epoch incl. evaluation (s) | "
             f"{cold_first_epoch(s) + 199 * s['steady_epoch_seconds']:.0f} | goal < {GOAL_RUN_SECONDS:.0f} |"]
-    c = perf.get("concurrency")
-    if c:
+    for c in perf.get("concurrency") or []:
         base = c["runs"].get("1", {}).get("aggregate_images_per_second")
+        setting = "with MPS" if c["mps"] else "without MPS"
         for n, v in c["runs"].items():
             rel = f"{v['aggregate_images_per_second'] / base:.2f}x one run" if base else "-"
-            lines.append(f"| {n} runs at once: aggregate train img/s | {v['aggregate_images_per_second']:,.0f} | {rel} |")
+            lines.append(f"| {n} runs at once, {setting}: aggregate train img/s | "
+                         f"{v['aggregate_images_per_second']:,.0f} | {rel} |")
+    if len(perf.get("concurrency") or []) > 1:
+        fast = faster_setting(perf["concurrency"])
+        lines.append(f"| faster setting (the replay keeps it) | {'with' if fast['mps'] else 'without'} MPS, "
+                     f"{fast['best_processes']} at once | - |")
     p = perf.get("parity")
     if p:
         ci = f"[{p['interval95'][0]:+.2f}, {p['interval95'][1]:+.2f}]" if p["interval95"] else "(n<2)"

@@ -6,10 +6,10 @@ recipe, budget, seed, code version, dataset checksum; `done_check`, made once fo
 at any moment is started again and runs only what is missing. A run folder left by a stopped attempt is
 resumed from its checkpoint (`recipes.checkpoint`) when it holds one, else deleted and redone. Jobs train in-process
 (`recipes.run.train`, no subprocess per row); the dataset is loaded once per process. `workers>1`
-runs that many 'spawn' processes (on a CUDA GPU they share the one device: `CUDA_WORKERS` is the
-default there, the count measured so far), each storing its own results; `ray_address` sends the
-jobs to a Ray cluster instead (`bench/ray_cluster.py`). One replay at a time may use a results folder
-(a lock file, released by the OS when the process dies).
+runs that many 'spawn' processes (on a CUDA GPU they share the one device: by default as many as the
+GPU's committed concurrency measurement found fastest, `default_workers`), each storing its own results;
+`ray_address` sends the jobs to a Ray cluster instead (`bench/ray_cluster.py`). One replay at a time may
+use a results folder (a lock file, released by the OS when the process dies).
 
 Order and time: jobs run in `priority` order (`PRIORITY`: the S9 rows the notes argue most about
 first, then S9's other rows, then S8, S7, ... S1, then the rest), each row's seeds together. With
@@ -38,8 +38,8 @@ from bench.store import Store, code_version
 from tricks.errors import ConfigError, RunFolderError, TricksError
 
 LOCK_NAME = "replay.lock"
-# runs at once on one GPU by default: on one H200 four full-budget runs trained 104,490 img/s together against
-# 42,382 for one (README "On one GPU"); 2 and 8 at once are not measured yet (`bench perf --only concurrency`)
+# runs at once on a GPU that no committed concurrency measurement names (`default_workers`): on one H200 four
+# full-budget runs trained 104,490 img/s together against 42,382 for one (README "On one GPU")
 CUDA_WORKERS = 4
 PRIORITY = ("S9.baseline", "S9.mixup.a0.3", "S9.finalbn", "S9.lastgamma.off", "S9.v2.base",
             "S9.refine.mixup-first", "S9.refine.mixup-all")  # then S9's other rows, S8, S7, ... (`priority`)
@@ -95,11 +95,42 @@ def priority(rows: list) -> list:
     return [row for _, row in sorted(enumerate(rows), key=key)]
 
 
-def default_workers(device: str) -> int:
-    """`CUDA_WORKERS` runs at once on a CUDA GPU, one elsewhere (a CPU run uses every core already)."""
+def measured_workers(gpu: str, mps: bool, measurements: dict[str, dict]) -> tuple[int, str]:
+    """(runs at once, why) on the GPU named `gpu`: the fastest count of the concurrency measurements
+    (`measurements`: file name -> its JSON, as `bench perf --only concurrency` commits them) whose `gpu` is
+    that name, among their settings without MPS and, when `mps` (an MPS daemon is running), with it;
+    else `CUDA_WORKERS`, saying why."""
+    named = {name: m for name, m in sorted(measurements.items()) if isinstance(m, dict) and m.get("gpu") == gpu}
+    settings = [(name, s) for name, m in named.items() for s in m.get("concurrency") or []
+                if isinstance(s, dict) and (mps or not s.get("mps"))
+                and isinstance(s.get("best_processes"), int) and s["best_processes"] >= 1
+                and isinstance(s.get("best_images_per_second"), (int, float))]
+    if not settings:
+        missing = (f"{', '.join(named)} measured it with MPS only, and no MPS daemon is running" if named
+                   else f"no committed concurrency measurement names {gpu!r}")
+        return CUDA_WORKERS, f"{CUDA_WORKERS} at once by default: {missing}"
+    name, best = max(settings, key=lambda item: item[1]["best_images_per_second"])
+    return best["best_processes"], (f"{best['best_processes']} at once, the fastest in {name} "
+                                    f"({'with' if best.get('mps') else 'without'} MPS, "
+                                    f"{best['best_images_per_second']:,.0f} img/s)")
+
+
+def worker_choice(device: str) -> tuple[int, str | None]:
+    """(runs at once, why): on a CUDA GPU `measured_workers` of its name, whether an MPS daemon is running and
+    the committed measurements (`bench.gpu_perf.MEASURED`); one elsewhere (a CPU run uses every core already)."""
+    from bench.gpu_perf import MEASURED, gpu_name, mps_running, read_measurement
     from recipes.build import resolve_device
 
-    return CUDA_WORKERS if resolve_device(device).type == "cuda" else 1
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return 1, None
+    files = {path.name: read_measurement(path) for path in sorted(MEASURED.glob("perf-cuda-concurrency-*.json"))}
+    return measured_workers(gpu_name(str(dev)), mps_running(), files)
+
+
+def default_workers(device: str) -> int:
+    """Runs at once by default on `device` (`worker_choice`)."""
+    return worker_choice(device)[0]
 
 
 def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_dir: Path, data: str | None,
@@ -126,7 +157,7 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
 
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget '{budget}'; choose one of {', '.join(BUDGETS)}")
-    workers = default_workers(device) if workers is None else workers
+    workers, why = worker_choice(device) if workers is None else (workers, None)
     if seeds < 1 or workers < 1:
         raise ConfigError(f"seeds and workers must be at least 1, got seeds={seeds}, workers={workers}")
     if until is not None and not (math.isfinite(until) and until > 0):
@@ -157,7 +188,8 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
                                     results_file=results_path, compile_mode=compile_mode))
         progress(f"{len(jobs)} runs to do ({counts['done_before']} done before, "
                  f"{counts['skipped_inexpressible']} inexpressible skipped), budget {budget}, code {version}"
-                 + (f", {workers} at once" if workers > 1 else "") + (f", until {until:g} s from now" if until else ""))
+                 + (f", {workers} at once" if workers > 1 else "") + (f", until {until:g} s from now" if until else "")
+                 + (f" ({why})" if why else ""))
         if ray_address is not None and jobs:
             from bench.ray_cluster import ray_outcomes
 
@@ -213,6 +245,18 @@ def _units(job: Job) -> float:
 
 
 def _outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dict[str, int], predict: bool = True):
+    """`_local_outcomes` with one Inductor cache for this process and the workers it spawns, which inherit
+    its environment (`bench.compile_cache.shared_compile_cache`): a run compiles what an earlier one did not."""
+    if not jobs:
+        return
+    from bench.compile_cache import shared_compile_cache
+
+    with shared_compile_cache():
+        yield from _local_outcomes(jobs, workers, deadline, counts, predict)
+
+
+def _local_outcomes(jobs: list[Job], workers: int, deadline: float | None, counts: dict[str, int],
+                    predict: bool = True):
     """The jobs' outcomes as they finish: in this process for one worker, else from `workers` spawned
     processes. A job starts only while the time left is at least what the finished jobs predict for it
     (their seconds per epoch, the slowest of them, times its epochs); the rest count as 'not_started'."""

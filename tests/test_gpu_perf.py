@@ -1,11 +1,16 @@
 """`bench perf --device cuda`'s measurements, run on the CPU at toy sizes: the same code the GPU runs."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 from fixtures import write_toy_folder
 
-from bench.gpu_perf import GpuSizes, _steady, markdown, run_gpu_perf
+from bench.gpu_perf import (GpuSizes, _steady, concurrency_path, concurrency_verdict, gpu_slug, markdown, mps_running,
+                            read_measurement, run_gpu_perf, write_gpu_perf)
+from bench.replay import CUDA_WORKERS, measured_workers
 from tricks.data import load_dataset
 
 
@@ -29,13 +34,15 @@ def test_gpu_perf_measures_on_any_device(tmp_path, monkeypatch):
     assert s["predicted_200_epoch_seconds"] == pytest.approx(s["first_epoch_seconds"] + 199 * s["steady_epoch_seconds"])
     # the recipe and the plain loop train the same thing: same accuracy at the same seed on the CPU
     assert s["recipe"][0]["test_acc"] == s["plain"][0]["test_acc"]
-    c = perf["concurrency"]["runs"]
-    assert set(c) == {"2"} and c["2"]["aggregate_images_per_second"] > 0
+    [setting] = perf["concurrency"]
+    assert setting["mps"] is False and setting["best_processes"] == 2  # no MPS daemon on this machine
+    c = setting["runs"]
+    assert set(c) == {"2"} and c["2"]["aggregate_images_per_second"] == setting["best_images_per_second"] > 0
     p = perf["parity"]
     assert len(p["bf16_test_acc"]) == len(p["fp32_test_acc"]) == 1 and p["interval95"] is None
     assert p["difference"] == 0.0  # fp32 against fp32, same seeds, deterministic on the CPU
     md = markdown(perf)
-    assert "recipe / plain loop" in md and "2 runs at once" in md
+    assert "recipe / plain loop" in md and "2 runs at once, without MPS" in md
 
 
 def test_a_failing_measuring_process_is_one_line_not_a_hang(tmp_path, monkeypatch):
@@ -47,3 +54,81 @@ def test_a_failing_measuring_process_is_one_line_not_a_hang(tmp_path, monkeypatc
     sizes = GpuSizes(parity_epochs=1, parity_seeds=1, dataset="folder", bs=16)  # bf16 on the CPU is refused
     with pytest.raises(TrainingError, match=r"a measuring process failed: ConfigError: precision=bf16 autocasts"):
         parity(("folder", str(folder)), sizes, "cpu", print)
+
+
+def test_an_mps_daemon_is_seen_by_its_control_pipe(tmp_path):
+    pipes = tmp_path / "mps-pipe"
+    pipes.mkdir()
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipes)}
+    assert not mps_running(env)  # no daemon: CUDA clients run without MPS
+    (pipes / "control").write_text("")
+    assert not mps_running(env)  # a plain file is no daemon's pipe
+    (pipes / "control").unlink()
+    os.mkfifo(pipes / "control")
+    assert mps_running(env)
+    assert not mps_running({"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "elsewhere")})
+
+
+def test_gpu_names_become_file_names():
+    assert gpu_slug("NVIDIA H200") == "h200"
+    assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert concurrency_path("NVIDIA H200").name == "perf-cuda-concurrency-h200.json"
+
+
+def setting(mps: bool, rates: dict[int, float]) -> dict:
+    """One concurrency setting as `bench perf --only concurrency` measures it: aggregate img/s per count."""
+    best = max(rates, key=rates.get)
+    return {"mps": mps, "runs": {str(n): {"processes": n, "aggregate_images_per_second": r} for n, r in rates.items()},
+            "best_processes": best, "best_images_per_second": rates[best], "date": "2026-12-06", "setup": "test"}
+
+
+def measured(gpu: str, *settings: dict) -> dict:
+    return {"device": "cuda", "gpu": gpu, "torch": "2.11.0", "sizes": {}, "seconds": 60.0, "concurrency": list(settings)}
+
+
+def test_two_calls_without_and_with_mps_merge_into_the_gpus_committed_file(tmp_path):
+    committed = tmp_path / "bench-results"
+    without = setting(False, {1: 40_000.0, 2: 70_000.0, 4: 100_000.0, 8: 95_000.0})
+    write_gpu_perf(measured("NVIDIA H200", without), tmp_path / "call1", committed)
+    with_mps = setting(True, {1: 40_000.0, 4: 120_000.0, 8: 150_000.0, 16: 140_000.0})
+    perf = write_gpu_perf(measured("NVIDIA H200", with_mps), tmp_path / "call2", committed)
+    file = read_measurement(committed / "perf-cuda-concurrency-h200.json")
+    assert file["gpu"] == "NVIDIA H200" and file["concurrency"] == [without, with_mps] == perf["concurrency"]
+    assert json.loads((tmp_path / "call2" / "perf-cuda.json").read_text())["concurrency"] == [without, with_mps]
+    assert concurrency_verdict(perf["concurrency"]) == ("concurrency: faster with MPS (8 at once, 150,000 img/s; "
+                                                        "without: 4 at once, 100,000 img/s)")
+    md = (tmp_path / "call2" / "perf-cuda.md").read_text()
+    assert "| 4 runs at once, without MPS: aggregate train img/s | 100,000 | 2.50x one run |" in md
+    assert "| 8 runs at once, with MPS: aggregate train img/s | 150,000 | 3.75x one run |" in md
+    assert "| faster setting (the replay keeps it) | with MPS, 8 at once | - |" in md
+    # measured again without MPS: that setting is replaced, the MPS one kept
+    again = setting(False, {1: 45_000.0, 2: 90_000.0})
+    write_gpu_perf(measured("NVIDIA H200", again), tmp_path / "call3", committed)
+    assert read_measurement(committed / "perf-cuda-concurrency-h200.json")["concurrency"] == [again, with_mps]
+
+
+def test_a_measurement_off_the_gpu_is_not_committed(tmp_path):
+    perf = {**measured(None, setting(False, {1: 100.0, 2: 150.0})), "device": "cpu"}
+    write_gpu_perf(perf, tmp_path / "out", tmp_path / "committed")
+    assert not (tmp_path / "committed").exists() and (tmp_path / "out" / "perf-cuda.json").exists()
+    assert concurrency_verdict(perf["concurrency"]) == "concurrency: without MPS only: 2 at once, 150 img/s"
+
+
+def test_replay_takes_its_runs_at_once_from_the_committed_measurement_of_its_gpu():
+    files = {"perf-cuda-concurrency-h200.json": measured("NVIDIA H200", setting(False, {1: 4e4, 4: 1e5, 8: 9.5e4}),
+                                                         setting(True, {1: 4e4, 8: 1.5e5, 16: 1.4e5})),
+             "perf-cuda-concurrency-h100-80gb-hbm3.json": measured("NVIDIA H100 80GB HBM3",
+                                                                   setting(True, {2: 6e4, 4: 8e4}))}
+    assert measured_workers("NVIDIA H200", True, files) == (
+        8, "8 at once, the fastest in perf-cuda-concurrency-h200.json (with MPS, 150,000 img/s)")
+    assert measured_workers("NVIDIA H200", False, files) == (  # no daemon: only the setting without MPS counts
+        4, "4 at once, the fastest in perf-cuda-concurrency-h200.json (without MPS, 100,000 img/s)")
+    assert measured_workers("NVIDIA H100 80GB HBM3", True, files)[0] == 4
+    assert measured_workers("NVIDIA H100 80GB HBM3", False, files) == (
+        CUDA_WORKERS, f"{CUDA_WORKERS} at once by default: perf-cuda-concurrency-h100-80gb-hbm3.json measured it "
+                      "with MPS only, and no MPS daemon is running")
+    assert measured_workers("NVIDIA A100-SXM4-40GB", False, files) == (
+        CUDA_WORKERS, f"{CUDA_WORKERS} at once by default: no committed concurrency measurement names "
+                      "'NVIDIA A100-SXM4-40GB'")
+    unreadable = {"perf-cuda-concurrency-h200.json": None}  # read_measurement of a file that is not JSON
+    assert measured_workers("NVIDIA H200", False, unreadable)[0] == CUDA_WORKERS
