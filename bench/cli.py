@@ -223,10 +223,11 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> None:
 
     if args.overhead:
         return cmd_perf_overhead(args, console)
-    if resolve_device(args.device).type == "cuda":
+    if resolve_device(args.device).type == "cuda" or (args.only and args.quick):
         return cmd_perf_cuda(args, console)
     if args.only:
-        raise UsageError("--only chooses among the GPU measurements; give --device cuda")
+        raise UsageError("--only chooses among the GPU measurements; give --device cuda (or --quick for a dry run "
+                         "of them at toy sizes on this device)")
     data = load_dataset(args.dataset, args.data)
     perf = run_perf(data, quick=args.quick, device=args.device,
                     log=lambda line: console.print(line, highlight=False, soft_wrap=True))
@@ -256,21 +257,21 @@ def cmd_perf_overhead(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_perf_cuda(args: argparse.Namespace, console: Console) -> None:
-    from bench.gpu_perf import MEASUREMENTS, GpuSizes, markdown, run_gpu_perf
+    from bench.gpu_perf import MEASUREMENTS, concurrency_verdict, gpu_sizes, markdown, run_gpu_perf, write_gpu_perf
 
     only = tuple(args.only.split(",")) if args.only else MEASUREMENTS
     unknown = [m for m in only if m not in MEASUREMENTS]
     if unknown:
         raise UsageError(f"--only {args.only}: unknown measurement {unknown[0]!r}; choose among {', '.join(MEASUREMENTS)}")
     data = load_dataset(args.dataset, args.data)
-    sizes = GpuSizes(dataset=args.dataset, parity_epochs=args.parity_epochs)
+    sizes = gpu_sizes(args.device, quick=args.quick, dataset=args.dataset, parity_epochs=args.parity_epochs)
     perf = run_gpu_perf(data, args.data, device=args.device, only=only, sizes=sizes,
                         log=lambda line: console.print(line, highlight=False, soft_wrap=True))
     results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    write_atomic(results / "perf-cuda.json", json.dumps(perf, indent=2) + "\n")
-    write_atomic(results / "perf-cuda.md", markdown(perf))
+    perf = write_gpu_perf(perf, results)
     print(markdown(perf))
+    if perf.get("concurrency"):
+        print(concurrency_verdict(perf["concurrency"]))
     print(f"results: {results / 'perf-cuda.json'}, {results / 'perf-cuda.md'}")
 
 
@@ -356,7 +357,8 @@ def build_parser() -> Parser:
     load.add_argument("--data", help="dataset folder or archive (default: $TRICKS_DATA, then known places)")
     load.add_argument("--repeat", type=int, default=3)
     pf = sub.add_parser("perf", help="time the trainer against a plain PyTorch loop, augmentation, tricks, memory")
-    pf.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
+    pf.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores; with --only, "
+                                                       "the GPU measurements at toy sizes on any device (a dry run)")
     pf.add_argument("--results", default=DEFAULT_RESULTS, help=f"where perf.json and perf.md go "
                                                                f"(default: {DEFAULT_RESULTS})")
     pf.add_argument("--dataset", default="cifar10")
@@ -364,7 +366,8 @@ def build_parser() -> Parser:
     pf.add_argument("--device", default="auto")
     pf.add_argument("--overhead", action="store_true",
                     help="only the trainer's host work per step against the plain loop, on a tiny model (no dataset)")
-    pf.add_argument("--only", help="on a CUDA device: a comma list of speed, concurrency, parity, modes (default: all)")
+    pf.add_argument("--only", help="on a CUDA device (or with --quick): a comma list of speed, "
+                                   "concurrency, parity, modes (default: all)")
     pf.add_argument("--parity-epochs", type=int, default=30, help="on a CUDA device: epochs of the bf16/fp32 parity runs")
     return parser
 
