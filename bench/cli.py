@@ -16,7 +16,7 @@
     bench slice  --stage NAME=START:END ... --given SECONDS [--budget B] [--log PATH]
                                                                  one line of the GPU slice log
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
-    bench perf   [--quick] [--results DIR] [--data PATH] [--device D] [--overhead]
+    bench perf   [--quick] [--results DIR] [--data PATH] [--device D] [--overhead | --compile-cache]
                                                                  the trainer's cost over a plain loop, and more
 
 Errors the user can fix print one line on stderr and exit with code 2.
@@ -218,6 +218,17 @@ def cmd_load(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_perf(args: argparse.Namespace, console: Console) -> None:
+    """One of `bench perf`'s measurements; it and the processes it starts share one Inductor cache
+    (`bench.compile_cache.shared_compile_cache`), but --compile-cache, which needs empty ones of its own."""
+    from bench.compile_cache import shared_compile_cache
+
+    if args.compile_cache:
+        return cmd_perf_compile_cache(args, console)
+    with shared_compile_cache():
+        return cmd_perf_measurements(args, console)
+
+
+def cmd_perf_measurements(args: argparse.Namespace, console: Console) -> None:
     from bench.perf import run_perf, write_perf
     from recipes.build import resolve_device
 
@@ -254,6 +265,23 @@ def cmd_perf_overhead(args: argparse.Namespace, console: Console) -> None:
     write_atomic(results / "overhead.json", json.dumps(result, indent=2) + "\n")
     print("\n".join(overhead_lines(result)))
     print(f"results: {results / 'overhead.json'}")
+
+
+def cmd_perf_compile_cache(args: argparse.Namespace, console: Console) -> None:
+    """The same compiled recipe in fresh processes, the second on the first's cache (`bench.compile_cache`):
+    compile-cache.json, and the table printed."""
+    from bench.compile_cache import FULL, QUICK, markdown, run_compile_cache
+
+    if args.overhead or args.only:
+        raise UsageError("--compile-cache is a measurement of its own; leave out "
+                         + ("--overhead" if args.overhead else f"--only {args.only}"))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)  # a --results that cannot be made fails before the minutes of compiles
+    result = run_compile_cache(QUICK if args.quick else FULL, device=args.device,
+                               log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+    write_atomic(results / "compile-cache.json", json.dumps(result, indent=2) + "\n")
+    print(markdown(result), end="")
+    print(f"results: {results / 'compile-cache.json'}")
 
 
 def cmd_perf_cuda(args: argparse.Namespace, console: Console) -> None:
@@ -366,6 +394,9 @@ def build_parser() -> Parser:
     pf.add_argument("--device", default="auto")
     pf.add_argument("--overhead", action="store_true",
                     help="only the trainer's host work per step against the plain loop, on a tiny model (no dataset)")
+    pf.add_argument("--compile-cache", action="store_true",
+                    help="only the compile of one recipe in a fresh process, then in a second sharing the first's "
+                         "Inductor cache (no dataset)")
     pf.add_argument("--only", help="on a CUDA device (or with --quick): a comma list of speed, "
                                    "concurrency, parity, modes (default: all)")
     pf.add_argument("--parity-epochs", type=int, default=30, help="on a CUDA device: epochs of the bf16/fp32 parity runs")

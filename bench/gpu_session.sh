@@ -55,6 +55,8 @@ MPS_DIR=${MPS_DIR:-/tmp/gpu-session-mps}
 QUICK=$([ "$BUDGET" = smoke ] && echo --quick)
 export DATA DATASET
 export PYTHONUNBUFFERED=1 TRICKS_CACHE=${TRICKS_CACHE:-/tmp/tricks-cache}
+# one Inductor cache for every stage's processes: a run compiles only what no earlier one did (bench/compile_cache.py)
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$TRICKS_CACHE/inductor}
 PY=${PY:-python3}
 LOG="$OUT/session.log"
 left() { echo $(( SECONDS_GIVEN - ($(date +%s) - START) )); }

@@ -551,6 +551,12 @@ CASES = [
     Case("readme-gap-marker-without-its-end", readme_with("<!-- baseline-gap:start -->\n"),
          "needs one line <!-- baseline-gap:start --> and after it one line <!-- baseline-gap:end -->, around what "
          "the report writes there", prog="bench", section=STORE_SECTION),
+    Case("perf-compile-cache-with-overhead", bench("perf", "--compile-cache", "--overhead"),
+         "--compile-cache is a measurement of its own; leave out --overhead", prog="bench", section=STORE_SECTION),
+    Case("compile-cache-names-a-file", bench("perf", "--overhead", "--quick", "--device", "cpu"),
+         "/a-plain-file' cannot be made (File exists); set TORCHINDUCTOR_CACHE_DIR or TRICKS_CACHE to a folder you "
+         "can write to", prog="bench", env=lambda w: {"TORCHINDUCTOR_CACHE_DIR": str(a_file(w))},
+         section=STORE_SECTION),
     # disk and files (issue 23; a full disk needs a small tmpfs: tests/test_disk_full.py)
     Case("eval-model-whole-module-pickled", damaged_run(whole_model_saved),
          "/runs/trained/model.pth' holds a pickled Python object (a whole model, as torch.save(model) writes), "
