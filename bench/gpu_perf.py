@@ -119,10 +119,11 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
             else:
                 out = recipe_fit(recipe if side == "recipe" else recipe.replace(compile_step=True), data)
                 records = out["records"]
-                (trainer if side == "recipe" else stepped).append({"images_per_second": _steady([e["train_seconds"] for e in records],
-                                                             records[-1]["train_images"]),
-                                "train_seconds": [e["train_seconds"] for e in records],
-                                "epoch_seconds": [e["seconds"] for e in records], "test_acc": out["test_acc"]})
+                fits = trainer if side == "recipe" else stepped
+                fits.append({"images_per_second": _steady([e["train_seconds"] for e in records],
+                                                          records[-1]["train_images"]),
+                             "train_seconds": [e["train_seconds"] for e in records],
+                             "epoch_seconds": [e["seconds"] for e in records], "test_acc": out["test_acc"]})
             last = {"plain": plain, "recipe": trainer, "compile_step": stepped}[side][-1]
             log(f"speed: repeat {r + 1}, {side}: {last['images_per_second']:,.0f} train img/s")
     best_recipe = max(trainer, key=lambda t: t["images_per_second"])

@@ -44,6 +44,7 @@ from recipes.build import build_dataloaders, build_model, resolve_device, sgd_pa
 from recipes.parse import parse_recipe
 from recipes.recipe import Recipe
 from recipes.speed import resolve_speed, seed_everything
+from tricks.compiled_step import compile_sgd_step, write_hyper
 from tricks.data import ImageData
 from tricks.errors import TricksError
 from tricks.files import write_atomic
@@ -96,8 +97,10 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
     Same seed handling, loaders, model, SGD groups, per-iteration warmup + cosine lr and speed settings
     (`recipes.speed.resolve_speed`: channels-last, bf16 autocast with the loss on fp32 logits,
     torch.compile in the same mode, fused SGD on CUDA, eager evaluation in `eval_bs` batches) as
-    `recipes.fit.fit_one` (a recipe without tricks). Returns train images/s (training passes only),
-    each epoch's training and evaluation seconds, per-epoch test accuracy and the final weights.
+    `recipes.fit.fit_one` (a recipe without tricks); with `compile_step`, the same compiled SGD step
+    (`tricks.compiled_step.compile_sgd_step`: torch's non-fused SGD, each lr a device tensor written in place).
+    Returns train images/s (training passes only), each epoch's training and evaluation seconds, per-epoch test
+    accuracy and the final weights.
     `make_model` builds the model in place of the recipe's (as `recipes.fit.fit_one`'s).
     """
     if recipe.tricks:
@@ -115,7 +118,8 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
         model.compile(mode=recipe.compile_mode)
     opt = torch.optim.SGD(sgd_param_groups(model, recipe.wd, recipe.wd_bn_bias), lr=recipe.lr,
                           momentum=recipe.momentum, nesterov=recipe.nesterov,
-                          fused=True if device.type == "cuda" else None)
+                          fused=True if device.type == "cuda" and not recipe.compile_step else None)
+    opt_step = compile_sgd_step(opt, mode=recipe.compile_mode) if recipe.compile_step else opt.step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     lr_at = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=recipe.warmup_epochs / recipe.epochs,
                           start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
@@ -127,12 +131,12 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
         for x, y in dls.train:
             p = step / (recipe.epochs * n_iter) if recipe.step == "iter" else epoch / recipe.epochs
             for group in opt.param_groups:
-                group["lr"] = lr_at(p)
+                write_hyper(group, "lr", lr_at(p))
             with autocast:
                 pred = model(x)
             loss = F.cross_entropy(pred.float(), y)
             loss.backward()
-            opt.step()
+            opt_step()
             opt.zero_grad()
             step, images = step + 1, images + len(y)
         _sync(device)

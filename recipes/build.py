@@ -17,6 +17,7 @@ from fastcore.xtras import modify_exception
 from fastai.data.core import DataLoaders
 
 from recipes.recipe import Recipe
+from tricks.compiled_step import CompiledStepOptimizer
 from tricks.data import DATASETS, ImageData, Split
 from tricks.data.augment import BatchAugment
 from tricks.data.loaders import DeviceLoader, device_dataloaders
@@ -260,9 +261,12 @@ def build_learner(recipe: Recipe, dls: DataLoaders, model: torch.nn.Module,
     def opt_func(_params, lr):
         # groups from the model as it is now: tricks that add modules at before_fit call create_opt again
         groups = sgd_param_groups(learn.model, recipe.wd, recipe.wd_bn_bias)
-        # fused: one kernel for the whole update on a CUDA GPU (torch's default elsewhere: foreach)
-        fused = True if dls.device.type == "cuda" else None
+        # fused: one kernel for the whole update on a CUDA GPU (torch's default elsewhere: foreach); a compiled
+        # step is torch's default SGD, which torch.compile traces and fuses itself (`tricks.compiled_step`)
+        fused = True if dls.device.type == "cuda" and not recipe.compile_step else None
         sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=fused)
+        if recipe.compile_step:
+            return CompiledStepOptimizer(sgd, mode=None if recipe.compile_mode == "auto" else recipe.compile_mode)
         return OptimWrapper(opt=sgd)
 
     if tricks is None:  # the caller may pass the recipe's tricks it built already

@@ -78,7 +78,7 @@ from tricks.files import no_space
 from recipes.run_folder import fit_folder_name
 
 OVERRIDES = ("dataset", "data", "model", "epochs", "bs", "lr", "wd", "subset", "seed", "device", "channels_last",
-             "precision", "compile", "compile_mode")
+             "precision", "compile", "compile_mode", "compile_step")
 
 
 class UsageError(Exception):
@@ -135,6 +135,8 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the model (default: on a CUDA GPU only)")
     p.add_argument("--compile-mode", choices=PARAMS["compile_mode"].choices,
                    help="torch.compile mode (default auto: reduce-overhead, i.e. CUDA graphs, on CUDA)")
+    p.add_argument("--compile-step", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the SGD step too, its lr a device tensor (default: off until measured faster)")
 
 
 def build_parser() -> Parser:

@@ -68,6 +68,8 @@ class Recipe:
     # torch.compile mode; auto = reduce-overhead (CUDA graphs) on CUDA
     compile_mode: str = setting("auto", choices=("auto", "default", "reduce-overhead", "max-autotune",
                                                  "max-autotune-no-cudagraphs"))
+    # torch.compile the optimizer step too, its lr a tensor on the device; None = auto (off: not yet measured faster)
+    compile_step: bool | None = None
     # images per evaluation batch (evaluation keeps no activations for a backward pass)
     eval_bs: int = setting(1000, low=1)
     # run

@@ -63,6 +63,22 @@ def test_bench_gap_trains_the_three_ways_once_each_seed_on_the_cpu(tmp_path, tin
     assert len(Store(results).records("smoke")) == 6
 
 
+def test_bench_gap_in_worker_processes_holds_the_plain_run_until_an_fp32_run_predicts_it(tmp_path, tiny, capsys):
+    """Two processes (as 6 on a GPU): the default and fp32-eager runs start, the plain run waits for a finished fp32
+    run (on the CPU the default is fp32 too) to predict its time, then starts and ends in time."""
+    results = tmp_path / "results"
+    argv = ["gap", "--budget", "smoke", "--device", "cpu", "--data", str(tiny), "--results", str(results),
+            "--seeds", "1", "--workers", "2", "--until", "600"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "3 gap runs to do (0 done before), budget smoke, 2 at once, until 600 s from now"
+    assert lines[-1] == "done before 0, ran 3, failed 0, abandoned 0, not started 0"
+    # the plain run starts only once a recipe run has ended, so it never ends first
+    assert lines[1].startswith(("[1/3] S9.baseline seed 0: ", "[1/3] S9.baseline@fp32-eager seed 0: "))
+    assert sorted(r["row_id"] for r in Store(results).records("smoke")) == [
+        "S9.baseline", "S9.baseline@fp32-eager", "S9.baseline@plain"]
+
+
 def gap_job(tiny, tmp_path, variant: str, seed: int = 0) -> Job:
     rows, _ = table_rows()
     base = next(r for r in rows if r.id == BASE_ROW)

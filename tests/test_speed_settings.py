@@ -115,7 +115,8 @@ def test_auto_speed_settings_resolve_per_device(monkeypatch):
     assert (cuda.precision, cuda.compile, cuda.compile_mode, notes) == ("bf16", True, "reduce-overhead", [])
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert speed.resolve_speed(recipe, torch.device("cuda"))[0].precision == "fp32"
-    named = parse_recipe("baseline", precision="fp32", compile=False, compile_mode="default", channels_last=False)
+    named = parse_recipe("baseline", precision="fp32", compile=False, compile_mode="default", channels_last=False,
+                         compile_step=False)
     assert speed.resolve_speed(named, torch.device("cuda"))[0] == named  # what the user names is kept
     unsafe = dataclasses.replace(TRICKS.get("mixup"), cudagraph_unsafe="a host-side draw per step")
     monkeypatch.setitem(TRICKS._entries, "mixup", unsafe)  # as if mixup had registered with cudagraph_unsafe=...

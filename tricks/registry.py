@@ -162,6 +162,8 @@ class TrickSpec:
     (a refinement trained without labels drops it); `mixes_batch`: it mixes pairs of images and their
     labels (dropped after generation 0 under `refine:mixup=first`). `cudagraph_unsafe`: why its training
     step cannot be captured in a CUDA graph ("" when it can); a run with it compiles without CUDA graphs.
+    `compile_step_unsafe`: why it cannot run with a compiled optimizer step ("" when it can; `recipes.speed`'s
+    compile_step): a run with it steps eagerly.
     """
 
     name: str
@@ -175,6 +177,7 @@ class TrickSpec:
     reads_labels: bool = False
     mixes_batch: bool = False
     cudagraph_unsafe: str = ""
+    compile_step_unsafe: str = ""
 
     def param(self, key: str) -> Param:
         for p in self.params:
@@ -224,7 +227,7 @@ def conflict(names: Iterable[str]) -> str | None:
 def register_trick(name: str, *, params: tuple[Param, ...] = (), description: str, paper: str,
                    touches: tuple[str, ...], build: Callable[..., Any] | None = None, per_run: bool = False,
                    conflicts: dict[str, str] | None = None, reads_labels: bool = False,
-                   cudagraph_unsafe: str = "") -> Callable[[T], T]:
+                   cudagraph_unsafe: str = "", compile_step_unsafe: str = "") -> Callable[[T], T]:
     """Decorator on a Callback class: register it as trick `name` (the fields are `TrickSpec`'s).
 
     Without `build`, the trick is built as `cls(**params)`; give `build(recipe, **params)` when the
@@ -240,7 +243,7 @@ def register_trick(name: str, *, params: tuple[Param, ...] = (), description: st
         mixes_batch = bool(getattr(cls, "mixes_batch", False))
         TRICKS.add(name, TrickSpec(name, make, tuple(params), description, paper, tuple(touches), per_run,
                                    tuple((conflicts or {}).items()), reads_labels or mixes_batch, mixes_batch,
-                                   cudagraph_unsafe))
+                                   cudagraph_unsafe, compile_step_unsafe))
         return cls
 
     return deco

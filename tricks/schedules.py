@@ -20,6 +20,7 @@ from fastai.callback.schedule import LRFinder, ParamScheduler, SchedCos, SchedEx
 from fastai.callback.tracker import ReduceLROnPlateau
 from fastai.optimizer import OptimWrapper
 
+from tricks.compiled_step import CompiledStepOptimizer, write_hyper
 from tricks.errors import ConfigError
 from tricks.surgery import in_validation_context, undone_on_refusal
 
@@ -57,12 +58,13 @@ def lr_ratios(opt) -> list[float]:
 
 def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
     """Group i's lr = lr * ratios[i] (the last group's lr is `lr`; no ratios: every group's). For fastai's plain
-    `OptimWrapper` around a torch optimizer the torch groups' "lr" is written directly (what its set_hyper does,
-    without converting every group's hyper-parameters to fastai's names first: ~0.2 ms a batch); any other
+    `OptimWrapper` around a torch optimizer (or the compiled step's) the torch groups' "lr" is written directly
+    (what its set_hyper does, without converting every group's hyper-parameters to fastai's names first: ~0.2 ms
+    a batch), in place where it is a tensor (`write_hyper`: the compiled step's lr, no host sync); any other
     optimizer (fastai's own, a Lookahead) goes through its set_hyper."""
-    if type(opt) is OptimWrapper:  # not len(opt.hypers): fastai builds every group's hypers to answer it
+    if type(opt) in (OptimWrapper, CompiledStepOptimizer):  # not len(opt.hypers): fastai builds every group's hypers
         for i, group in enumerate(opt.opt.param_groups):
-            group["lr"] = lr if ratios is None else lr * ratios[i]
+            write_hyper(group, "lr", lr if ratios is None else lr * ratios[i])
     else:
         opt.set_hyper("lr", [lr] * len(opt.hypers) if ratios is None else [lr * r for r in ratios])
 
