@@ -12,7 +12,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
-from fastcore.basics import getcallable
+from fastcore.basics import noop
 from fastcore.xtras import modify_exception
 from fastai.data.core import DataLoaders
 
@@ -144,10 +144,26 @@ def sgd_param_groups(model: torch.nn.Module, wd: float, wd_bn_bias: bool) -> lis
             {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
 
 
+def optimizer_method(opt, name: str):
+    """`opt.<name>` (`step`, `zero_grad`): of a fastai `OptimWrapper`, its torch optimizer's, read directly (the
+    wrapper hands it over through fastcore's `GetAttr.__getattr__` after a failed lookup, a few us a step);
+    anything else's, `getattr`."""
+    if type(opt) is OptimWrapper and name not in vars(opt):
+        return getattr(opt.opt, name)
+    return getattr(opt, name)
+
+
 class TricksLearner(Learner):
     """fastai's Learner with two changes, everything else fastai's: evaluation runs under
     `torch.inference_mode` instead of `no_grad` (no autograd bookkeeping or version counters on the
     evaluation pass), and a resumed fit starts at `resume_epoch`.
+
+    The batch loop does fastai's work with less host work per step (`bench perf --overhead` measures it):
+    events go only to the callbacks that define them, from plans cached per event (`_call_one`); the
+    loop's `_with_events` are written out; the optimizer's `step`/`zero_grad` are read without fastcore's
+    `GetAttr` miss (`optimizer_method`); a `DeviceLoader`'s batch is not walked again (`_set_device`,
+    `_split`). The same events reach the same callbacks in the same order as in fastai's Learner
+    (tests/test_learner_dispatch.py runs both side by side).
 
     `resume_epoch` (0 unless a callback sets it at before_fit: `recipes.checkpoint.Checkpoint`) is the
     first epoch the fit runs; the epochs before it are not run at all, no event fires for them (fastai's
@@ -155,6 +171,7 @@ class TricksLearner(Learner):
     """
 
     resume_epoch = 0
+    _dispatch = None  # event -> (callbacks, plan): `_call_one`'s cache
 
     def __call__(self, event_name):
         """fastai's `Learner.__call__` (one event name or several) without building an `L` per event."""
@@ -165,24 +182,27 @@ class TricksLearner(Learner):
                 self._call_one(name)
 
     def _call_one(self, event_name):
-        """fastai's dispatch, without its cost: fastai calls every callback for every event, and a callback
-        without that event's method answers through fastcore's `GetAttr.__getattr__` (the largest host cost
-        of a batch in a profile of the trainer on the CPU). Here only the callbacks whose class (or
-        instance) defines the event are called, in fastai's order (`cbs.sorted('order')`, cached while the
-        callbacks stay the same); `after_fit` still reaches every callback (it resets `Callback.run`).
-        Outside the batch loop each goes through `Callback.__call__` as fastai does; inside it
-        (`batch_event`) the same decision without its per-call cost."""
+        """fastai's dispatch, without its cost: fastai sorts the callbacks and calls every one of them for every
+        event, and a callback without that event's method answers through fastcore's `GetAttr.__getattr__`
+        (the largest host cost of a batch in a profile of the trainer on the CPU). Here only the callbacks
+        whose class (or instance) defines the event are called, in fastai's order (`cbs.sorted('order')`, a
+        stable sort: equal orders keep the order they were added in), from a plan cached per event while
+        `learn.cbs` holds the same callbacks in the same order; `after_fit` still reaches every callback (it
+        resets `Callback.run`). Outside the batch loop each goes through `Callback.__call__` as fastai does;
+        inside it (`batch_event`) the same decision without its per-call cost. Written by hand: fastai has no
+        cached dispatch."""
         cbs = self.cbs.items
-        cache = self.__dict__.setdefault("_dispatch", {})  # event -> (the callbacks it was made for, plan)
+        cache = self._dispatch
+        if cache is None:
+            cache = self._dispatch = {}  # event -> (the callbacks it was made for, plan)
         cached = cache.get(event_name)
         if cached is None or cached[0] != cbs:  # the same callbacks: a list compare by identity, no allocation
             cached = cache[event_name] = (list(cbs), self.dispatch_plan(event_name))
-        plan = cached[1]
         if event_name not in INNER_LOOP:
-            for cb, _ in plan:
+            for cb, _ in cached[1]:
                 cb(event_name)
-        elif plan:
-            self.batch_event(event_name, plan)
+        elif cached[1]:
+            self.batch_event(event_name, cached[1])
 
     def dispatch_plan(self, event_name: str) -> list[tuple[Callback, bool]]:
         """The callbacks `event_name` reaches, in fastai's order, each with whether `batch_event` may decide for
@@ -205,12 +225,59 @@ class TricksLearner(Learner):
                 cb(event_name)
             elif cb.run and (cb.run_train if training else cb.run_valid):
                 try:
-                    getcallable(cb, event_name)()
+                    getattr(cb, event_name, noop)()  # fastcore's getcallable, one call less
                 except CANCELS:
                     raise
                 except Exception as e:
                     raise modify_exception(e, f'Exception occured in `{cb.__class__.__name__}` when calling event '
                                               f'`{event_name}`:\n\t{e.args[0]}', replace=True)
+
+    def one_batch(self, i, b):
+        """fastai's `one_batch`, its `_with_events` written out (the same events, in the same order, the same
+        cancel caught): a training step's host work is this loop's, where the arithmetic is small."""
+        self.iter = i
+        b = self._set_device(b)
+        self._split(b)
+        call = self._call_one
+        try:
+            call('before_batch')
+            self._do_one_batch()
+        except CancelBatchException:
+            call('after_cancel_batch')
+        call('after_batch')
+
+    def _do_one_batch(self):
+        """fastai's `_do_one_batch`, events dispatched directly."""
+        call = self._call_one
+        self.pred = self.model(*self.xb)
+        call('after_pred')
+        if len(self.yb):
+            self.loss_grad = self.loss_func(self.pred, *self.yb)
+            self.loss = self.loss_grad.clone()
+        call('after_loss')
+        if not self.training or not len(self.yb):
+            return
+        self._do_grad_opt()
+
+    def _do_grad_opt(self):
+        """fastai's `_do_grad_opt`, its two `_with_events` written out."""
+        call = self._call_one
+        try:
+            call('before_backward')
+            self._backward()
+        except CancelBackwardException:
+            call('after_cancel_backward')
+        call('after_backward')
+        try:
+            call('before_step')
+            self._step()
+        except CancelStepException:
+            call('after_cancel_step')
+        call('after_step')
+        optimizer_method(self.opt, 'zero_grad')()
+
+    def _step(self):
+        optimizer_method(self.opt, 'step')()
 
     def _split(self, b):
         """fastai's `_split` (inputs, then targets); a `DeviceLoader`'s `(x, y)` without asking the `DataLoaders`

@@ -61,10 +61,9 @@ class EpochStats(Callback):
         learn = self.learn  # its attributes read directly, not through the Callback's GetAttr (a batch's host cost)
         y = learn.yb[0]
         n = y.shape[0]
-        if learn.training:
+        if learn.training:  # two appends, no attribute set (fastai's Callback.__setattr__ asks the Learner for it)
             self.batch_losses.append(learn.loss.detach().float())
             self.batch_sizes.append(n)
-            self.train_n += n
         else:
             self.test_loss += learn.loss.detach().float() * n
             self.test_correct += (learn.pred.argmax(dim=1) == y).sum()
@@ -75,6 +74,7 @@ class EpochStats(Callback):
         if self.batch_losses:
             sizes = torch.tensor(self.batch_sizes, dtype=torch.float32).to(self.train_loss.device, non_blocking=True)
             self.train_loss = self.train_loss + (torch.stack(self.batch_losses) * sizes).sum()
+            self.train_n += sum(self.batch_sizes)
             self.batch_losses, self.batch_sizes = [], []
 
     def after_train(self):
