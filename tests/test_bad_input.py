@@ -408,6 +408,8 @@ CASES = [
     # types
     Case("trick-value-not-a-number", run("baseline+mixup:alpha=abc"), "alpha='abc': alpha must be a number"),
     Case("epochs-not-an-integer", run("baseline", "--epochs", "two"), "argument --epochs: invalid int value: 'two'"),
+    Case("compile-step-not-a-bool", run("baseline:compile_step=sometimes"),
+         "compile_step='sometimes': compile_step must be true or false"),
     # ranges
     Case("mixup-alpha-negative", run("baseline+mixup:alpha=-0.5"), "alpha=-0.5 is out of range; allowed: (0, inf)"),
     Case("dropout-p-one", run("baseline+resdrop:p=1"), "p=1.0 is out of range; allowed: [0, 1)"),
