@@ -293,7 +293,7 @@ def cmd_perf_cuda(args: argparse.Namespace, console: Console) -> None:
         raise UsageError(f"--only {args.only}: unknown measurement {unknown[0]!r}; choose among {', '.join(MEASUREMENTS)}")
     data = load_dataset(args.dataset, args.data)
     sizes = gpu_sizes(args.device, quick=args.quick, dataset=args.dataset, parity_epochs=args.parity_epochs)
-    perf = run_gpu_perf(data, args.data, device=args.device, only=only, sizes=sizes,
+    perf = run_gpu_perf(data, args.data, device=args.device, only=only, sizes=sizes, until=args.until,
                         log=lambda line: console.print(line, highlight=False, soft_wrap=True))
     results = Path(args.results)
     perf = write_gpu_perf(perf, results)
@@ -400,6 +400,9 @@ def build_parser() -> Parser:
     pf.add_argument("--only", help="on a CUDA device (or with --quick): a comma list of speed, "
                                    "concurrency, parity, modes (default: all)")
     pf.add_argument("--parity-epochs", type=int, default=30, help="on a CUDA device: epochs of the bf16/fp32 parity runs")
+    pf.add_argument("--until", type=float, metavar="SECONDS",
+                    help="with --only concurrency: start the next count of runs at once only while twice the "
+                         "last count's seconds fit before SECONDS from now (the counts measured are kept)")
     return parser
 
 

@@ -19,7 +19,9 @@ batch 256 on the whole training split, with the speed settings `recipe run` reso
    the processes ran as clients of a CUDA MPS daemon (`mps_running`): `bench/gpu_session.sh` measures
    once without the daemon and once with it, and each call merges its setting into the GPU's committed
    file (`concurrency_path`: bench/results/perf-cuda-concurrency-<gpu>.json), which `bench replay`
-   reads for its number of runs at once (`bench.replay.default_workers`).
+   reads for its number of runs at once (`bench.replay.default_workers`). With `until` (seconds), a count
+   starts only while twice the last count's wall seconds fit in the time left (`next_count_fits`), so a
+   measurement cut short keeps the counts it finished.
 3. `parity`: test accuracy after `parity_epochs` epochs in bf16 and fp32, `seeds` seeds each (four
    processes at once), and the 95% Welch interval of bf16 - fp32.
 4. `modes`: the plain loop's training img/s for each torch.compile mode in `MODES` (and eager), one
@@ -223,13 +225,28 @@ def _barrier_child(barrier, data_arg: tuple[str, str | None], epochs: int, sizes
             "images": epochs * data_images(_recipe(epochs=2, sizes=sizes, device=device), data)}
 
 
-def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log) -> list[dict[str, Any]]:
+def next_count_fits(last_seconds: float | None, left: float | None) -> bool:
+    """Whether the next count of runs at once may start with `left` seconds to go (None: no limit): the last
+    count's wall seconds (None: none measured yet) twice over must fit, as more processes take longer."""
+    return left is None or last_seconds is None or 2 * last_seconds <= left
+
+
+def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, log,
+                deadline: float | None = None) -> list[dict[str, Any]]:
     """One setting's measurement, as a list of one (the form `merge_concurrency` keeps several settings in):
-    aggregate img/s for each N in `sizes.concurrency`, the fastest N, and whether MPS served the processes."""
+    aggregate img/s for each N in `sizes.concurrency`, the fastest N, and whether MPS served the processes.
+    `deadline` (`time.monotonic()`): the counts that `next_count_fits` leaves out are listed as not measured."""
     mps = mps_running()
     ctx = multiprocessing.get_context("spawn")
-    out = {}
-    for n in sizes.concurrency:
+    out, last, not_measured = {}, None, []
+    for i, n in enumerate(sizes.concurrency):
+        left = None if deadline is None else deadline - time.monotonic()
+        if not next_count_fits(last, left):
+            not_measured = list(sizes.concurrency[i:])
+            log(f"concurrency {', '.join(map(str, not_measured))} at once: not measured, {left:.0f} s left and "
+                f"{sizes.concurrency[i - 1]} at once took {last:.0f} s")
+            break
+        started = time.monotonic()
         barrier, queue = ctx.Barrier(n), ctx.Queue()
         procs = [_start(ctx, _barrier_child, queue, barrier, data_arg, sizes.concurrency_epochs, sizes, device)
                  for _ in range(n)]
@@ -240,8 +257,9 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
                        "per_process_images_per_second": images / window / n}
         log(f"concurrency {n}{' (MPS)' if mps else ''}: {images / window:,.0f} img/s aggregate "
             f"({images / window / n:,.0f} per process)")
+        last = time.monotonic() - started
     best = max(out.values(), key=lambda v: v["aggregate_images_per_second"])
-    return [{"mps": mps, "runs": out, "best_processes": best["processes"],
+    return [{"mps": mps, "runs": out, "not_measured": not_measured, "best_processes": best["processes"],
              "best_images_per_second": best["aggregate_images_per_second"], "date": time.strftime("%Y-%m-%d"),
              "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}]
 
@@ -384,17 +402,19 @@ def gpu_name(device: str) -> str | None:
 
 
 def run_gpu_perf(data, data_arg: str | None, *, device: str = "cuda", only: tuple[str, ...] = MEASUREMENTS,
-                 sizes: GpuSizes = GpuSizes(), log=print) -> dict[str, Any]:
+                 sizes: GpuSizes = GpuSizes(), log=print, until: float | None = None) -> dict[str, Any]:
     """The measurements named in `only`; the dict written to perf-cuda.json. `data` is the loaded dataset
-    (`sizes.dataset` from `data_arg`, a path or None), which child processes load again from its cache."""
+    (`sizes.dataset` from `data_arg`, a path or None), which child processes load again from its cache.
+    `until`: seconds from now by which the concurrency measurement starts no count it cannot finish."""
     out: dict[str, Any] = {"device": device, "gpu": gpu_name(device), "torch": torch.__version__,
                            "sizes": asdict(sizes)}
     start = time.perf_counter()
+    deadline = None if until is None else time.monotonic() + until
     if "speed" in only:
         out["speed"] = speed(data, sizes, device, log)
     source = (sizes.dataset, data_arg)
     if "concurrency" in only:
-        out["concurrency"] = concurrency(source, sizes, device, log)
+        out["concurrency"] = concurrency(source, sizes, device, log, deadline)
     if "parity" in only:
         out["parity"] = parity(source, sizes, device, log)
     if "modes" in only:
@@ -429,6 +449,8 @@ def markdown(perf: dict[str, Any]) -> str:
             rel = f"{v['aggregate_images_per_second'] / base:.2f}x one run" if base else "-"
             lines.append(f"| {n} runs at once, {setting}: aggregate train img/s | "
                          f"{v['aggregate_images_per_second']:,.0f} | {rel} |")
+        for n in c.get("not_measured", []):
+            lines.append(f"| {n} runs at once, {setting} | not measured (too little time left) | - |")
     if len(perf.get("concurrency") or []) > 1:
         fast = faster_setting(perf["concurrency"])
         lines.append(f"| faster setting (the replay keeps it) | {'with' if fast['mps'] else 'without'} MPS, "

@@ -122,11 +122,11 @@ print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, code {code_
 EOF
 fi
 
-measure() {  # measure NAME: bench perf --only NAME; its JSON to $OUT/perf-cuda-NAME.json, its lines to perf-NAME.log
-  mark "perf-$1"
+measure() {  # measure NAME [UNTIL]: bench perf --only NAME; its JSON to $OUT/perf-cuda-NAME.json, its lines to
+  mark "perf-$1"  # perf-NAME.log; UNTIL: the seconds within which the concurrency starts no count it cannot finish
   timeout $(( $(left) - 20 )) $PY -m bench.cli perf --device "$DEVICE" --only "$1" $QUICK --dataset "$DATASET" \
-    --data "$DATA" --results "$OUT/perf-$1" 2>&1 | grep --line-buffered -v Warning | tee "$OUT/perf-$1.log" \
-    | tee -a "$LOG"
+    --data "$DATA" --results "$OUT/perf-$1" ${2:+--until "$2"} 2>&1 | grep --line-buffered -v Warning \
+    | tee "$OUT/perf-$1.log" | tee -a "$LOG"
   cp "$OUT/perf-$1/perf-cuda.json" "$OUT/perf-cuda-$1.json" 2>/dev/null && rm -rf "$OUT/perf-$1"
 }
 
@@ -137,11 +137,13 @@ for m in speed concurrency parity; do
   need=$([ $m = speed ] && echo 200 || echo 110)
   if has $m && [ "$(left)" -gt "$need" ]; then
     say "perf: $m${MPS_STARTED:+ (MPS)}"
-    measure $m
+    # the concurrency without MPS leaves half the time for the run with it, where the machine has the daemon
+    share=$(command -v "$MPS_CONTROL" >/dev/null 2>&1 && echo 2 || echo 1)
+    measure $m $([ $m = concurrency ] && echo $(( ($(left) - 30) / share )))
   fi
   if [ $m = concurrency ] && has $m && [ -z "$MPS_STARTED" ] && [ "$(left)" -gt "$need" ] && mps_start; then
     say "perf: concurrency with MPS"
-    measure concurrency
+    measure concurrency $(( $(left) - 30 ))
     # the merged measurement's verdict: MPS stays on for the replay only where it was faster
     grep -q "^concurrency: faster with MPS" "$OUT/perf-concurrency.log" || mps_stop "not faster with MPS"
   fi

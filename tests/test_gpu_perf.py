@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
-from fixtures import write_toy_folder
+from fixtures import write_cifar10, write_toy_folder
 
+from bench.cli import main
 from bench.gpu_perf import (GpuSizes, _steady, concurrency_path, concurrency_verdict, gpu_slug, markdown, mps_running,
-                            read_measurement, run_gpu_perf, write_gpu_perf)
+                            next_count_fits, read_measurement, run_gpu_perf, write_gpu_perf)
 from bench.replay import CUDA_WORKERS, measured_workers
 from tricks.data import load_dataset
 
@@ -132,3 +134,27 @@ def test_replay_takes_its_runs_at_once_from_the_committed_measurement_of_its_gpu
                       "'NVIDIA A100-SXM4-40GB'")
     unreadable = {"perf-cuda-concurrency-h200.json": None}  # read_measurement of a file that is not JSON
     assert measured_workers("NVIDIA H200", False, unreadable)[0] == CUDA_WORKERS
+
+
+def test_a_count_of_runs_at_once_starts_only_while_twice_the_last_counts_time_fits():
+    assert next_count_fits(None, 1.0)  # the first count always starts
+    assert next_count_fits(30.0, None)  # no deadline
+    assert next_count_fits(30.0, 60.0) and not next_count_fits(30.0, 59.9)
+
+
+def test_bench_perf_quick_measures_the_concurrency_on_the_cpu_and_keeps_what_fit_before_until(tmp_path, monkeypatch,
+                                                                                               capsys):
+    monkeypatch.setenv("TRICKS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = tmp_path / "cifar-10-batches-py"
+    write_cifar10(data, per_batch=14, n_test=70)
+    rc = main(["perf", "--device", "cpu", "--quick", "--only", "concurrency", "--until", "1", "--data", str(data),
+               "--results", str(tmp_path / "perf")])
+    assert rc == 0
+    perf = json.loads((tmp_path / "perf" / "perf-cuda.json").read_text())
+    [setting] = perf["concurrency"]  # --quick: 1 and 2 at once; one at once takes more than half a second
+    assert set(setting["runs"]) == {"1"} and setting["not_measured"] == [2] and setting["best_processes"] == 1
+    out = capsys.readouterr().out
+    assert re.search(r"concurrency 2 at once: not measured, -?[0-9]+ s left and 1 at once took [0-9]+ s", out)
+    assert "| 2 runs at once, without MPS | not measured (too little time left) | - |" in out
+    assert "concurrency: without MPS only: 1 at once, " in out
