@@ -97,8 +97,13 @@ def run_child(sizes: CompileSizes, device: str, cache: Path, threads: int, work:
     reported, and its wall seconds from start to exit."""
     out = work / f"child-{len(list(work.glob('child-*')))}.json"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bench.compile_cache", json.dumps(asdict(sizes)), device, str(out)],
-                          env=compile_env(cache, threads), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    try:
+        done = subprocess.run([sys.executable, "-m", "bench.compile_cache", json.dumps(asdict(sizes)), device,
+                               str(out)], env=compile_env(cache, threads), capture_output=True, text=True,
+                              timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise TrainingError(f"the compile-cache process ran past {CHILD_TIMEOUT_S} s and was stopped; give a "
+                            "smaller size (--quick)") from None
     if done.returncode != 0:
         raise TrainingError(f"the compile-cache process exited with code {done.returncode}: "
                             f"{one_line(Exception(done.stderr)) if done.stderr.strip() else 'no message'}")

@@ -79,3 +79,12 @@ def test_without_tricks_cache_the_cache_is_under_the_users_cache_folder(monkeypa
     assert shared_env({}) == {CACHE_DIR: str(tmp_path / ".cache" / "fastai-tricks" / "inductor"),
                               "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
     assert shared_env({}, tmp_path / "given")[CACHE_DIR] == str(tmp_path / "given")
+
+
+def test_a_process_that_fails_is_one_line_naming_its_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench.compile_cache, "QUICK", CompileSizes(model="resnet-none", steps=3, bs=8, control=False))
+    assert main(["perf", "--compile-cache", "--quick", "--device", "cpu", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error: the compile-cache process exited with code 1: "
+                                               "tricks.errors.ConfigError: unknown model 'resnet-none'; did you mean")
+    assert list((tmp_path / "r").iterdir()) == []  # no compile-cache.json of a measurement that did not finish
