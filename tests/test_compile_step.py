@@ -232,3 +232,40 @@ def test_the_plain_loop_with_a_compiled_step_does_the_recipes_work(tmp_path):
     a, b = recipe_fit(recipe, data), plain_fit(recipe, data, CPU)
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())  # the same compiled step
     assert a["test_acc"] == b["test_acc"]
+
+
+class CtrlCAtEpoch(Callback):
+    """Ctrl-C as epoch `epoch` (0-based) begins: the run stops with its checkpoint of the epochs before."""
+
+    def __init__(self, epoch: int):
+        self.at = epoch
+
+    def before_epoch(self):
+        if self.epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_run_stopped_and_resumed_with_a_compiled_step_ends_on_the_uninterrupted_runs_weights(tmp_path, monkeypatch):
+    """The checkpoint holds the SGD's state with its lr tensors; loading it writes the saved lrs into the tensors the
+    new compiled step reads (`CompiledStepOptimizer.load_state_dict`) and keeps the momentum buffers."""
+    import recipes.fit
+    from fixtures import simple_image_folder
+    from recipes.cli import main
+
+    simple_image_folder(tmp_path / "images", n_train=8, n_test=2, hw=(8, 8))
+
+    def cli(out, *extra):
+        return ["run", "baseline", "--dataset", "folder", "--data", str(tmp_path / "images"), "--out", str(out),
+                "--device", "cpu", "--epochs", "3", "--bs", "4", "--compile-step", *extra]
+
+    assert main(cli(tmp_path / "full")) == 0
+    real = recipes.fit.build_learner
+    with monkeypatch.context() as m:
+        m.setattr(recipes.fit, "build_learner",
+                  lambda recipe, dls, model, cbs=(), **kw: real(recipe, dls, model, [CtrlCAtEpoch(2), *cbs], **kw))
+        assert main(cli(tmp_path / "run")) == 130
+    assert main(cli(tmp_path / "run", "--resume")) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["compile_step"] is True
+    full, resumed = (torch.load(tmp_path / run / "model.pth", weights_only=True) for run in ("full", "run"))
+    assert all(torch.equal(full[k], v) for k, v in resumed.items())  # the same compiled step, to the bit
