@@ -14,9 +14,14 @@ of the loop:
 Each side's time per step is its training pass's seconds over its batches, per epoch (the first epoch
 of each fit, the warm-up, left out); the fits alternate (plain, trainer, plain, trainer, ...) and each
 side's median over all its epochs is compared: `ratio = trainer / plain` (and the fastest epoch of
-each, `ratio_best`: what is left of a quiet machine's figure when other jobs share the cores). A last,
+each, `ratio_best`). Other jobs on the cores preempt most epochs of 50 steps, so a second pair of fits a
+repeat times each step alone: a forward pre-hook on the model stamps `time.perf_counter_ns` at every
+training forward (the same hook on both sides), and the time between two forwards of an epoch is one step;
+each side's low percentile (`STEP_PERCENTILE`) of its steps, `ratio_steps`, is what is left of a quiet
+machine's figure when the cores are shared (a step of half a millisecond is rarely preempted). A last,
 instrumented trainer fit times every batch event's dispatch and every callback's event method with
-`time.perf_counter_ns` (training batches only): the median call times the calls per step.
+`time.perf_counter_ns` (training batches only): the median call times the calls per step (each figure
+includes its own timing wrapper, a few tenths of a us a call, so the per-event sum is above the added time).
 Written by hand: no library times a fastai Learner's host work against its own plain-loop equivalent.
 """
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from fastai.callback.core import Callback
@@ -43,6 +48,7 @@ from recipes.speed import resolve_speed
 from tricks.data import ImageData, Split
 
 GOAL_ADDED_US = 50.0  # issue 18: the trainer adds at most this per step on such a model
+STEP_PERCENTILE = 10  # of the single steps' times: the quiet machine's figure under other jobs' load
 BATCH_EVENTS = ("before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
                 "after_step", "after_batch", "after_cancel_batch", "after_cancel_backward", "after_cancel_step")
 CLASSES, CHANNELS, SIZE, WIDTH = 10, 3, 8, 4
@@ -87,13 +93,42 @@ def overhead_recipe(sizes: OverheadSizes, device: torch.device) -> Recipe:
     return resolve_speed(recipe, device)[0]
 
 
-def trainer_fit(recipe: Recipe, data: ImageData, device: torch.device, cbs=()) -> list[float]:
+def stamped_model(stamps: list[int]) -> Callable[[], nn.Module]:
+    """A builder of `tiny_model` whose every training forward first appends `time.perf_counter_ns()` to `stamps`
+    (a forward pre-hook)."""
+
+    def stamp(module: nn.Module, args) -> None:
+        if module.training:
+            stamps.append(time.perf_counter_ns())
+
+    def make() -> nn.Module:
+        model = tiny_model()
+        model.register_forward_pre_hook(stamp)
+        return model
+
+    return make
+
+
+def step_us(stamps: list[int], sizes: OverheadSizes) -> list[float]:
+    """Microseconds between consecutive training forwards within each epoch after the first (one step each)."""
+    epochs = [stamps[e * sizes.steps:(e + 1) * sizes.steps] for e in range(1, len(stamps) // sizes.steps)]
+    return [(b - a) / 1e3 for steps in epochs for a, b in zip(steps, steps[1:])]
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The value `pct` percent of `values` lie below (the nearest rank)."""
+    ranked = sorted(values)
+    return ranked[min(len(ranked) - 1, int(len(ranked) * pct / 100))]
+
+
+def trainer_fit(recipe: Recipe, data: ImageData, device: torch.device, cbs=(),
+                make_model: Callable[[], nn.Module] = tiny_model) -> list[float]:
     """`fit_one` of the tiny model into a temporary run folder; each epoch's training seconds."""
     stats = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         fit_one(recipe, Path(tmp) / "run", data, device, extra_cbs=[],
                 callbacks=lambda s: stats.append(s) or list(cbs), on_start=lambda info: None, info={},
-                checkpoint=True, make_model=tiny_model)
+                checkpoint=True, make_model=make_model)
     return [r["train_seconds"] for r in stats[-1].records]
 
 
@@ -107,7 +142,6 @@ class EventTimer(Callback):
     def __init__(self):
         self.events: dict[str, list[int]] = defaultdict(list)  # ns of each call
         self.methods: dict[tuple[str, str], list[int]] = defaultdict(list)
-        self.steps = 0
 
     def before_fit(self):
         learn = self.learn
@@ -142,9 +176,10 @@ class EventTimer(Callback):
 
         return timed
 
-    def after_batch(self):
-        if self.training:
-            self.steps += 1
+    @property
+    def steps(self) -> int:
+        """The training steps timed: one before_batch each (the timer has no batch event of its own to cost)."""
+        return len(self.events.get("before_batch", ()))
 
     def after_fit(self):
         vars(self.learn).pop("_call_one", None)
@@ -177,10 +212,15 @@ def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -
     dev = resolve_device(device)
     data = tiny_data(sizes)
     recipe = overhead_recipe(sizes, dev)
-    plain, trainer = [], []
+    plain, trainer, plain_steps, trainer_steps = [], [], [], []
     for r in range(sizes.repeats):
         plain += per_step_us(plain_fit(recipe, data, dev, make_model=tiny_model)["train_seconds"], sizes.steps)
         trainer += per_step_us(trainer_fit(recipe, data, dev), sizes.steps)
+        stamps_plain, stamps_trainer = [], []
+        plain_fit(recipe, data, dev, make_model=stamped_model(stamps_plain))
+        trainer_fit(recipe, data, dev, make_model=stamped_model(stamps_trainer))
+        plain_steps += step_us(stamps_plain, sizes)
+        trainer_steps += step_us(stamps_trainer, sizes)
         log(f"repeat {r + 1}/{sizes.repeats}: plain {statistics.median(plain):.1f} us, trainer "
             f"{statistics.median(trainer):.1f} us per step so far")
     timer = EventTimer()
@@ -201,6 +241,12 @@ def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -
         "ratio": trainer_us / plain_us, "goal_added_us": GOAL_ADDED_US,
         # the fastest epoch of each side: what a quiet machine gives when other jobs share the cores
         "plain_us_best": min(plain), "trainer_us_best": min(trainer), "ratio_best": min(trainer) / min(plain),
+        # single steps between two training forwards: their low percentile is the quiet machine's figure
+        "step_percentile": STEP_PERCENTILE, "steps_timed": len(plain_steps),
+        "plain_us_step": percentile(plain_steps, STEP_PERCENTILE),
+        "trainer_us_step": percentile(trainer_steps, STEP_PERCENTILE),
+        "added_us_step": percentile(trainer_steps, STEP_PERCENTILE) - percentile(plain_steps, STEP_PERCENTILE),
+        "ratio_steps": percentile(trainer_steps, STEP_PERCENTILE) / percentile(plain_steps, STEP_PERCENTILE),
         "callbacks": costs, "events": dict(sorted(((k, us_per_step(ns, timer.steps)) for k, ns in timer.events.items()),
                                                   key=lambda kv: -kv[1])),
         "instrumented_steps": timer.steps,
@@ -215,7 +261,10 @@ def overhead_lines(o: dict[str, Any]) -> list[str]:
              f"added:      {o['added_us']:.1f} us per step (goal <= {o['goal_added_us']:.0f})",
              f"ratio = {o['ratio']:.3f}",
              f"fastest epochs (other jobs on the cores): plain {o['plain_us_best']:.1f} us, trainer "
-             f"{o['trainer_us_best']:.1f} us per step, ratio {o['ratio_best']:.3f}", "",
+             f"{o['trainer_us_best']:.1f} us per step, ratio {o['ratio_best']:.3f}",
+             f"single steps, {o['step_percentile']}th percentile of {o['steps_timed']} a side: plain "
+             f"{o['plain_us_step']:.1f} us, trainer {o['trainer_us_step']:.1f} us, added {o['added_us_step']:.1f} us, "
+             f"ratio_steps = {o['ratio_steps']:.3f}", "",
              f"per callback, us per training step (its event methods; {o['instrumented_steps']} steps timed):"]
     for name, c in o["callbacks"].items():
         parts = ", ".join(f"{e} {us:.1f}" for e, us in c["events"].items()) or "no batch event"

@@ -8,7 +8,8 @@ import pytest
 
 import bench.overhead
 from bench.cli import main
-from bench.overhead import BATCH_EVENTS, EventTimer, OverheadSizes, overhead_recipe, tiny_data, trainer_fit
+from bench.overhead import (BATCH_EVENTS, EventTimer, OverheadSizes, overhead_recipe, percentile, stamped_model,
+                            step_us, tiny_data, trainer_fit)
 
 TINY = OverheadSizes(steps=3, epochs=3, repeats=2, bs=8)
 DEFAULT_CALLBACKS = {"TrainEval", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint"}
@@ -32,6 +33,11 @@ def test_overhead_prints_both_sides_the_ratio_on_its_own_line_and_every_callback
     assert f"plain loop: {o['plain_us']:.1f} us per step" in out
     assert f"trainer:    {o['trainer_us']:.1f} us per step" in out
     assert o["ratio_best"] == min(o["trainer_us_per_step"]) / min(o["plain_us_per_step"])
+    assert o["steps_timed"] == TINY.repeats * (TINY.epochs - 1) * (TINY.steps - 1)  # between two forwards of an epoch
+    assert o["ratio_steps"] == o["trainer_us_step"] / o["plain_us_step"] > 0
+    assert (f"single steps, 10th percentile of {o['steps_timed']} a side: plain {o['plain_us_step']:.1f} us, trainer "
+            f"{o['trainer_us_step']:.1f} us, added {o['added_us_step']:.1f} us, ratio_steps = {o['ratio_steps']:.3f}"
+            in out)
     assert o["instrumented_steps"] == TINY.steps * TINY.epochs
     assert set(o["callbacks"]) == DEFAULT_CALLBACKS  # each default callback, those without a batch event at 0
     assert set(o["callbacks"]["StopOnNonFinite"]["events"]) == {"after_loss", "after_batch"}
@@ -52,6 +58,24 @@ def test_the_event_timer_counts_training_steps_and_takes_its_wrappers_away(tmp_p
     assert all(len(ns) == timer.steps for ns in timer.events.values())  # one per training step, not per test batch
     assert all(name not in vars(cb) for cb in timer.learn.cbs for name in BATCH_EVENTS)
     assert "_call_one" not in vars(timer.learn)
+
+
+def test_a_step_is_the_time_between_two_training_forwards_of_an_epoch_after_the_first():
+    sizes = OverheadSizes(steps=3, epochs=3)
+    stamps = [0, 1000, 2000, 10_000, 10_500, 12_500, 20_000, 23_000, 23_250]  # ns, three forwards an epoch
+    assert step_us(stamps, sizes) == [0.5, 2.0, 3.0, 0.25]
+    assert percentile([3.0, 0.5, 2.0, 0.25], 10) == 0.25 and percentile([3.0, 0.5, 2.0, 0.25], 50) == 2.0
+
+
+def test_the_stamped_model_stamps_training_forwards_only():
+    import torch
+
+    stamps = []
+    model = stamped_model(stamps)()
+    model(torch.zeros(2, 3, 8, 8))
+    model.eval()
+    model(torch.zeros(2, 3, 8, 8))
+    assert len(stamps) == 1
 
 
 def test_overhead_refuses_only(tmp_path, capsys):
