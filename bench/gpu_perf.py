@@ -261,6 +261,7 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
     best = max(out.values(), key=lambda v: v["aggregate_images_per_second"])
     return [{"mps": mps, "runs": out, "not_measured": not_measured, "best_processes": best["processes"],
              "best_images_per_second": best["aggregate_images_per_second"], "date": time.strftime("%Y-%m-%d"),
+             "torch": torch.__version__,
              "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}]
 
 
@@ -287,8 +288,8 @@ def concurrency_path(gpu: str, folder: Path = MEASURED) -> Path:
 def merge_concurrency(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The settings of `new`, and those of `earlier` that `new` does not measure again (by `mps`); without MPS
     first."""
-    measured = {s["mps"] for s in new}
-    return sorted([s for s in earlier if s["mps"] not in measured] + new, key=lambda s: s["mps"])
+    measured = {bool(s.get("mps")) for s in new}
+    return sorted([s for s in earlier if bool(s.get("mps")) not in measured] + new, key=lambda s: bool(s.get("mps")))
 
 
 def faster_setting(settings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -298,7 +299,7 @@ def faster_setting(settings: list[dict[str, Any]]) -> dict[str, Any]:
 
 def concurrency_verdict(settings: list[dict[str, Any]]) -> str:
     """One line, which `bench/gpu_session.sh` reads: 'concurrency: faster with MPS' or 'faster without MPS' when
-    both settings are measured (the script then stops the daemon), else the one setting's best."""
+    both settings are measured (the script keeps the daemon on only for the first), else the one setting's best."""
     def best(s: dict[str, Any]) -> str:
         return f"{s['best_processes']} at once, {s['best_images_per_second']:,.0f} img/s"
 

@@ -4,7 +4,7 @@
 #   bash bench/gpu_session.sh SECONDS [STAGES] [ROWS] [SEEDS] [CONCLUSIONS]
 #
 # SECONDS: the wall time this call may use; every stage starts only with time for it, and the replay leaves 20 s.
-# STAGES, a comma list (default setup,perf,replay,decide), run in this order:
+# STAGES, a comma list (default setup,perf,gap,replay,decide), run in this order:
 #   setup        install the carried wheels (.whl/: the packages the machine's image lacks) and this checkout;
 #                decode the data once into $TRICKS_CACHE
 #   speed        bench perf --device cuda --only speed (single-run img/s, epoch and evaluation seconds, the
@@ -13,7 +13,8 @@
 #                for the replay, and the result is merged into bench/results/perf-cuda-concurrency-<gpu>.json);
 #                parity (bf16 vs fp32, 30 epochs, 2 seeds); perf = speed,concurrency
 #   syncdebug    on a CUDA GPU: tests/test_host_reads.py (recipe run and every trick) with their training batches
-#                under torch.cuda.set_sync_debug_mode("error"); elsewhere, or without pytest, one line says why not
+#                under torch.cuda.set_sync_debug_mode("error"), each compiled as it runs by default (minutes: not
+#                a default stage); elsewhere, or without pytest, one line says why not
 #   gap          bench gap --budget full: the S9 baseline three ways side by side (issue 19 section 1: the default
 #                bf16 compiled run, fp32 eager, the plain loop of bench perf), SEEDS seeds each, up to 6 at once;
 #                what the results hold is skipped, so once the six runs are kept it costs seconds
@@ -145,7 +146,10 @@ for m in speed concurrency parity; do
     say "perf: concurrency with MPS"
     measure concurrency $(( $(left) - 30 ))
     # the merged measurement's verdict: MPS stays on for the replay only where it was faster
-    grep -q "^concurrency: faster with MPS" "$OUT/perf-concurrency.log" || mps_stop "not faster with MPS"
+    if grep -q "^concurrency: faster without MPS" "$OUT/perf-concurrency.log"; then mps_stop "faster without it"
+    elif ! grep -q "^concurrency: faster with MPS" "$OUT/perf-concurrency.log"; then
+      mps_stop "no measurement says it is faster"
+    fi
   fi
 done
 

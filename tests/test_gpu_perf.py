@@ -12,7 +12,7 @@ from fixtures import write_cifar10, write_toy_folder
 from bench.cli import main
 from bench.gpu_perf import (GpuSizes, _steady, concurrency_path, concurrency_verdict, gpu_slug, markdown, mps_running,
                             next_count_fits, read_measurement, run_gpu_perf, write_gpu_perf)
-from bench.replay import CUDA_WORKERS, measured_workers
+from bench.replay import CUDA_WORKERS, measured_workers, worker_choice
 from tricks.data import load_dataset
 
 
@@ -85,7 +85,8 @@ def setting(mps: bool, rates: dict[int, float]) -> dict:
 
 
 def measured(gpu: str, *settings: dict) -> dict:
-    return {"device": "cuda", "gpu": gpu, "torch": "2.11.0", "sizes": {}, "seconds": 60.0, "concurrency": list(settings)}
+    return {"device": "cuda", "gpu": gpu, "torch": "2.11.0", "sizes": {}, "seconds": 60.0,
+            "concurrency": list(settings)}
 
 
 def test_two_calls_without_and_with_mps_merge_into_the_gpus_committed_file(tmp_path):
@@ -134,6 +135,7 @@ def test_replay_takes_its_runs_at_once_from_the_committed_measurement_of_its_gpu
                       "'NVIDIA A100-SXM4-40GB'")
     unreadable = {"perf-cuda-concurrency-h200.json": None}  # read_measurement of a file that is not JSON
     assert measured_workers("NVIDIA H200", False, unreadable)[0] == CUDA_WORKERS
+    assert worker_choice("cpu") == (1, None)  # one run at a time on the CPU: it uses every core already
 
 
 def test_a_count_of_runs_at_once_starts_only_while_twice_the_last_counts_time_fits():
