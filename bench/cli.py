@@ -17,6 +17,7 @@
                                                                  one line of the GPU slice log
     bench load   [--dataset NAME] [--data PATH]                   decode a dataset against loading its cache
     bench perf   [--quick] [--results DIR] [--data PATH] [--device D] [--overhead | --compile-cache]
+                 [--only MEASUREMENTS] [--until SECONDS] [--parity-epochs N]  (the GPU's; --quick: toy sizes)
                                                                  the trainer's cost over a plain loop, and more
 
 Errors the user can fix print one line on stderr and exit with code 2.
