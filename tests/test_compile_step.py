@@ -269,3 +269,19 @@ def test_a_run_stopped_and_resumed_with_a_compiled_step_ends_on_the_uninterrupte
     assert config["compile_step"] is True
     full, resumed = (torch.load(tmp_path / run / "model.pth", weights_only=True) for run in ("full", "run"))
     assert all(torch.equal(full[k], v) for k, v in resumed.items())  # the same compiled step, to the bit
+
+
+@pytest.mark.parametrize("text", ["baseline", "baseline+lookahead", "baseline+ema:mode=lr_wd", "baseline+sgdr"])
+def test_the_callbacks_read_no_lr_to_the_host_with_a_compiled_step(text, tmp_path):
+    """`tests/test_host_reads.py`'s interceptor around `recipe run` with compile_step=true. Under its dispatch mode
+    dynamo compiles nothing (`counters` stay empty): the step runs eagerly, where torch's SGD reads a tensor lr to
+    the host once a parameter (`_single_tensor_sgd`'s alpha=-lr), the one site counted as the step's. Every other
+    reader of the lr -- the schedule's set_lr (through the lookahead trick's optimizer too), EMA's lr_wd decay,
+    fastai's set_hyper -- reads nothing: no `float()` of the tensors, which on a GPU would wait for the device."""
+    from test_host_reads import disallowed, training_reads
+
+    torch._dynamo.reset()
+    counters.clear()
+    reads = training_reads(text, tmp_path, compile_step=True, sync_errors=False)
+    assert reads.batches == 8 and counters["frames"]["total"] == 0
+    assert set(disallowed(reads)) == {"tricks/compiled_step.py:step"}

@@ -46,7 +46,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from tricks.errors import ConfigError
 from tricks.registry import TRICKS, Param, check_arguments, register_trick
-from tricks.schedules import LRSchedule, lr_ratios, set_lr, sets_lr
+from tricks.schedules import LRSchedule, group_lrs, lr_ratios, set_lr, sets_lr
 from tricks.surgery import undone_on_refusal
 
 MODES = ("plain", "lr_wd", "noschedule")
@@ -65,8 +65,14 @@ def state_values(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def decay_ema_weights(params: list[torch.Tensor], lr: float, wd: float) -> None:
-    """ema <- ema - lr * wd * ema, for each tensor (the lr_wd mode)."""
+def decay_ema_weights(params: list[torch.Tensor], lr: float | torch.Tensor, wd: float) -> None:
+    """ema <- ema - lr * wd * ema, for each tensor (the lr_wd mode); an lr tensor (compile_step's, on the device)
+    is used there, never read to the host."""
+    if isinstance(lr, torch.Tensor):
+        decay = lr * wd
+        for p in params:
+            p.sub_(p * decay)
+        return
     for p in params:
         p.sub_(p, alpha=lr * wd)
 
@@ -171,8 +177,8 @@ class EMA(Callback):
             return
         self.average.update(self.learn.model)
         if self.mode == "lr_wd":
-            for tensors, hypers in zip(self.decayed, self.learn.opt.hypers):
-                decay_ema_weights(tensors, hypers["lr"], self.wd)
+            for tensors, lr in zip(self.decayed, group_lrs(self.learn.opt)):
+                decay_ema_weights(tensors, lr, self.wd)
 
     def before_validate(self):
         if self.eval and self.active and self.average is not None and self.live is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder, ParamScheduler, SchedCos, SchedExp, SchedLin
 from fastai.callback.tracker import ReduceLROnPlateau
@@ -22,6 +23,7 @@ from fastai.optimizer import OptimWrapper
 
 from tricks.compiled_step import CompiledStepOptimizer, write_hyper
 from tricks.errors import ConfigError
+from tricks.lookahead import LookaheadOptimizer
 from tricks.surgery import in_validation_context, undone_on_refusal
 
 Schedule = Callable[[float], float]
@@ -61,12 +63,31 @@ def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
     `OptimWrapper` around a torch optimizer (or the compiled step's) the torch groups' "lr" is written directly
     (what its set_hyper does, without converting every group's hyper-parameters to fastai's names first: ~0.2 ms
     a batch), in place where it is a tensor (`write_hyper`: the compiled step's lr, no host sync); any other
-    optimizer (fastai's own, a Lookahead) goes through its set_hyper."""
+    optimizer (fastai's own, fastai's Lookahead) goes through its set_hyper; the lookahead trick's is looked
+    through (`unwrap_lookahead`)."""
+    opt = unwrap_lookahead(opt)
     if type(opt) in (OptimWrapper, CompiledStepOptimizer):  # not len(opt.hypers): fastai builds every group's hypers
         for i, group in enumerate(opt.opt.param_groups):
             write_hyper(group, "lr", lr if ratios is None else lr * ratios[i])
     else:
         opt.set_hyper("lr", [lr] * len(opt.hypers) if ratios is None else [lr * r for r in ratios])
+
+
+def unwrap_lookahead(opt):
+    """The optimizer inside the lookahead trick's `LookaheadOptimizer` (whose hyper-parameters are the wrapped
+    optimizer's: its `_set_hyper` hands them over), else `opt`."""
+    while type(opt) is LookaheadOptimizer:
+        opt = opt.opt
+    return opt
+
+
+def group_lrs(opt) -> list[float | torch.Tensor]:
+    """Each param group's lr as the optimizer holds it, unread: a number, or the compiled step's 0-d tensor on the
+    device (used there without a host read); fastai's own optimizers' through their `hypers`."""
+    opt = unwrap_lookahead(opt)
+    if type(opt) in (OptimWrapper, CompiledStepOptimizer):
+        return [group["lr"] for group in opt.opt.param_groups]
+    return [h["lr"] for h in opt.hypers]
 
 
 def check_one_lr_schedule(schedule: Callback) -> bool:
