@@ -17,6 +17,8 @@ Three details, each to keep the compiled step the eager one:
 Not to the bit the eager step: traced with a tensor lr, torch's SGD multiplies the gradients by the lr and then
 adds the product (`torch.optim.sgd._multi_tensor_sgd`: `_foreach_mul`, then `_foreach_add_`: two roundings), where
 the eager step adds with `alpha=-lr` in one multiply-add; the weights agree to float32 rounding, not bit for bit.
+Where dynamo does not compile the step (past its recompile limit, under a Python dispatch mode) torch's eager SGD
+reads the lr tensor to the host (`alpha=-lr`: once a step with foreach on CUDA, once a parameter on the CPU).
 Written here: fastai's `OptimWrapper` has no compiled step and writes a hyper-parameter by replacing it.
 """
 from __future__ import annotations
