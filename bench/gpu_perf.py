@@ -14,7 +14,8 @@ batch 256 on the whole training split, with the speed settings `recipe run` reso
    compile_step=true (the optimizer step compiled too, `tricks.compiled_step`), gives `compile_step_ratio`: its
    best img/s over the default's; `recipes.speed.CUDA_COMPILE_STEP` turns auto on only where it is above 1.
 2. `concurrency`: N = 1, 2, 4, 8, 16 processes training `recipe run baseline` at once on the one GPU.
-   Each process compiles and trains one epoch, then waits at a barrier; all then train `epochs` more
+   Each process (the host's cores divided among them, as among the replay's workers) compiles and
+   trains one epoch, then waits at a barrier; all then train `epochs` more
    epochs; aggregate img/s = N x epochs x images / (last end - release). The result records whether
    the processes ran as clients of a CUDA MPS daemon (`mps_running`): `bench/gpu_session.sh` measures
    once without the daemon and once with it, and each call merges its setting into the GPU's committed
@@ -198,8 +199,10 @@ def _collect(queue, procs, timeout: float) -> list[Any]:
 
 
 def _barrier_child(barrier, data_arg: tuple[str, str | None], epochs: int, sizes: GpuSizes,
-                   device: str) -> dict[str, float]:
+                   device: str, threads: int) -> dict[str, float]:
     from fastai.callback.core import Callback
+
+    torch.set_num_threads(threads)  # the host's cores shared among the runs, as the replay's workers share them
 
     from recipes.run import train
     from tricks.data import load_dataset
@@ -236,6 +239,8 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
     """One setting's measurement, as a list of one (the form `merge_concurrency` keeps several settings in):
     aggregate img/s for each N in `sizes.concurrency`, the fastest N, and whether MPS served the processes.
     `deadline` (`time.monotonic()`): the counts that `next_count_fits` leaves out are listed as not measured."""
+    from bench.replay import cores
+
     mps = mps_running()
     ctx = multiprocessing.get_context("spawn")
     out, last, not_measured = {}, None, []
@@ -248,8 +253,8 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
             break
         started = time.monotonic()
         barrier, queue = ctx.Barrier(n), ctx.Queue()
-        procs = [_start(ctx, _barrier_child, queue, barrier, data_arg, sizes.concurrency_epochs, sizes, device)
-                 for _ in range(n)]
+        procs = [_start(ctx, _barrier_child, queue, barrier, data_arg, sizes.concurrency_epochs, sizes, device,
+                        max(1, cores() // n)) for _ in range(n)]
         results = _collect(queue, procs, 900)
         window = max(r["ended"] for r in results) - min(r["released"] for r in results)
         images = sum(r["images"] for r in results)
