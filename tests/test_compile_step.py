@@ -285,3 +285,24 @@ def test_the_callbacks_read_no_lr_to_the_host_with_a_compiled_step(text, tmp_pat
     reads = training_reads(text, tmp_path, compile_step=True, sync_errors=False)
     assert reads.batches == 8 and counters["frames"]["total"] == 0
     assert set(disallowed(reads)) == {"tricks/compiled_step.py:step"}
+
+
+def test_with_the_model_compiled_too_the_step_is_two_graphs_recorded_in_the_first_step_and_never_again():
+    """compile=true and compile_step=true: the model's forward and backward (one graph, aot_eager here as in
+    tests/test_recompiles.py) and the optimizer step (one graph, Inductor), both recorded at the first step; the
+    evaluations (eager) and the later epochs compile nothing."""
+    from recipes.build import CompileModel
+
+    torch._dynamo.reset()
+    counters.clear()
+    recipe = parse_recipe("baseline", epochs=3, bs=16, eval_bs=32, model="resnet8", device="cpu", compile=True,
+                          compile_step=True)
+    data = toy_data(n_train=72, n_test=40)
+    seed_everything(recipe.seed, CPU)
+    spy = StepSpy()
+    learn = build_learner(recipe, build_dataloaders(recipe, data, CPU), build_model(recipe, data.num_classes,
+                                                                                     data.channels), cbs=[spy])
+    next(cb for cb in learn.cbs if isinstance(cb, CompileModel)).backend = "aot_eager"
+    learn.fit(recipe.epochs)
+    assert len(spy.lrs) == 12 and spy.after_first_step == compiled_counts()
+    assert counters["stats"]["unique_graphs"] == 2
