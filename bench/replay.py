@@ -108,11 +108,10 @@ def measured_workers(gpu: str, mps: bool, measurements: dict[str, dict]) -> tupl
     if not settings:
         missing = (f"{', '.join(named)} measured it with MPS only, and no MPS daemon is running" if named
                    else f"no committed concurrency measurement names {gpu!r}")
-        return CUDA_WORKERS, f"{CUDA_WORKERS} at once by default: {missing}"
+        return CUDA_WORKERS, f"CUDA_WORKERS: {missing}"
     name, best = max(settings, key=lambda item: item[1]["best_images_per_second"])
-    return best["best_processes"], (f"{best['best_processes']} at once, the fastest in {name} "
-                                    f"({'with' if best.get('mps') else 'without'} MPS, "
-                                    f"{best['best_images_per_second']:,.0f} img/s)")
+    return best["best_processes"], (f"the fastest count in {name}, {'with' if best.get('mps') else 'without'} "
+                                    f"MPS: {best['best_images_per_second']:,.0f} img/s")
 
 
 def worker_choice(device: str) -> tuple[int, str | None]:
@@ -188,8 +187,8 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
                                     results_file=results_path, compile_mode=compile_mode))
         progress(f"{len(jobs)} runs to do ({counts['done_before']} done before, "
                  f"{counts['skipped_inexpressible']} inexpressible skipped), budget {budget}, code {version}"
-                 + (f", {workers} at once" if workers > 1 else "") + (f", until {until:g} s from now" if until else "")
-                 + (f" ({why})" if why else ""))
+                 + (f", {workers} at once ({why})" if why else f", {workers} at once" if workers > 1 else "")
+                 + (f", until {until:g} s from now" if until else ""))
         if ray_address is not None and jobs:
             from bench.ray_cluster import ray_outcomes
 

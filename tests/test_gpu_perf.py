@@ -123,16 +123,15 @@ def test_replay_takes_its_runs_at_once_from_the_committed_measurement_of_its_gpu
              "perf-cuda-concurrency-h100-80gb-hbm3.json": measured("NVIDIA H100 80GB HBM3",
                                                                    setting(True, {2: 6e4, 4: 8e4}))}
     assert measured_workers("NVIDIA H200", True, files) == (
-        8, "8 at once, the fastest in perf-cuda-concurrency-h200.json (with MPS, 150,000 img/s)")
+        8, "the fastest count in perf-cuda-concurrency-h200.json, with MPS: 150,000 img/s")
     assert measured_workers("NVIDIA H200", False, files) == (  # no daemon: only the setting without MPS counts
-        4, "4 at once, the fastest in perf-cuda-concurrency-h200.json (without MPS, 100,000 img/s)")
+        4, "the fastest count in perf-cuda-concurrency-h200.json, without MPS: 100,000 img/s")
     assert measured_workers("NVIDIA H100 80GB HBM3", True, files)[0] == 4
     assert measured_workers("NVIDIA H100 80GB HBM3", False, files) == (
-        CUDA_WORKERS, f"{CUDA_WORKERS} at once by default: perf-cuda-concurrency-h100-80gb-hbm3.json measured it "
-                      "with MPS only, and no MPS daemon is running")
+        CUDA_WORKERS, "CUDA_WORKERS: perf-cuda-concurrency-h100-80gb-hbm3.json measured it with MPS only, and no MPS "
+                      "daemon is running")
     assert measured_workers("NVIDIA A100-SXM4-40GB", False, files) == (
-        CUDA_WORKERS, f"{CUDA_WORKERS} at once by default: no committed concurrency measurement names "
-                      "'NVIDIA A100-SXM4-40GB'")
+        CUDA_WORKERS, "CUDA_WORKERS: no committed concurrency measurement names 'NVIDIA A100-SXM4-40GB'")
     unreadable = {"perf-cuda-concurrency-h200.json": None}  # read_measurement of a file that is not JSON
     assert measured_workers("NVIDIA H200", False, unreadable)[0] == CUDA_WORKERS
     assert worker_choice("cpu") == (1, None)  # one run at a time on the CPU: it uses every core already
