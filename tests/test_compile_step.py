@@ -26,7 +26,6 @@ from torch._dynamo.utils import counters
 from fixtures import check_evaluation, tiny_model, toy_data, write_cifar10, write_toy_folder
 from recipes.build import build_dataloaders, build_learner, build_model, lr_schedule
 from recipes.parse import parse_recipe
-from recipes.run import train
 from recipes.speed import resolve_speed, seed_everything
 from tricks.compiled_step import CompiledStepOptimizer, compiled_sgd, start_momentum
 from tricks.registry import TRICKS
@@ -163,17 +162,20 @@ def test_sgdr_and_ema_noschedule_lrs_read_back_exactly():
     assert spy.lrs == [[f32(0.15)] * 2] * 12
 
 
-def test_a_trick_that_cannot_run_with_a_compiled_step_steps_eagerly_with_one_line(monkeypatch, tmp_path):
+def test_a_trick_that_cannot_run_with_a_compiled_step_steps_eagerly_with_one_line(monkeypatch, tmp_path, capsys):
+    from fixtures import simple_image_folder
+    from recipes.cli import main
+
     unsafe = dataclasses.replace(TRICKS.get("mixup"), compile_step_unsafe="it swaps the optimizer per step")
     monkeypatch.setitem(TRICKS._entries, "mixup", unsafe)  # as if mixup had registered with compile_step_unsafe=...
+    line = "compile_step=false: mixup cannot run with a compiled optimizer step (it swaps the optimizer per step)"
     recipe, notes = resolve_speed(parse_recipe("baseline+mixup", compile_step=True), CPU)
-    assert recipe.compile_step is False
-    assert notes == ["compile_step=false: mixup cannot run with a compiled optimizer step (it swaps the optimizer "
-                     "per step)"]
-    result = train(parse_recipe("baseline+mixup", epochs=1, bs=16, eval_bs=32, model="resnet8", device="cpu",
-                                compile_step=True), tmp_path / "run", data=toy_data(n_train=64, n_test=32))
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["compile_step"] is False and result["test_acc"] >= 0
+    assert recipe.compile_step is False and notes == [line]
+    simple_image_folder(tmp_path / "images", n_train=8, n_test=2, hw=(8, 8))
+    assert main(["run", "baseline+mixup", "--dataset", "folder", "--data", str(tmp_path / "images"), "--out",
+                 str(tmp_path / "run"), "--device", "cpu", "--epochs", "1", "--bs", "4", "--compile-step"]) == 0
+    assert capsys.readouterr().out.count(line) == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["compile_step"] is False
 
 
 def test_auto_is_off_on_every_device_and_what_the_user_names_is_kept(monkeypatch):
