@@ -74,7 +74,8 @@ class CompiledStepOptimizer(OptimWrapper):
     """fastai's `OptimWrapper` around a torch SGD whose step is compiled (`compile_sgd_step`). Hyper-parameters
     set through fastai (`set_hyper`, `fit(n, lr)`, a rebuilt optimizer's) are written in place; `hypers` reads
     them as numbers, as fastai's readers expect (its Recorder and ParamScheduler keep the values they read): the lr
-    as the float32 tensor holds it. Only the lr is a tensor: a momentum or weight decay that changes is a new
+    as the float32 tensor holds it, one host read per group and read (fastai's set_hyper reads them all; the
+    recipes' schedules write the tensors directly, `tricks.schedules.set_lr`, and read nothing). Only the lr is a tensor: a momentum or weight decay that changes is a new
     constant of the step, one recompile each (fastai's `fit_one_cycle` cycles the momentum every batch: give it
     `moms=(m, m, m)`; past dynamo's recompile limit the step runs eagerly)."""
 
