@@ -75,7 +75,8 @@ mps_start() {  # the CUDA MPS control daemon, for the CUDA processes started aft
   export CUDA_MPS_PIPE_DIRECTORY=$MPS_DIR/pipe CUDA_MPS_LOG_DIRECTORY=$MPS_DIR/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   local err
-  if err=$("$MPS_CONTROL" -d 2>&1); then
+  # its output to a file, not a pipe: a daemon that kept a pipe open would hold this script at $(...) forever
+  if "$MPS_CONTROL" -d >"$MPS_DIR/start.log" 2>&1; then
     for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ] && break; sleep 0.5; done
     if [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ]; then
       MPS_STARTED=1
@@ -84,8 +85,10 @@ mps_start() {  # the CUDA MPS control daemon, for the CUDA processes started aft
     fi
     echo quit | "$MPS_CONTROL" >/dev/null 2>&1
     err="no control pipe in $CUDA_MPS_PIPE_DIRECTORY after 5 s"
+  else
+    err=$(head -c 200 "$MPS_DIR/start.log" | tr '\n' ' ')
   fi
-  say "mps: cannot start: $MPS_CONTROL -d failed: $(echo $err | cut -c1-200)"
+  say "mps: cannot start: $MPS_CONTROL -d failed: $err"
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
   return 1
 }
