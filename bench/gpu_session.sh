@@ -102,6 +102,10 @@ mps_stop() {  # mps_stop [WHY]: quit the daemon this script started, if any
 trap mps_stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+if [ -e "$MPS_DIR/pipe/control" ] && command -v "$MPS_CONTROL" >/dev/null 2>&1; then  # an earlier call was killed
+  echo quit | CUDA_MPS_PIPE_DIRECTORY=$MPS_DIR/pipe "$MPS_CONTROL" >/dev/null 2>&1
+  say "mps: the daemon an earlier call left running is stopped (this call measures without it first)"
+fi
 
 if [ -d "$WHEELS" ] && [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site; fi
 if has setup; then

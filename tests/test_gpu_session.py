@@ -89,3 +89,9 @@ def test_the_concurrency_runs_again_under_an_mps_daemon_stopped_unless_faster(tm
     # off a GPU nothing is merged, so no 'faster with MPS' verdict: the daemon is stopped before the replay
     assert "concurrency: with MPS only: " in log and "mps: daemon stopped (no measurement says it is faster)" in log
     assert not (pipes / "control").exists()
+    # a daemon an earlier call left running (that call killed): stopped before anything runs
+    os.mkfifo(pipes / "control")
+    proc, log = session(tmp_path, 30, "syncdebug", MPS_CONTROL=str(fake), CALLS=str(calls))
+    assert proc.returncode == 0, proc.stderr
+    assert calls.read_text().splitlines() == [f"-d {pipes}", "quit", "quit"] and not (pipes / "control").exists()
+    assert "mps: the daemon an earlier call left running is stopped (this call measures without it first)" in log
