@@ -31,7 +31,7 @@
 # perf-cuda-concurrency-<gpu>.json (the committed measurement after the merge), gap.log, slices.jsonl (the
 # slice log after this call's line: bench slice appends one line per call, each stage's seconds from its start to
 # the next one's, runs finished, aggregate img/s; to bench/results/slices.jsonl at the full budget, else to $OUT).
-# An MPS daemon it started is stopped when it ends, however it ends.
+# An MPS daemon it started is stopped when it ends (one a killed call left, by the next call first).
 # Environment: BUDGET (full; smoke: a dry run on any machine, with `bench perf --quick`), DEVICE (cuda), DATA,
 # DATASET (cifar10), WHEELS (.whl; none: install nothing), PY (python3), OUT (/tmp/gpu-out), RESULTS (the
 # replay's folder, /tmp/bench-results), TRICKS_CACHE (/tmp/tricks-cache), MPS_CONTROL (nvidia-cuda-mps-control),
