@@ -8,8 +8,10 @@ of the loop:
 - plain: `bench.perf.plain_fit`, the hand-written loop (lr set per iteration, forward, loss, backward,
   SGD step, zero_grad);
 - trainer: `recipes.fit.fit_one`, what `recipe run` trains with (the fastai Learner of
-  `recipes.build.build_learner`, its default callbacks, the NaN check, the per-epoch statistics and
-  the checkpoint), into a temporary run folder.
+  `recipes.build.build_learner`, its default callbacks, the NaN check, the per-epoch statistics, the
+  checkpoint, and the progress display `recipe run` adds, `recipes.progress.RichProgress`, drawing into
+  a 120-column terminal held in memory), into a temporary run folder. (A `bench replay` job trains the
+  same without the display, with a deadline callback that acts at the end of an epoch only.)
 
 Each side's time per step is its training pass's seconds over its batches, per epoch (the first epoch
 of each fit, the warm-up, left out); the fits alternate (plain, trainer, plain, trainer, ...) and each
@@ -27,6 +29,7 @@ Written by hand: no library times a fastai Learner's host work against its own p
 from __future__ import annotations
 
 import dataclasses
+import io
 import statistics
 import tempfile
 import time
@@ -37,12 +40,14 @@ from typing import Any, Callable
 
 import torch
 from fastai.callback.core import Callback
+from rich.console import Console
 from torch import nn
 
 from bench.perf import plain_fit
 from recipes.build import resolve_device
 from recipes.fit import fit_one
 from recipes.parse import parse_recipe
+from recipes.progress import RichProgress
 from recipes.recipe import Recipe
 from recipes.speed import resolve_speed
 from tricks.data import ImageData, Split
@@ -123,12 +128,18 @@ def percentile(values: list[float], pct: float) -> float:
 
 def trainer_fit(recipe: Recipe, data: ImageData, device: torch.device, cbs=(),
                 make_model: Callable[[], nn.Module] = tiny_model) -> list[float]:
-    """`fit_one` of the tiny model into a temporary run folder; each epoch's training seconds."""
+    """`fit_one` of the tiny model into a temporary run folder, with `recipe run`'s progress display (into a
+    terminal held in memory); each epoch's training seconds."""
     stats = []
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=120)
+
+    def display(s):
+        stats.append(s)
+        return [RichProgress(terminal, s), *cbs]
+
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        fit_one(recipe, Path(tmp) / "run", data, device, extra_cbs=[],
-                callbacks=lambda s: stats.append(s) or list(cbs), on_start=lambda info: None, info={},
-                checkpoint=True, make_model=make_model)
+        fit_one(recipe, Path(tmp) / "run", data, device, extra_cbs=[], callbacks=display,
+                on_start=lambda info: None, info={}, checkpoint=True, make_model=make_model)
     return [r["train_seconds"] for r in stats[-1].records]
 
 

@@ -12,7 +12,8 @@ from bench.overhead import (BATCH_EVENTS, EventTimer, OverheadSizes, overhead_re
                             step_us, tiny_data, trainer_fit)
 
 TINY = OverheadSizes(steps=3, epochs=3, repeats=2, bs=8)
-DEFAULT_CALLBACKS = {"TrainEval", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint"}
+DEFAULT_CALLBACKS = {"TrainEval", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint",
+                     "RichProgress"}  # what `recipe run` trains with, its progress display included
 STEP_EVENTS = {"before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
                "after_step", "after_batch"}
 
@@ -42,6 +43,7 @@ def test_overhead_prints_both_sides_the_ratio_on_its_own_line_and_every_callback
     assert set(o["callbacks"]) == DEFAULT_CALLBACKS  # each default callback, those without a batch event at 0
     assert set(o["callbacks"]["StopOnNonFinite"]["events"]) == {"after_loss", "after_batch"}
     assert set(o["callbacks"]["LRSchedule"]["events"]) == {"before_batch"}
+    assert set(o["callbacks"]["RichProgress"]["events"]) == {"after_batch"}
     assert set(o["events"]) == STEP_EVENTS  # every event a training step fires, none of evaluation's
     table = out[out.index(next(line for line in out if line.startswith("per callback"))) + 1:]
     listed = {m.group(1) for line in table if (m := re.match(r"  (\w+) +[\d.]+", line))}

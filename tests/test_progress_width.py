@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from rich.console import Console
@@ -42,3 +43,49 @@ def test_the_setup_and_epoch_lines_fit_80_columns():
                      "run folder: runs/baseline-20261206-031000",
                      "epoch  200 train_loss 2.3026 test_loss 2.3026 test_acc 100.00% lr 1.59e-01 99.9s"]
     assert max(len(line) for line in lines) <= 80
+
+
+def test_the_epoch_bar_moves_as_often_as_rich_redraws_and_ends_each_epoch_on_the_exact_count():
+    """A fastai user's fit with the display: on a clock of 1/16 s a batch, the bar (redrawn 10 times a second)
+    moves every second batch, its info once a second, and it ends the training pass on all 16 batches."""
+    import itertools
+
+    from fastai.callback.core import Callback
+
+    from recipes.progress import REFRESH_PER_SECOND, RichProgress
+    from recipes.stats import EpochStats
+    from tests.fixtures import learner
+
+    ticks = itertools.count()
+    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
+    stats = EpochStats()
+    progress = RichProgress(console, stats, clock=lambda: next(ticks) / 16)
+    seen: list[tuple[str, int, str]] = []  # (event, the epoch bar's count, its info) after the display's own
+
+    class Watch(Callback):
+        order = RichProgress.order + 1
+
+        def shown(self, event: str) -> None:
+            task = next(t for t in progress.bars.tasks if t.id == progress.epoch_task)
+            seen.append((event, int(task.completed), task.fields["info"]))
+
+        def after_batch(self):
+            if self.learn.training:
+                self.shown("batch")
+
+        def after_train(self):
+            self.shown("train")
+
+    learn = learner("baseline", cbs=[stats, progress, Watch()], bs=8, epochs=2)  # 128 images: 16 batches
+    learn.fit(2)
+    assert REFRESH_PER_SECOND == 10
+    for epoch in range(2):
+        epoch_seen = seen[epoch * 17:(epoch + 1) * 17]
+        moves = [("batch", b - (b + 1) % 2) for b in range(1, 17)]  # 1, 1, 3, 3, ..., 15, 15
+        assert [(e, n) for e, n, _ in epoch_seen] == [*moves, ("train", 16)]
+        infos = {info for _, _, info in epoch_seen}  # set at the first batch (8 images in 1/16 s), not after 1 s
+        assert len(infos) == 1 and infos.pop().endswith(" 128 img/s")
+    fit_task = next(t for t in progress.bars.tasks if t.id == progress.fit_task)
+    assert fit_task.completed == 2
+    printed = re.findall(r"epoch +(\d+) train_loss", console.file.getvalue())  # between the terminal's codes
+    assert printed == ["1", "2"]  # each epoch's line, once
