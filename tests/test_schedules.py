@@ -61,3 +61,36 @@ def test_lr_schedule_sets_the_optimizer_lr_each_batch(step):
         expected = [f(e / 3) for e in range(3) for _ in range(5)]
     assert seen == pytest.approx(expected, rel=1e-12)
     assert learn.lr_schedule.lrs == seen
+
+
+def test_lr_schedule_writes_to_an_optimizer_replaced_mid_fit():
+    """A user's callback that swaps the Learner's optimizer at the second epoch: the schedule's next lr lands in the
+    new optimizer's groups, from its first batch on (the schedule looks the optimizer up again when it changes)."""
+    n, bs, epochs = 40, 8, 2  # 5 batches per epoch
+    images, labels = torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.zeros(n, dtype=torch.long)
+    dl = DeviceLoader(images, labels, bs=bs, mean=torch.tensor([0.5]), std=torch.tensor([0.5]), drop_last=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    f = warmup_cosine(peak_lr=PEAK, floor_lr=FLOOR, warmup_pct=0.2, start_lr=START)
+    replaced, seen = [], []
+
+    class Swap(Callback):
+        order = 10
+
+        def before_epoch(self):
+            if self.learn.epoch == 1:
+                self.learn.opt = OptimWrapper(opt=torch.optim.SGD(model.parameters(), lr=1.0))
+                replaced.append(self.learn.opt)
+
+    class Spy(Callback):
+        order = 70
+
+        def before_batch(self):
+            if self.learn.training:
+                seen.append(self.learn.opt.opt.param_groups[0]["lr"])
+
+    learn = Learner(device_dataloaders(dl, dl.new(shuffle=False)), model, loss_func=torch.nn.CrossEntropyLoss(),
+                    opt_func=lambda p, lr: OptimWrapper(opt=torch.optim.SGD(model.parameters(), lr=lr)),
+                    cbs=[TrainEvalCallback(), Swap(), LRSchedule(f), Spy()], default_cbs=False)
+    learn.fit(epochs)
+    assert seen == [f(i / 10) for i in range(10)]  # exactly: the same float, each group's ratio 1.0
+    assert replaced[0].opt.param_groups[0]["lr"] == f(9 / 10)

@@ -13,6 +13,7 @@ because fastai's `combine_scheds` computes positions in float32 and runs tensor 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -65,12 +66,26 @@ def set_lr(opt, lr: float, ratios: list[float] | None = None) -> None:
     a batch), in place where it is a tensor (`write_hyper`: the compiled step's lr, no host sync); any other
     optimizer (fastai's own, fastai's Lookahead) goes through its set_hyper; the lookahead trick's is looked
     through (`unwrap_lookahead`)."""
-    opt = unwrap_lookahead(opt)
-    if type(opt) in (OptimWrapper, CompiledStepOptimizer):  # not len(opt.hypers): fastai builds every group's hypers
-        for i, group in enumerate(opt.opt.param_groups):
-            write_hyper(group, "lr", lr if ratios is None else lr * ratios[i])
+    groups = direct_lr_groups(opt)
+    if groups is not None:
+        write_lrs(groups, lr, [1.0] * len(groups) if ratios is None else ratios)
     else:
+        opt = unwrap_lookahead(opt)
         opt.set_hyper("lr", [lr] * len(opt.hypers) if ratios is None else [lr * r for r in ratios])
+
+
+def direct_lr_groups(opt) -> list[dict] | None:
+    """The torch param groups whose "lr" `set_lr` writes directly: those of fastai's plain `OptimWrapper` or of the
+    compiled step's optimizer (the lookahead trick's looked through); None for an optimizer set through its
+    set_hyper. (Not len(opt.hypers): fastai builds every group's hypers to count them.)"""
+    opt = unwrap_lookahead(opt)
+    return opt.opt.param_groups if type(opt) in (OptimWrapper, CompiledStepOptimizer) else None
+
+
+def write_lrs(groups: list[dict], lr: float, ratios: list[float]) -> None:
+    """Group i's "lr" = lr * ratios[i], in place where it is a tensor (`write_hyper`)."""
+    for group, ratio in zip(groups, ratios, strict=True):
+        write_hyper(group, "lr", lr * ratio)
 
 
 def unwrap_lookahead(opt):
@@ -114,6 +129,15 @@ def sets_lr(cb: Callback) -> bool:
     return (isinstance(cb, ParamScheduler) and "lr" in cb.scheds) or isinstance(cb, ReduceLROnPlateau)
 
 
+@dataclass
+class LRTarget:
+    """The optimizer the schedule last wrote to and its groups written directly (`direct_lr_groups`), found again
+    only when the Learner's optimizer is another object: a plain object, so that a batch sets no Callback
+    attribute (fastai's `Callback.__setattr__` asks the Learner for each name)."""
+    opt: object = None
+    groups: list[dict] | None = None
+
+
 class LRSchedule(Callback):
     """Sets the optimizer's lr before every training batch from `schedule(progress)`: the last param group's
     (the lr given to `fit`), each other group's in its ratio to it at before_fit (`lr_ratios`).
@@ -138,6 +162,7 @@ class LRSchedule(Callback):
         with undone_on_refusal(self.learn):  # a refused fit leaves no model surgery of the other tricks behind
             self.active = self.learn.opt is not None and not check_one_lr_schedule(self)
         self.ratios = lr_ratios(self.learn.opt) if self.active else None
+        self.target = LRTarget()
 
     def fit_lr(self) -> float:
         """The lr given to `fit` (fastai's convention: `learn.fit(n, lr)`, else `learn.lr`), as the optimizer
@@ -157,8 +182,18 @@ class LRSchedule(Callback):
         return self.learn.train_iter / (self.learn.n_epoch * self.learn.n_iter)
 
     def before_batch(self):
-        if not self.training or not self.active:
+        learn = self.learn  # read directly, not through the Callback's GetAttr (a batch's host cost)
+        if not learn.training or not self.active:
             return
         lr = self.schedule(self.progress())
-        set_lr(self.learn.opt, lr, self.ratios)
+        target = self.target
+        if learn.opt is not target.opt:  # the first batch, or a trick wrapped the optimizer (lookahead, order 65)
+            target.opt, target.groups = learn.opt, direct_lr_groups(learn.opt)
+        if target.groups is None:
+            set_lr(learn.opt, lr, self.ratios)
+        else:
+            write_lrs(target.groups, lr, self.ratios)
         self.lrs.append(lr)
+
+    def after_fit(self):
+        self.target = LRTarget()  # no reference to the fit's optimizer is kept (learn.export pickles callbacks)
