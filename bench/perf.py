@@ -41,12 +41,15 @@ import torch
 import torch.nn.functional as F
 
 from recipes.build import build_dataloaders, build_model, resolve_device, sgd_param_groups
+from recipes.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from recipes.checkpoint import Damaged, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from recipes.parse import parse_recipe
 from recipes.recipe import Recipe
+from recipes.run_folder import CHECKPOINT, PREVIOUS, config_difference
 from recipes.speed import resolve_speed, seed_everything
 from tricks.compiled_step import compile_sgd_step, write_hyper
 from tricks.data import ImageData
-from tricks.errors import TricksError
+from tricks.errors import RunFolderError, TricksError
 from tricks.files import write_atomic
 from tricks.registry import TRICKS
 from tricks.schedules import warmup_cosine
@@ -91,7 +94,8 @@ def _sync(device: torch.device) -> None:
 
 
 def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
-              make_model: Callable[[], torch.nn.Module] | None = None) -> dict[str, Any]:
+              make_model: Callable[[], torch.nn.Module] | None = None, *, folder: Path | None = None,
+              deadline: float | None = None) -> dict[str, Any]:
     """The recipe's baseline training as the plainest PyTorch loop: no fastai, no callbacks.
 
     Same seed handling, loaders, model, SGD groups, per-iteration warmup + cosine lr and speed settings
@@ -100,14 +104,22 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
     `recipes.fit.fit_one` (a recipe without tricks); with `compile_step`, the same compiled SGD step
     (`tricks.compiled_step.compile_sgd_step`: torch's non-fused SGD, each lr a device tensor written in place).
     Returns train images/s (training passes only), each epoch's training and evaluation seconds, per-epoch test
-    accuracy and the final weights.
+    accuracy, the final weights and the epoch it started from (`start_epoch`: 0, or a checkpoint's).
     `make_model` builds the model in place of the recipe's (as `recipes.fit.fit_one`'s).
+
+    `folder`: a checkpoint there at the end of every epoch (`plain_state`), and a checkpoint found there is
+    resumed from its next epoch, to the bit the run that was never stopped (`load_plain_checkpoint`; a finished
+    run's last checkpoint stays: started again it trains nothing and returns the same result). `deadline` (a
+    `bench.job._now()` value; needs `folder`): past it, an epoch's checkpoint ends the run with `Abandoned`.
     """
     if recipe.tricks:
         raise ValueError("plain_fit replays recipes without tricks only")
+    if deadline is not None and folder is None:
+        raise ValueError("plain_fit stops at a deadline only with a checkpoint folder to resume from")
     recipe, _ = resolve_speed(recipe, device)
     if recipe.precision == "fp16":
         raise ValueError("plain_fit runs fp32 and bf16 (fp16 needs a gradient scaler)")
+    saved = None if folder is None else load_plain_checkpoint(Path(folder), plain_config(recipe, device))
     seed_everything(recipe.seed, device)
     dls = build_dataloaders(recipe, data, device)
     model = make_model() if make_model is not None else build_model(recipe, data.num_classes, data.channels)
@@ -123,8 +135,13 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     lr_at = warmup_cosine(peak_lr=recipe.lr, floor_lr=recipe.eta, warmup_pct=recipe.warmup_epochs / recipe.epochs,
                           start_lr=recipe.warmup_start_lr, warmup=recipe.warmup)
-    n_iter, step, images, accs, train_s, eval_s = len(dls.train), 0, 0, [], [], []
-    for epoch in range(recipe.epochs):
+    done = {"epoch": 0, "step": 0, "images": 0, "epoch_acc": [], "train_seconds": [], "eval_seconds": []}
+    if saved is not None:
+        done = restore_plain(saved, model, opt, [dls.train, dls.valid])  # last: no draw before the first batch
+    start_epoch, n_iter = done["epoch"], len(dls.train)
+    step, images, accs, train_s, eval_s = (done[k] for k in ("step", "images", "epoch_acc", "train_seconds",
+                                                             "eval_seconds"))
+    for epoch in range(start_epoch, recipe.epochs):
         model.train()
         _sync(device)
         start = time.perf_counter()
@@ -149,9 +166,99 @@ def plain_fit(recipe: Recipe, data: ImageData, device: torch.device,
                 correct += (model(x).argmax(1) == y).sum()
         accs.append(100.0 * correct.item() / dls.valid.n)
         eval_s.append(time.perf_counter() - start)
+        if folder is not None:
+            done = {"epoch": epoch + 1, "step": step, "images": images, "epoch_acc": accs, "train_seconds": train_s,
+                    "eval_seconds": eval_s}
+            save_checkpoint(Path(folder), plain_state(done, model, opt, [dls.train, dls.valid],
+                                                      plain_config(recipe, device)))
+            stop_at_deadline(deadline, epoch + 1, recipe.epochs, Path(folder))
     return {"train_images_per_second": images / sum(train_s), "epoch_acc": accs, "test_acc": accs[-1],
             "train_seconds": train_s, "eval_seconds": eval_s, "train_images": dls.train.n // recipe.bs * recipe.bs,
-            "state_dict": model.state_dict()}
+            "state_dict": model.state_dict(), "start_epoch": start_epoch}
+
+
+def plain_config(recipe: Recipe, device: torch.device) -> dict[str, Any]:
+    """What a plain run's checkpoint must match to be resumed: the resolved recipe, the loop and the device type."""
+    return json.loads(json.dumps({**recipe.to_dict(), "loop": "plain", "device_type": device.type}))  # as saved
+
+
+def plain_state(done: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer, loaders: list,
+                config: dict[str, Any]) -> dict[str, Any]:
+    """A plain run's checkpoint after `done["epoch"]` epochs: `recipes.checkpoint`'s format (its digest and atomic
+    write, `save_checkpoint`) with `"loop": "plain"`: the model, the optimizer (momentum buffers, the lrs), the
+    epochs, steps and images so far, each epoch's accuracy and seconds, every random state the loop draws from
+    (`recipes.checkpoint.rng_state`: torch CPU and CUDA, each loader's order and augmentation generators) and the
+    config it must match."""
+    return {"format": CHECKPOINT_FORMAT, "loop": "plain", **done, "model": model.state_dict(),
+            "opt": opt.state_dict(), "rng": rng_state(loaders), "config": json.dumps(config)}
+
+
+def load_plain_checkpoint(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest whole plain checkpoint in `folder` (`checkpoint.pth`, else the `checkpoint.prev.pth` the last
+    write kept), None where the folder has neither; a `RunFolderError` (one line) for damaged files only, a recipe
+    run's checkpoint, or one of other settings (the first difference named). Nothing in `folder` is changed."""
+    damaged = []
+    for path in (folder / CHECKPOINT, folder / PREVIOUS):
+        if not path.exists():
+            continue
+        try:
+            state = read_checkpoint(path)
+        except Damaged as e:
+            damaged.append(f"{path.name} is damaged: {e}")
+            continue
+        if state.get("loop") != "plain":
+            raise RunFolderError(f"'{path}' is a recipe run's checkpoint, not the plain loop's; give the plain "
+                                 "loop a folder of its own")
+        saved = json.loads(state["config"])
+        keys = config_difference(saved, config)
+        if keys:
+            k = keys[0]
+            raise RunFolderError(f"the plain run in '{folder}' was trained with {k}={saved.get(k, '<unset>')!r}, "
+                                 f"this one has {k}={config.get(k, '<unset>')!r}; run it with the settings it was "
+                                 "started with, or remove the folder to train it again")
+        return state
+    if damaged:
+        raise RunFolderError(f"{'; '.join(damaged)}; no whole checkpoint is left in '{folder}' (the files are kept); "
+                             "remove the folder to train the run again")
+    return None
+
+
+def plain_checkpoint_whole(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint that reads whole (`checkpoint.pth` or `checkpoint.prev.pth`; a plain run's
+    or not): a folder without one is left by an attempt killed before its first epoch ended."""
+    for path in (folder / CHECKPOINT, folder / PREVIOUS):
+        try:
+            read_checkpoint(path)
+        except Damaged:  # cut short, changed, or missing
+            continue
+        return True
+    return False
+
+
+def restore_plain(state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+                  loaders: list) -> dict[str, Any]:
+    """Load a plain checkpoint into a freshly built run; returns its epochs, steps, images, accuracies and seconds.
+    The optimizer keeps its own lr objects (a compiled step's lr tensors: torch's load would put the saved ones in
+    their place) with the saved values written into them, as `tricks.compiled_step.CompiledStepOptimizer` does."""
+    model.load_state_dict(state["model"])
+    lrs = [group["lr"] for group in opt.param_groups]
+    opt.load_state_dict(state["opt"])
+    for group, lr in zip(opt.param_groups, lrs):
+        loaded, group["lr"] = group["lr"], lr
+        write_hyper(group, "lr", loaded)
+    set_rng_state(state["rng"], loaders)
+    return {"epoch": int(state["epoch"]), "step": int(state["step"]), "images": int(state["images"]),
+            **{k: [float(v) for v in state[k]] for k in ("epoch_acc", "train_seconds", "eval_seconds")}}
+
+
+def stop_at_deadline(deadline: float | None, epoch: int, epochs: int, folder: Path) -> None:
+    """`bench.job.Abandoned` once `deadline` has passed and epochs are left (as `bench.job.Deadline` stops a recipe
+    run): the checkpoint of `epoch` is in `folder`."""
+    from bench import job as job_module
+
+    if deadline is not None and job_module._now() >= deadline and epoch < epochs:
+        raise job_module.Abandoned(f"stopped at the deadline after epoch {epoch} of {epochs}; its checkpoint in "
+                                   f"'{folder}' resumes it")
 
 
 def recipe_fit(recipe: Recipe, data: ImageData) -> dict[str, Any]:
