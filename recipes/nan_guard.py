@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 
 import torch
 from fastai.callback.core import Callback
@@ -58,13 +59,30 @@ class StopOnNonFinite(Callback):
         seen, batches = torch.stack(self.losses), self.batches
         self.losses, self.batches = [], []
         bad = ~torch.isfinite(seen)
-        if not bool(bad.any()):
-            return
-        at = int(bad.nonzero()[0, 0])
+        with host_read_allowed(seen.device):
+            if not bool(bad.any()):
+                return
+            at = int(bad.nonzero()[0, 0])
+            self.bad_loss = seen[at]
+            value = float(self.bad_loss)
         batch = batches[at]
-        self.bad_loss = seen[at]
-        value = float(self.bad_loss)
         what = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
         kept = f"what the earlier epochs wrote is kept in '{self.out}'; " if self.out is not None else ""
         raise TrainingError(f"loss became {what} at epoch {self.epoch + 1}, batch {batch + 1} of {self.n_iter}; "
                             f"{kept}lower the learning rate or check the data")
+
+
+@contextmanager
+def host_read_allowed(device: torch.device):
+    """The NaN check's one read, allowed under `torch.cuda.set_sync_debug_mode("error")` (the GPU's check that
+    nothing else in a training step reads the device: tests/test_host_reads.py, `bash bench/gpu_session.sh N
+    syncdebug`): on a CUDA device the mode is 0 while the read runs and restored after; elsewhere nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)

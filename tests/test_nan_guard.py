@@ -119,3 +119,20 @@ def test_recipe_run_exits_1_with_one_line_and_keeps_the_run_folder(tmp_path, dat
     assert [r["epoch"] for r in rows] == ["1"] and re.fullmatch(r"[0-9.e+-]+", rows[0]["train_loss"])
     assert (tmp_path / "runs" / "old" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["new", "old"]
+
+
+def test_the_checks_read_lowers_cudas_sync_debug_mode_and_restores_it(monkeypatch):
+    from recipes.nan_guard import host_read_allowed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 2)  # "error", as the GPU's sync-debug run sets it
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", calls.append)
+    with host_read_allowed(torch.device("cuda", 0)):
+        assert calls == [0]
+    assert calls == [0, 2]
+    with pytest.raises(RuntimeError), host_read_allowed(torch.device("cuda", 0)):
+        raise RuntimeError("the read failed")
+    assert calls == [0, 2, 0, 2]  # restored on an error too
+    with host_read_allowed(torch.device("cpu")):
+        pass
+    assert calls == [0, 2, 0, 2]  # the CPU has no such mode
