@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 DEMO_RECIPE ?= baseline:model=resnet8,crop_pad=0+refine:gens=1
 DEMO_ARGS ?= --dataset fashion-mnist --epochs 3
 
-.PHONY: install demo test fashion-mnist clean
+.PHONY: install demo test fashion-mnist gpu-carry clean
 
 install: $(STAMP)
 
@@ -34,6 +34,22 @@ demo: install fashion-mnist
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# What a GPU call carries (`carry: [".whl", ".gpu"]`; both ignored by git, 64 MiB at most): wheels of what the GPU
+# machine's image lacks (it has Python 3.12, torch, torchvision, numpy, pillow, timm and rich), at the versions
+# installed here, which bench/gpu_session.sh's setup installs; and the CIFAR-10 archive it reads from .gpu/.
+GPU_WHEELS ?= fastai fastcore fastdownload fastprogress fasttransform plum-dispatch beartype python-fasthtml \
+	starlette itsdangerous python-multipart httpx httpcore truststore pytest pluggy iniconfig pytest-timeout
+CIFAR10 ?= ../shared/data/cifar10-jpeg.tar.gz
+
+gpu-carry: install
+	rm -rf .whl && mkdir -p .whl .gpu
+	$(BIN)/python -m pip freeze --all | $(BIN)/python -c "import sys; want = {w.lower() for w in sys.argv[1:]}; \
+	  print(*(l.strip() for l in sys.stdin if l.partition('==')[0].lower() in want), sep='\n')" $(GPU_WHEELS) > .whl/pins.txt
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version 3.12 --platform manylinux2014_x86_64 -d .whl -r .whl/pins.txt
+	cp $(CIFAR10) .gpu/cifar10-jpeg.tar.gz
+	@du -sh .whl .gpu
 
 clean:
 	rm -rf $(VENV) *.egg-info
