@@ -11,7 +11,8 @@
                  [--dry-run] [--simulate SPEC] and replay's --workers/--results/--data/--ray options
                                                                  seeds only where a conclusion is still open
     list, replay, report and decide take --table PATH: an ablation table of your own (bench/ablations.toml's format)
-    bench gap    [--budget B] [--seeds N] [--workers N] [--until SECONDS] and replay's --results/--data/--device
+    bench gap    [--budget B] [--seeds N] [--workers N] [--until SECONDS] [--start-late] and replay's
+                 --results/--data/--device
                                                                  the S9 baseline three ways (issue 19)
     bench slice  --stage NAME=START:END ... --given SECONDS [--budget B] [--log PATH]
                                                                  one line of the GPU slice log
@@ -146,6 +147,7 @@ def cmd_gap(args: argparse.Namespace, console: Console) -> None:
     rows, _ = load_table()
     counts = gap(rows, budget=args.budget, seeds=args.seeds, workers=args.workers, results_dir=Path(args.results),
                  data=args.data, dataset=args.dataset, device=args.device, until=args.until,
+                 start_late=args.start_late,
                  results_path=Path(args.results_file) if args.results_file else DEFAULT_PATH,
                  progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()), highlight=False)
@@ -355,6 +357,9 @@ def build_parser() -> Parser:
     for name in ("--until", "--results-file", "--results", "--data", "--dataset", "--device"):
         action = next(a for a in rp._actions if name in a.option_strings)
         gp.add_argument(name, type=action.type, default=action.default, help=action.help, metavar=action.metavar)
+    gp.add_argument("--start-late", action="store_true",
+                    help="with --until: start runs up to the deadline even if they cannot finish by then (a later "
+                         "bench gap on the same --results resumes them, plain runs too)")
     sl = sub.add_parser("slice", help="append one line to the GPU slice log: stages, runs finished, img/s")
     sl.add_argument("--stage", action="append", default=[], metavar="NAME=START:END",
                     help="a stage and its start and end (Unix seconds, `date +%%s`); once per stage, in order")

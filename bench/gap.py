@@ -16,17 +16,23 @@ stay as they are. The variants' recipe is the row's with the options above (`var
 `recipe` says what ran, and every record's `speed` states its precision and compile mode.
 
 What the results already hold (the store, and for the full budget `bench/results/full.jsonl`: the replay's
-`done_check`) is skipped; each finished run is stored at once (`bench.job.keep_record`). With `until` no run
-starts past the deadline and a recipe run still training then stops after its epoch's checkpoint (the next call
-resumes it, as the replay's do). A plain run has no checkpoint, so it starts only when the time left is at least
-what the fp32 runs that finished predict for it (their slowest seconds per epoch, times its epochs); while none
-has finished it waits for one, and with none running it is left for a later call. Written by hand: the replay's
-pool trains recipe jobs only.
+`done_check`) is skipped; each finished run is stored at once (`bench.job.keep_record`). Every run trains in its
+folder under the results folder (`bench.job.job_folder`) and resumes there: a recipe run from its checkpoint
+(`bench.job.train_job`), a plain run from the checkpoint `plain_fit` writes at the end of every epoch
+(`bench.perf.load_plain_checkpoint`: to the bit the run never stopped); a folder with no whole checkpoint is
+trained again from epoch 0. With `until` no run starts past the deadline, and a run still training then stops
+after its epoch's checkpoint ('abandoned'; the next call on the same results folder resumes it). Before the
+deadline a run starts unless the fp32 runs that finished predict it cannot end by then (their slowest seconds per
+epoch, times its epochs; none finished: it starts), as the replay's runs do; `start_late` starts every run up to
+the deadline (the replay's `--start-late`: for a call that another call on the same warm machine follows, so a
+first call starts all six and the next one finishes them). Written by hand: the replay's pool trains recipe jobs
+only.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +40,7 @@ from typing import Any, Callable
 
 from bench import job as job_module
 from bench import results_file
-from bench.job import Job, keep_record, loaded
+from bench.job import Abandoned, Job, job_folder, keep_record, loaded
 from bench.table import Row
 from tricks.errors import ConfigError, DiskFullError, TricksError, one_line
 
@@ -104,23 +110,28 @@ def gap_jobs(base: Row, *, budget: str, seeds: int, results_dir: Path, data: str
 
 
 def train_plain(job: Job) -> dict[str, Any]:
-    """Train `job`'s recipe with `bench.perf.plain_fit` in this process; its record, with the fields a record
-    of `bench.job.train_job` has (`speed` with `"loop": "plain"`; never resumed)."""
+    """Train `job`'s recipe with `bench.perf.plain_fit` in this process, in its folder under the results folder
+    (resumed from its checkpoint; a folder with no whole checkpoint is trained again, as `bench.job.train_job`
+    does); its record, with the fields a record of `bench.job.train_job` has (`speed` with `"loop": "plain"`).
+    `bench.job.Abandoned` at `job.deadline`, after an epoch's checkpoint."""
     import torch
 
     from bench.budgets import row_recipe
-    from bench.perf import plain_fit
+    from bench.perf import plain_checkpoint_whole, plain_fit
     from recipes.build import resolve_device
     from recipes.speed import resolve_speed
 
     device = resolve_device(job.device)
     recipe = row_recipe(job.row, job.budget, job.seed, data=job.data, dataset=job.dataset, device=job.device)
     images, checksum = loaded(recipe.dataset, recipe.data)
+    folder = job_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
+    if folder.exists() and not plain_checkpoint_whole(folder):  # left by a killed attempt before its first epoch
+        shutil.rmtree(folder)
     start = time.perf_counter()
-    fit = plain_fit(recipe, images, device)
+    fit = plain_fit(recipe, images, device, folder=folder, deadline=job.deadline)
     wall = time.perf_counter() - start
     ran, _ = resolve_speed(recipe, device)
-    speed = {k: getattr(ran, k) for k in ("channels_last", "precision", "compile", "compile_mode", "eval_bs")}
+    speed = {k: getattr(ran, k) for k in job_module.SPEED_SETTINGS}
     accs = [float(a) for a in fit["epoch_acc"]]
     return {
         "row_id": job.row.id, "recipe": job.row.stored_recipe, "budget": job.budget, "seed": job.seed,
@@ -129,7 +140,8 @@ def train_plain(job: Job) -> dict[str, Any]:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "options": dict(job.row.options), "train_images_per_second": float(fit["train_images_per_second"]),
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__, "workers": job.workers, "resumed": False, "speed": {**speed, "loop": "plain"},
+        "torch": torch.__version__, "workers": job.workers, "resumed": fit["start_epoch"] > 0,
+        "speed": {**speed, "loop": "plain"},
         "epochs": len(accs),
     }
 
@@ -144,6 +156,8 @@ def attempt(task: GapJob) -> tuple[GapJob, dict[str, Any] | None, str | None]:
         record = train_plain(task.job)
         keep_record(task.job, record)
         return task, record, None
+    except Abandoned as e:
+        return task, None, "abandoned: " + one_line(e)
     except DiskFullError:  # every later job would fail the same way
         raise
     except TricksError as e:
@@ -167,29 +181,27 @@ def _epochs(job: Job) -> int:
 
 
 class Gate:
-    """Whether a job may start now: none after the deadline; a plain run only with a prediction that it ends
-    by then (module docstring). `known`: fp32 seconds per epoch seen so far."""
+    """Whether a job may start now: none after the deadline; before it, with `start_late` every one, else each
+    unless the fp32 runs seen so far predict it cannot end by then (module docstring). `known`: fp32 seconds per
+    epoch seen so far."""
 
-    def __init__(self, deadline: float | None, known: list[float]):
-        self.deadline, self.known = deadline, list(known)
+    def __init__(self, deadline: float | None, known: list[float], start_late: bool = False):
+        self.deadline, self.known, self.start_late = deadline, list(known), start_late
 
     def learn(self, record: dict | None) -> None:
         per_epoch = seconds_per_epoch(record) if record is not None else None
         if per_epoch is not None:
             self.known.append(per_epoch)
 
-    def decide(self, task: GapJob, running: int) -> str:
-        """'start', 'wait' (a plain run with no prediction while runs that may give one are training) or
-        'leave' (no time for it)."""
+    def decide(self, task: GapJob) -> str:
+        """'start' or 'leave' (no time for it)."""
         if self.deadline is None:
             return "start"
         now = job_module._now()
         if now >= self.deadline:
             return "leave"
-        if task.loop == "recipe":
+        if self.start_late or not self.known:
             return "start"
-        if not self.known:
-            return "wait" if running else "leave"
         return "start" if now + max(self.known) * _epochs(task.job) <= self.deadline else "leave"
 
 
@@ -198,7 +210,7 @@ def _outcomes(tasks: list[GapJob], workers: int, gate: Gate, counts: dict[str, i
     (the replay's worker setup); a task the gate leaves counts as 'not_started'."""
     if workers == 1 or len(tasks) <= 1:
         for task in tasks:
-            if gate.decide(task, running=0) != "start":
+            if gate.decide(task) != "start":
                 counts["not_started"] += 1
                 continue
             outcome = attempt(task)
@@ -217,18 +229,13 @@ def _outcomes(tasks: list[GapJob], workers: int, gate: Gate, counts: dict[str, i
         running: dict = {}
         broken = False
         while pending or running:
-            for task in list(pending):
-                if len(running) >= workers or broken:
-                    break
-                choice = gate.decide(task, running=len(running))
-                if choice == "wait":
-                    continue
-                pending.remove(task)
-                if choice == "leave":
+            while pending and len(running) < workers and not broken:
+                task = pending.pop(0)
+                if gate.decide(task) == "leave":
                     counts["not_started"] += 1
                 else:
                     running[pool.submit(attempt, task)] = task
-            if not running:  # plain runs with nothing left to predict their time, or a pool that broke
+            if not running:  # a pool that broke
                 counts["not_started"] += len(pending)
                 return
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -252,14 +259,15 @@ def known_seconds(results_path: Path | None, budget: str) -> list[float]:
 
 
 def gap(rows: list[Row], *, budget: str, seeds: int, workers: int | None, results_dir: Path, data: str | None,
-        dataset: str = "cifar10", device: str = "auto", until: float | None = None,
+        dataset: str = "cifar10", device: str = "auto", until: float | None = None, start_late: bool = False,
         results_path: Path | None = results_file.DEFAULT_PATH,
         progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
     """Train every (variant, seed 0..seeds-1) of the S9 baseline the results do not hold for this budget, code
     and data; returns counts of runs: 'done_before', 'ran', 'failed', 'abandoned', 'not_started' (as the replay's).
 
-    `rows`: the ablation table's rows (the S9 baseline is taken from them). `until`: seconds from now (module
-    docstring). `results_path`: the results file a full-budget record is also appended to (None: none).
+    `rows`: the ablation table's rows (the S9 baseline is taken from them). `until`: seconds from now, and
+    `start_late` (module docstring). `results_path`: the results file a full-budget record is also appended to
+    (None: none).
     """
     from bench.budgets import BUDGETS
     from bench.replay import _lock, done_check
@@ -284,8 +292,9 @@ def gap(rows: list[Row], *, budget: str, seeds: int, workers: int | None, result
                                workers=workers, deadline=deadline, results_path=results_path, done=done)
         counts = {"done_before": held, "ran": 0, "failed": 0, "abandoned": 0, "not_started": 0}
         progress(f"{len(tasks)} gap runs to do ({held} done before), budget {budget}, {workers} at once"
-                 + (f", until {until:g} s from now" if until else ""))
-        gate = Gate(deadline, known_seconds(held_file, budget))
+                 + (f", until {until:g} s from now" if until else "")
+                 + (", starting runs up to the deadline" if start_late and until else ""))
+        gate = Gate(deadline, known_seconds(held_file, budget), start_late)
         for i, (task, record, error) in enumerate(_outcomes(tasks, workers, gate, counts), 1):
             name = f"[{i}/{len(tasks)}] {task.job.row.id} seed {task.job.seed}"
             if error is None:
@@ -298,8 +307,8 @@ def gap(rows: list[Row], *, budget: str, seeds: int, workers: int | None, result
                 counts["failed"] += 1
                 progress(f"{name}: failed: {error}")
         if counts["not_started"]:
-            progress(f"{counts['not_started']} runs not started: too little time left, or no finished fp32 run to "
-                     "predict a plain run's time (a plain run cannot resume)")
+            progress(f"{counts['not_started']} runs not started: too little time left (--start-late starts them up "
+                     "to the deadline; a later call on this results folder resumes them)")
         return counts
     finally:
         lock.close()

@@ -17,7 +17,10 @@
 #                a default stage); elsewhere, or without pytest, one line says why not
 #   gap          bench gap --budget full: the S9 baseline three ways side by side (issue 19 section 1: the default
 #                bf16 compiled run, fp32 eager, the plain loop of bench perf), SEEDS seeds each, up to 6 at once;
-#                what the results hold is skipped, so once the six runs are kept it costs seconds
+#                what the results hold is skipped, so once the six runs are kept it costs seconds; a run still
+#                training at the deadline stops after its epoch's checkpoint (plain runs too): the next call resumes
+#   gap-late     the same, starting all of them up to the deadline (bench gap --start-late): a first call starts the
+#                six, the next call on the same warm machine (gap, or gap-late again) finishes them
 #   replay       bench replay --budget full of ROWS (default 'S9.*', in the bench's priority order) with SEEDS
 #                seeds (default 2) until the time is spent, as many runs at once as the GPU's committed
 #                concurrency measurement found fastest (bench/replay.py default_workers; its first line says)
@@ -174,12 +177,14 @@ if has syncdebug && [ "$(left)" -gt 120 ]; then
   fi
 fi
 
+GAP_LATE=""
+if has gap-late; then GAP_LATE="--start-late"; STAGES="$STAGES,gap"; fi
 if has gap && [ "$(left)" -gt 60 ]; then
   mark gap
   UNTIL=$(( $(left) - 20 ))
-  say "gap: the S9 baseline three ways, $SEEDS seeds each, until $UNTIL s"
+  say "gap: the S9 baseline three ways, $SEEDS seeds each, until $UNTIL s${GAP_LATE:+, starting runs up to then}"
   timeout $(( UNTIL + 15 )) $PY -m bench.cli gap --budget "$BUDGET" --device "$DEVICE" --seeds "$SEEDS" \
-    --until "$UNTIL" --dataset "$DATASET" --data "$DATA" --results "$RESULTS" 2>&1 \
+    --until "$UNTIL" --dataset "$DATASET" --data "$DATA" --results "$RESULTS" $GAP_LATE 2>&1 \
     | grep --line-buffered -v Warning | tee "$OUT/gap.log" | tee -a "$LOG"
 fi
 

@@ -104,12 +104,16 @@ def _resumable(out: Path, fits: int) -> bool:
     return True
 
 
+# the speed settings (`recipes.speed`) every record states as it ran (`speed_of`; `bench.gap`'s plain runs too)
+SPEED_SETTINGS = ("channels_last", "precision", "compile", "compile_mode", "compile_step", "eval_bs")
+
+
 def speed_of(out: Path) -> dict[str, Any]:
     """The speed settings the run in `out` trained with (its config.json; the top one for refine runs)."""
     from recipes.run_folder import saved_config
 
     config = saved_config(out)
-    return {k: config.get(k) for k in ("channels_last", "precision", "compile", "compile_mode", "eval_bs")}
+    return {k: config.get(k) for k in SPEED_SETTINGS}
 
 
 def train_job(job: Job) -> dict[str, Any]:

@@ -7,14 +7,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 
 import pytest
 
 from bench import results_file
 from bench.cli import main
-from bench.gap import BASE_ROW, VARIANTS, Gate, GapJob, train_plain, variant_row
-from bench.job import Job, train_job
+from bench.gap import BASE_ROW, VARIANTS, Gate, GapJob, gap, train_plain, variant_row
+from bench.job import Job, job_folder, train_job
 from bench.record import FIELDS, RunRecord
 from bench.report import (END, GAP_COMMAND, GAP_MARKERS, SLICE_MARKERS, START, gap_markdown, headline_markdown,
                           slice_markdown)
@@ -22,7 +23,7 @@ from bench.slices import append, latest_slice, read_checked, runs_per_slice, sli
 from bench.store import Store, code_version
 from bench.slices import DEFAULT_PATH as SLICES_PATH
 from bench.table import load_table
-from fixtures import write_cifar10
+from fixtures import row, write_cifar10
 from tricks.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -63,9 +64,9 @@ def test_bench_gap_trains_the_three_ways_once_each_seed_on_the_cpu(tmp_path, tin
     assert len(Store(results).records("smoke")) == 6
 
 
-def test_bench_gap_in_worker_processes_holds_the_plain_run_until_an_fp32_run_predicts_it(tmp_path, tiny, capsys):
-    """Two processes (as 6 on a GPU): the default and fp32-eager runs start, the plain run waits for a finished fp32
-    run (on the CPU the default is fp32 too) to predict its time, then starts and ends in time."""
+def test_bench_gap_in_worker_processes_starts_the_plain_run_when_a_process_is_free(tmp_path, tiny, capsys):
+    """Two processes (as 6 on a GPU): the default and fp32-eager runs start, the plain run (it resumes as they do)
+    starts once one of them ends, and all three end in time."""
     results = tmp_path / "results"
     argv = ["gap", "--budget", "smoke", "--device", "cpu", "--data", str(tiny), "--results", str(results),
             "--seeds", "1", "--workers", "2", "--until", "600"]
@@ -73,7 +74,7 @@ def test_bench_gap_in_worker_processes_holds_the_plain_run_until_an_fp32_run_pre
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "3 gap runs to do (0 done before), budget smoke, 2 at once, until 600 s from now"
     assert lines[-1] == "done before 0, ran 3, failed 0, abandoned 0, not started 0"
-    # the plain run starts only once a recipe run has ended, so it never ends first
+    # the plain run starts only once a recipe run has ended (two processes), so it never ends first
     assert lines[1].startswith(("[1/3] S9.baseline seed 0: ", "[1/3] S9.baseline@fp32-eager seed 0: "))
     assert sorted(r["row_id"] for r in Store(results).records("smoke")) == [
         "S9.baseline", "S9.baseline@fp32-eager", "S9.baseline@plain"]
@@ -95,7 +96,8 @@ def test_each_way_records_every_field_with_its_precision_and_compile_mode(tmp_pa
         assert record["generation_acc"] is None and record["epochs"] == 1 and record["resumed"] is False
     assert plain["row_id"] == "S9.baseline@plain" and plain["recipe"] == FP32_EAGER_RECIPE
     assert plain["speed"] == {"channels_last": True, "precision": "fp32", "compile": False, "compile_mode": "default",
-                              "eval_bs": 1000, "loop": "plain"}
+                              "compile_step": False, "eval_bs": 1000, "loop": "plain"}
+    assert plain["speed"] == {**eager["speed"], "loop": "plain"} and set(default["speed"]) == set(eager["speed"])
     assert plain["test_acc"] == plain["epoch_acc"][-1] == plain["best_test_acc"]
     assert plain["options"] == {"precision": "fp32", "compile": False} and plain["device"] == "cpu"
     assert eager["row_id"] == "S9.baseline@fp32-eager" and eager["recipe"] == FP32_EAGER_RECIPE
@@ -109,22 +111,67 @@ def plain_task(tiny, tmp_path) -> GapJob:
     return GapJob("plain", gap_job(tiny, tmp_path, "plain"))
 
 
-def test_a_plain_run_starts_only_when_finished_fp32_runs_predict_it_ends_in_time(tmp_path, tiny, monkeypatch):
+def test_a_run_starts_unless_finished_fp32_runs_predict_it_cannot_end_in_time_or_up_to_the_deadline_when_late(
+        tmp_path, tiny, monkeypatch):
     monkeypatch.setattr("bench.job._now", lambda: 1000.0)
     task = plain_task(tiny, tmp_path)  # one epoch at the smoke budget
     recipe_task = GapJob("recipe", gap_job(tiny, tmp_path, "fp32-eager"))
-    assert Gate(None, []).decide(task, running=0) == "start"
+    assert Gate(None, []).decide(task) == "start"
     gate = Gate(1100.0, [])
-    assert gate.decide(recipe_task, running=0) == "start"  # a recipe run resumes: it may start with no prediction
-    assert gate.decide(task, running=2) == "wait" and gate.decide(task, running=0) == "leave"
+    assert gate.decide(recipe_task) == gate.decide(task) == "start"  # nothing predicts them yet: they resume
     gate.learn({"resumed": True, "speed": {"precision": "fp32"}, "wall_seconds": 1.0, "epoch_acc": [1.0]})
     gate.learn({"resumed": False, "speed": {"precision": "bf16"}, "wall_seconds": 1.0, "epoch_acc": [1.0]})
     assert gate.known == []  # a resumed run's wall time is its last part only; bf16 predicts nothing for fp32
     gate.learn({"resumed": False, "speed": {"precision": "fp32"}, "wall_seconds": 200.0, "epoch_acc": [1.0, 2.0]})
-    assert gate.known == [100.0] and gate.decide(task, running=0) == "start"  # 1000 + 100 <= 1100
+    assert gate.known == [100.0] and gate.decide(task) == gate.decide(recipe_task) == "start"  # 1000 + 100 <= 1100
     gate.learn({"resumed": False, "speed": {"precision": "fp32"}, "wall_seconds": 101.0, "epoch_acc": [1.0]})
-    assert gate.decide(task, running=0) == "leave"  # the slowest: 1000 + 101 > 1100
-    assert Gate(999.0, []).decide(recipe_task, running=0) == "leave"  # past the deadline nothing starts
+    assert gate.decide(task) == gate.decide(recipe_task) == "leave"  # the slowest: 1000 + 101 > 1100
+    late = Gate(1100.0, [101.0], start_late=True)
+    assert late.decide(task) == late.decide(recipe_task) == "start"  # the next call resumes what this one starts
+    assert Gate(999.0, []).decide(recipe_task) == Gate(999.0, [], start_late=True).decide(task) == "leave"
+
+
+def short_rows():
+    """The S9 baseline at 3 epochs (the full budget trains the row as it is), as a test's table."""
+    return [row(BASE_ROW, epochs=3, warmup_epochs=1)]
+
+
+def test_a_plain_run_abandoned_at_the_deadline_resumes_in_the_next_call_to_the_uninterrupted_calls_accuracies(
+        tmp_path, tiny, monkeypatch):
+    results, path = tmp_path / "results", tmp_path / "full.jsonl"
+    plain_row = variant_row(short_rows()[0], next(v for v in VARIANTS if v.name == "plain"))
+    folder = job_folder(results, plain_row.id, "full", 0, code_version())
+    # wall time until the plain run has written its first epoch's checkpoint, then far past the deadline
+    monkeypatch.setattr("bench.job._now", lambda: time.time() + (10_000 * (folder / "checkpoint.pth").exists()))
+    lines = []
+    first = gap(short_rows(), budget="full", seeds=1, workers=1, results_dir=results, data=str(tiny), device="cpu",
+                until=600, results_path=path, progress=lines.append)
+    monkeypatch.undo()
+    assert first == {"done_before": 0, "ran": 2, "failed": 0, "abandoned": 1, "not_started": 0}
+    assert lines[-1] == (f"[3/3] S9.baseline@plain seed 0: abandoned: stopped at the deadline after epoch 1 of 3; its "
+                         f"checkpoint in '{folder}' resumes it")
+    assert [r["row_id"] for r in results_file.read(path)] == ["S9.baseline", "S9.baseline@fp32-eager"]
+    second = gap(short_rows(), budget="full", seeds=1, workers=1, results_dir=results, data=str(tiny), device="cpu",
+                 results_path=path)
+    assert second == {"done_before": 2, "ran": 1, "failed": 0, "abandoned": 0, "not_started": 0}
+    resumed = results_file.read(path)[-1]
+    assert (resumed["row_id"], resumed["resumed"], resumed["epochs"]) == ("S9.baseline@plain", True, 3)
+    once = gap(short_rows(), budget="full", seeds=1, workers=1, results_dir=tmp_path / "fresh", data=str(tiny),
+               device="cpu", results_path=tmp_path / "once.jsonl")
+    assert once["ran"] == 3
+    uninterrupted = results_file.read(tmp_path / "once.jsonl")
+    assert [r["epoch_acc"] for r in uninterrupted] == [r["epoch_acc"] for r in results_file.read(path)]
+    assert uninterrupted[-1]["resumed"] is False and len(resumed["epoch_acc"]) == 3
+
+
+def test_a_plain_runs_folder_without_a_whole_checkpoint_is_trained_again(tmp_path, tiny):
+    job = gap_job(tiny, tmp_path, "plain")
+    folder = job_folder(job.results_dir, job.row.id, job.budget, job.seed, job.version)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pth").write_bytes(b"cut short")  # a killed attempt's
+    record = train_plain(job)
+    assert record["resumed"] is False and record["epochs"] == 1
+    assert record["epoch_acc"] == train_plain(gap_job(tiny, tmp_path / "again", "plain"))["epoch_acc"]
 
 
 def full_record(row_id: str, seed: int, acc: float, *, recipe: str = "baseline", minute: int = 0,
@@ -292,25 +339,28 @@ def test_bench_report_fills_the_readmes_gap_and_slice_markers_from_the_files(tmp
     assert json.loads(slices.read_text()) == entry
 
 
-def test_the_gpu_slice_runs_its_gap_stage_and_logs_the_slice_on_the_cpu(tmp_path, tiny):
-    """`bash bench/gpu_session.sh` dry-run at the smoke budget with the gap stage alone: the six runs, then one
-    slice line in $OUT/slices.jsonl (a dry run writes nothing under bench/results/)."""
+@pytest.mark.parametrize("stage, late", [("gap", ""), ("gap-late", ", starting runs up to the deadline")])
+def test_the_gpu_slice_runs_its_gap_stage_and_logs_the_slice_on_the_cpu(tmp_path, tiny, stage, late):
+    """`bash bench/gpu_session.sh` dry-run at the smoke budget with the gap stage alone (or gap-late: bench gap
+    --start-late): the six runs, then one slice line in $OUT/slices.jsonl (a dry run writes nothing under
+    bench/results/)."""
     out, root = tmp_path / "out", SLICES_PATH.parents[2]
     committed = sorted(SLICES_PATH.parent.iterdir())
     env = {**os.environ, "BUDGET": "smoke", "DEVICE": "cpu", "WHEELS": "none", "PY": sys.executable, "DATA": str(tiny),
            "OUT": str(out), "RESULTS": str(tmp_path / "results"), "TRICKS_CACHE": str(tmp_path / "cache"),
            "MPS_CONTROL": "no-such-mps-control", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "bench/gpu_session.sh", "300", "gap"], cwd=root, text=True, capture_output=True,
+    proc = subprocess.run(["bash", "bench/gpu_session.sh", "300", stage], cwd=root, text=True, capture_output=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     gap_log = (out / "gap.log").read_text().splitlines()
-    assert re.fullmatch(r"6 gap runs to do \(0 done before\), budget smoke, 1 at once, until [0-9]+ s from now",
-                        gap_log[0])
+    assert re.fullmatch(r"6 gap runs to do \(0 done before\), budget smoke, 1 at once, until [0-9]+ s from now"
+                        + late, gap_log[0])
     assert gap_log[-1] == "done before 0, ran 6, failed 0, abandoned 0, not started 0"
     [entry], skipped = read_checked(out / "slices.jsonl")
     assert skipped == [] and entry["budget"] == "smoke" and entry["gpu"] is None and entry["seconds_given"] == 300.0
     assert list(entry["stages"]) == ["gap"] and entry["stages"]["gap"]["runs"] == 6 == entry["runs_finished"]
     assert entry["images_per_second"] is None  # the store keeps no speed; smoke runs reach no results file
-    assert re.search(r"\] gap: the S9 baseline three ways, 2 seeds each, until [0-9]+ s\n",
+    assert re.search(r"\] gap: the S9 baseline three ways, 2 seeds each, until [0-9]+ s"
+                     + (", starting runs up to then" if late else "") + "\n",
                      (out / "session.log").read_text())
     assert sorted(SLICES_PATH.parent.iterdir()) == committed

@@ -159,7 +159,7 @@ def test_until_abandons_at_the_deadline_and_the_next_replay_resumes_into_the_res
         ("S9.baseline", True, 3, 1, None), ("S9.finalbn", False, 3, 1, None)]
     assert all(r["budget"] == "full" and r["code_version"] == code_version() and r["device"] == "cpu" for r in records)
     assert records[0]["speed"] == {"channels_last": True, "precision": "fp32", "compile": False,
-                                   "compile_mode": "default", "eval_bs": 1000}
+                                   "compile_mode": "default", "compile_step": False, "eval_bs": 1000}
     # a run in the results file trained on this data counts as done, also with a fresh results folder
     again = replay(rows, budget="full", seeds=1, workers=1, results_dir=tmp_path / "fresh", data=str(tiny),
                    device="cpu", results_path=path)
