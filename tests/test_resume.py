@@ -224,6 +224,32 @@ def test_no_whole_checkpoint_is_one_line_exit_2_and_keeps_the_files(images, tmp_
     assert snapshot(out) == before
 
 
+def test_a_checkpoint_of_format_1_is_read_and_resumes_to_the_same_weights(images, tmp_path, monkeypatch, capsys):
+    """A checkpoint written before the lr schedule's lrs became one float64 tensor (format 1: a list of floats,
+    hashed one by one) is read as it is: the resumed run ends on the uninterrupted run's weights and lrs."""
+    from recipes.checkpoint import digest
+    from recipes.cli import main
+
+    torch.set_num_threads(1)
+    assert main(cli(images, tmp_path / "full")) == 0
+    out = stopped_run(images, tmp_path / "run", monkeypatch)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    saved = state.pop("sha256")
+    assert state["format"] == "fastai-tricks checkpoint 2" and saved == digest(state)
+    lrs = state["callbacks"]["LRSchedule"]["lrs"]
+    assert lrs.dtype == torch.float64 and lrs.shape == (2 * 6,)  # 2 epochs of 24 images at bs 4
+    state["callbacks"]["LRSchedule"]["lrs"] = lrs.tolist()  # as format 1 held them
+    state["format"] = "fastai-tricks checkpoint 1"
+    state["sha256"] = digest(state)
+    torch.save(state, out / CHECKPOINT)
+    capsys.readouterr()
+    assert main(cli(images, out, "--resume")) == 0
+    assert capsys.readouterr().err == ""
+    full, resumed = final_weights(tmp_path / "full"), final_weights(out)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert [r["lr"] for r in rows(out)] == [r["lr"] for r in rows(tmp_path / "full")]
+
+
 def test_a_changed_tensor_is_found_by_the_sha256(images, tmp_path, monkeypatch):
     out = stopped_run(images, tmp_path / "run", monkeypatch)
     state = torch.load(out / CHECKPOINT, weights_only=True)

@@ -129,6 +129,19 @@ def sets_lr(cb: Callback) -> bool:
     return (isinstance(cb, ParamScheduler) and "lr" in cb.scheds) or isinstance(cb, ReduceLROnPlateau)
 
 
+NO_LRS = torch.zeros(0, dtype=torch.float64)
+
+
+def extended_lrs(saved: torch.Tensor, lrs: list[float]) -> torch.Tensor:
+    """`lrs` as a float64 tensor, given `saved`, the tensor of its first lrs (from the last checkpoint): only the
+    lrs after those are converted (a python float is a float64: the values are exact)."""
+    if len(saved) == len(lrs):
+        return saved
+    if len(saved) > len(lrs):  # not this list's first lrs
+        saved = NO_LRS
+    return torch.cat([saved, torch.tensor(lrs[len(saved):], dtype=torch.float64)])
+
+
 @dataclass
 class LRTarget:
     """The optimizer the schedule last wrote to and its groups written directly (`direct_lr_groups`), found again
@@ -154,9 +167,10 @@ class LRSchedule(Callback):
             raise ValueError(f"step {step!r} is not one of {STEP_UNITS}")
         self.schedule, self.step = schedule, step
         self.lrs: list[float] = []
+        self.saved_lrs = NO_LRS
 
     def before_fit(self):
-        self.lrs = []
+        self.lrs, self.saved_lrs = [], NO_LRS
         # fastai runs before_fit for validate / get_preds / predict too; a Learner from load_learner has no
         # optimizer there, and nothing trains: the schedule stands aside
         with undone_on_refusal(self.learn):  # a refused fit leaves no model surgery of the other tricks behind
@@ -170,11 +184,17 @@ class LRSchedule(Callback):
         return float(self.learn.opt.hypers[-1]["lr"])
 
     def checkpoint_state(self) -> dict:
-        """What `recipes.checkpoint` saves to resume a run: the lrs set so far (for the curves)."""
-        return {"lrs": list(self.lrs)}
+        """What `recipes.checkpoint` saves to resume a run: the lrs set so far (for the curves), as one float64
+        tensor (exactly the floats), extended by the lrs set since the last checkpoint (`extended_lrs`): a list
+        of floats would be hashed and pickled one by one every epoch (~60 ms at 39,000 lrs)."""
+        self.saved_lrs = extended_lrs(self.saved_lrs, self.lrs)
+        return {"lrs": self.saved_lrs}
 
     def load_checkpoint_state(self, state: dict) -> None:
-        self.lrs = [float(v) for v in state["lrs"]]
+        """The lrs of a checkpoint: a float64 tensor, or a list of floats (a checkpoint of format 1)."""
+        lrs = state["lrs"]
+        self.saved_lrs = lrs if isinstance(lrs, torch.Tensor) else torch.tensor(lrs, dtype=torch.float64)
+        self.lrs = self.saved_lrs.tolist()
 
     def progress(self) -> float:
         if self.step == "epoch":
