@@ -221,7 +221,7 @@ def _outcomes(tasks: list[GapJob], workers: int, gate: Gate, counts: dict[str, i
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from bench.replay import _init_worker, cores
+    from bench.replay import _init_worker
 
     pending = list(tasks)
     with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),

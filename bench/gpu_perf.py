@@ -239,7 +239,7 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
     """One setting's measurement, as a list of one (the form `merge_concurrency` keeps several settings in):
     aggregate img/s for each N in `sizes.concurrency`, the fastest N, and whether MPS served the processes.
     `deadline` (`time.monotonic()`): the counts that `next_count_fits` leaves out are listed as not measured."""
-    from bench.replay import cores
+    from bench.job import cores
 
     mps = mps_running()
     ctx = multiprocessing.get_context("spawn")

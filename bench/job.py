@@ -10,6 +10,7 @@ A `Deadline` callback abandons a job at the replay's deadline, after its epoch's
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import time
@@ -44,6 +45,14 @@ class Job:
     deadline: float | None = None  # `_now()` at which a job still training stops (abandoned)
     results_file: Path | None = None  # where a full-budget record is also appended (bench.results_file)
     compile_mode: str | None = None  # overrides the recipe's torch.compile mode (None: the recipe's, auto)
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity), which a replay's workers share."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def job_folder(results_dir: Path, row_id: str, budget: str, seed: int, version: str) -> Path:

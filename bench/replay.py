@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from bench import job as job_module
 from bench import results_file
-from bench.job import Job, _attempt, loaded
+from bench.job import Job, _attempt, cores, loaded
 from bench.record import key_of
 from bench.store import Store, code_version
 from tricks.errors import ConfigError, RunFolderError, TricksError
@@ -70,13 +70,6 @@ def _lock(results_dir: Path):
         raise RunFolderError(f"another replay is running on results folder '{results_dir}'; "
                              "wait for it to finish or give another --results folder") from None
     return f
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def priority(rows: list) -> list:
