@@ -4,9 +4,15 @@
 #   bash bench/gpu_session.sh SECONDS [STAGES] [ROWS] [SEEDS] [CONCLUSIONS]
 #
 # SECONDS: the wall time this call may use; every stage starts only with time for it, and the replay leaves 20 s.
-# STAGES, a comma list (default setup,perf,gap,replay,decide), run in this order:
+# STAGES, a comma list (default setup,gap,perf,replay,decide), run in this order:
 #   setup        install the carried wheels (.whl/: the packages the machine's image lacks) and this checkout;
 #                decode the data once into $TRICKS_CACHE
+#   gap          bench gap --budget full: the S9 baseline three ways side by side (issue 19 section 1: the default
+#                bf16 compiled run, fp32 eager, the plain loop of bench perf), SEEDS seeds each, up to 6 at once;
+#                what the results hold is skipped, so once the six runs are kept it costs seconds; a run still
+#                training at the deadline stops after its epoch's checkpoint (plain runs too): the next call resumes
+#   gap-late     the same, starting all of them up to the deadline (bench gap --start-late): a first call starts the
+#                six, the next call on the same warm machine (gap, or gap-late again) finishes them
 #   speed        bench perf --device cuda --only speed (single-run img/s, epoch and evaluation seconds, the
 #                ratio to the fast plain loop); concurrency (1, 2, 4, 8, 16 runs at once, first without CUDA MPS,
 #                then with the MPS control daemon started when the machine has one; the faster setting stays on
@@ -15,12 +21,6 @@
 #   syncdebug    on a CUDA GPU: tests/test_host_reads.py (recipe run and every trick) with their training batches
 #                under torch.cuda.set_sync_debug_mode("error"), each compiled as it runs by default (minutes: not
 #                a default stage); elsewhere, or without pytest, one line says why not
-#   gap          bench gap --budget full: the S9 baseline three ways side by side (issue 19 section 1: the default
-#                bf16 compiled run, fp32 eager, the plain loop of bench perf), SEEDS seeds each, up to 6 at once;
-#                what the results hold is skipped, so once the six runs are kept it costs seconds; a run still
-#                training at the deadline stops after its epoch's checkpoint (plain runs too): the next call resumes
-#   gap-late     the same, starting all of them up to the deadline (bench gap --start-late): a first call starts the
-#                six, the next call on the same warm machine (gap, or gap-late again) finishes them
 #   replay       bench replay --budget full of ROWS (default 'S9.*', in the bench's priority order) with SEEDS
 #                seeds (default 2) until the time is spent, as many runs at once as the GPU's committed
 #                concurrency measurement found fastest (bench/replay.py default_workers; its first line says)
@@ -41,7 +41,7 @@
 # MPS_DIR (/tmp/gpu-session-mps: the daemon's pipe/ and log/).
 set -uo pipefail
 SECONDS_GIVEN=${1:-540}
-STAGES=${2:-setup,perf,gap,replay,decide}
+STAGES=${2:-setup,gap,perf,replay,decide}
 ROWS=${3:-S9.*}
 SEEDS=${4:-2}
 CONCLUSIONS=${5:-S9.*}
@@ -133,6 +133,18 @@ print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, code {code_
 EOF
 fi
 
+# the gap first: issue 19 wants its six runs in a slice's first call, before any measurement takes the time
+GAP_LATE=""
+if has gap-late; then GAP_LATE="--start-late"; STAGES="$STAGES,gap"; fi
+if has gap && [ "$(left)" -gt 60 ]; then
+  mark gap
+  UNTIL=$(( $(left) - 20 ))
+  say "gap: the S9 baseline three ways, $SEEDS seeds each, until $UNTIL s${GAP_LATE:+, starting runs up to then}"
+  timeout $(( UNTIL + 15 )) $PY -m bench.cli gap --budget "$BUDGET" --device "$DEVICE" --seeds "$SEEDS" \
+    --until "$UNTIL" --dataset "$DATASET" --data "$DATA" --results "$RESULTS" $GAP_LATE 2>&1 \
+    | grep --line-buffered -v Warning | tee "$OUT/gap.log" | tee -a "$LOG"
+fi
+
 measure() {  # measure NAME [UNTIL]: bench perf --only NAME; its JSON to $OUT/perf-cuda-NAME.json, its lines to
   mark "perf-$1"  # perf-NAME.log; UNTIL: the seconds within which the concurrency starts no count it cannot finish
   timeout $(( $(left) - 20 )) $PY -m bench.cli perf --device "$DEVICE" --only "$1" $QUICK --dataset "$DATASET" \
@@ -175,17 +187,6 @@ if has syncdebug && [ "$(left)" -gt 120 ]; then
     timeout $(( $(left) - 20 )) $PY -m pytest -q -p no:cacheprovider tests/test_host_reads.py 2>&1 | tail -40 \
       | tee "$OUT/syncdebug.log" | tee -a "$LOG"
   fi
-fi
-
-GAP_LATE=""
-if has gap-late; then GAP_LATE="--start-late"; STAGES="$STAGES,gap"; fi
-if has gap && [ "$(left)" -gt 60 ]; then
-  mark gap
-  UNTIL=$(( $(left) - 20 ))
-  say "gap: the S9 baseline three ways, $SEEDS seeds each, until $UNTIL s${GAP_LATE:+, starting runs up to then}"
-  timeout $(( UNTIL + 15 )) $PY -m bench.cli gap --budget "$BUDGET" --device "$DEVICE" --seeds "$SEEDS" \
-    --until "$UNTIL" --dataset "$DATASET" --data "$DATA" --results "$RESULTS" $GAP_LATE 2>&1 \
-    | grep --line-buffered -v Warning | tee "$OUT/gap.log" | tee -a "$LOG"
 fi
 
 LATE=""
