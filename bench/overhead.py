@@ -23,7 +23,9 @@ each side's low percentile (`STEP_PERCENTILE`) of its steps, `ratio_steps`, is w
 machine's figure when the cores are shared (a step of half a millisecond is rarely preempted). A last,
 instrumented trainer fit times every batch event's dispatch and every callback's event method with
 `time.perf_counter_ns` (training batches only): the median call times the calls per step (each figure
-includes its own timing wrapper, a few tenths of a us a call, so the per-event sum is above the added time).
+includes its own timing wrapper, a few tenths of a us a call, so the per-event sum is above the added time);
+and each callback's epoch-event methods, in ms per epoch (the costs at the epochs' edges: those of
+before_train and after_train fall in the training pass that the epoch medians time).
 Written by hand: no library times a fastai Learner's host work against its own plain-loop equivalent.
 """
 from __future__ import annotations
@@ -56,6 +58,7 @@ GOAL_ADDED_US = 50.0  # issue 18: the trainer adds at most this per step on such
 STEP_PERCENTILE = 10  # of the single steps' times: the quiet machine's figure under other jobs' load
 BATCH_EVENTS = ("before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
                 "after_step", "after_batch", "after_cancel_batch", "after_cancel_backward", "after_cancel_step")
+EPOCH_EVENTS = ("before_epoch", "before_train", "after_train", "before_validate", "after_validate", "after_epoch")
 CLASSES, CHANNELS, SIZE, WIDTH = 10, 3, 8, 4
 
 
@@ -145,14 +148,17 @@ def trainer_fit(recipe: Recipe, data: ImageData, device: torch.device, cbs=(),
 
 class EventTimer(Callback):
     """Times, over the training batches of a fit, each batch event's dispatch by the Learner and each
-    callback's event method, in nanoseconds. It wraps the Learner's `_call_one` and the callbacks' event
-    methods at before_fit (instance attributes) and takes the wrappers away at after_fit."""
+    callback's event method, in nanoseconds, and every call of each callback's epoch-event methods. It wraps the
+    Learner's `_call_one` and the callbacks' event methods at before_fit (instance attributes) and takes the
+    wrappers away at after_fit."""
 
     order = -10 ** 6
 
     def __init__(self):
         self.events: dict[str, list[int]] = defaultdict(list)  # ns of each call
         self.methods: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.epoch_methods: dict[tuple[str, str], list[int]] = defaultdict(list)  # ns of each epoch-event call
+        self.train_passes: list[int] = []  # the epoch of each
 
     def before_fit(self):
         learn = self.learn
@@ -168,13 +174,15 @@ class EventTimer(Callback):
                 self.events[name].append(time.perf_counter_ns() - start)
 
         vars(learn)["_call_one"] = timed_dispatch
-        self.wrapped = [(cb, name) for cb in learn.cbs if cb is not self for name in BATCH_EVENTS
+        self.wrapped = [(cb, name) for cb in learn.cbs if cb is not self for name in BATCH_EVENTS + EPOCH_EVENTS
                         if getattr(type(cb), name, None) is not None]
         for cb, name in self.wrapped:
             vars(cb)[name] = self.timed_method(cb, name, getattr(cb, name))
 
     def timed_method(self, cb: Callback, name: str, method):
         key, learn = (type(cb).__name__, name), self.learn
+        if name in EPOCH_EVENTS:
+            return self.timed_epoch_method(key, method)
 
         def timed():
             if not learn.training:
@@ -186,6 +194,24 @@ class EventTimer(Callback):
                 self.methods[key].append(time.perf_counter_ns() - start)
 
         return timed
+
+    def timed_epoch_method(self, key: tuple[str, str], method):
+        def timed():
+            start = time.perf_counter_ns()
+            try:
+                return method()
+            finally:
+                self.epoch_methods[key].append(time.perf_counter_ns() - start)
+
+        return timed
+
+    def before_train(self):
+        self.train_passes.append(self.epoch)  # an append: no Callback attribute set
+
+    @property
+    def epochs(self) -> int:
+        """The epochs timed: one training pass each."""
+        return len(self.train_passes)
 
     @property
     def steps(self) -> int:
@@ -216,6 +242,17 @@ def callback_costs(timer: EventTimer) -> dict[str, dict[str, Any]]:
         entry["events"][event] = us_per_step(ns, timer.steps)
         entry["us_per_step"] += entry["events"][event]
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["us_per_step"]))
+
+
+def epoch_costs(timer: EventTimer) -> dict[str, dict[str, Any]]:
+    """{callback: {'ms_per_epoch', 'events': {event: ms per epoch}}} of the callbacks' epoch events (the median
+    call times the calls per epoch), the costliest first."""
+    out: dict[str, dict[str, Any]] = {}
+    for (cb, event), ns in timer.epoch_methods.items():
+        entry = out.setdefault(cb, {"ms_per_epoch": 0.0, "events": {}})
+        entry["events"][event] = statistics.median(ns) / 1e6 * len(ns) / timer.epochs
+        entry["ms_per_epoch"] += entry["events"][event]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms_per_epoch"]))
 
 
 def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -> dict[str, Any]:
@@ -261,6 +298,7 @@ def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -
         "callbacks": costs, "events": dict(sorted(((k, us_per_step(ns, timer.steps)) for k, ns in timer.events.items()),
                                                   key=lambda kv: -kv[1])),
         "instrumented_steps": timer.steps,
+        "epoch_callbacks": epoch_costs(timer), "instrumented_epochs": timer.epochs,
     }
 
 
@@ -283,4 +321,9 @@ def overhead_lines(o: dict[str, Any]) -> list[str]:
     lines += ["per event, us per training step (the Learner's dispatch, the callbacks' methods included):"]
     lines += [f"  {name:<20} {us:7.1f}" for name, us in o["events"].items()]
     lines.append(f"  {'all events':<20} {sum(o['events'].values()):7.1f}")
+    lines.append(f"per callback, ms per epoch (its epoch events; {o['instrumented_epochs']} epochs timed; before_train "
+                 "and after_train in the training pass):")
+    for name, c in o["epoch_callbacks"].items():
+        parts = ", ".join(f"{e} {ms:.2f}" for e, ms in c["events"].items())
+        lines.append(f"  {name:<20} {c['ms_per_epoch']:7.2f}  ({parts})")
     return lines

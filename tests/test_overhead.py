@@ -8,8 +8,8 @@ import pytest
 
 import bench.overhead
 from bench.cli import main
-from bench.overhead import (BATCH_EVENTS, EventTimer, OverheadSizes, overhead_recipe, percentile, stamped_model,
-                            step_us, tiny_data, trainer_fit)
+from bench.overhead import (BATCH_EVENTS, EPOCH_EVENTS, EventTimer, OverheadSizes, overhead_recipe, percentile,
+                            stamped_model, step_us, tiny_data, trainer_fit)
 
 TINY = OverheadSizes(steps=3, epochs=3, repeats=2, bs=8)
 DEFAULT_CALLBACKS = {"TrainEval", "LRSchedule", "EpochStats", "StopOnNonFinite", "Checkpoint",
@@ -48,6 +48,16 @@ def test_overhead_prints_both_sides_the_ratio_on_its_own_line_and_every_callback
     table = out[out.index(next(line for line in out if line.startswith("per callback"))) + 1:]
     listed = {m.group(1) for line in table if (m := re.match(r"  (\w+) +[\d.]+", line))}
     assert DEFAULT_CALLBACKS | STEP_EVENTS <= listed
+    assert o["instrumented_epochs"] == TINY.epochs
+    assert set(o["epoch_callbacks"]["RichProgress"]["events"]) == {"before_train", "after_train", "before_validate",
+                                                                   "after_epoch"}  # adds, fills, renames, removes
+    assert set(o["epoch_callbacks"]["Checkpoint"]["events"]) == {"after_epoch"}  # its save; before_fit not timed
+    costs = o["epoch_callbacks"]["RichProgress"]
+    assert costs["ms_per_epoch"] == sum(costs["events"].values()) > 0
+    assert (f"per callback, ms per epoch (its epoch events; {TINY.epochs} epochs timed; before_train and after_train "
+            "in the training pass):") in out
+    assert any(re.fullmatch(rf"  RichProgress +{costs['ms_per_epoch']:.2f}  \(before_train [\d.]+, .*\)", line)
+               for line in out)
     assert out[-1] == f"results: {tmp_path / 'r' / 'overhead.json'}"
 
 
@@ -58,7 +68,8 @@ def test_the_event_timer_counts_training_steps_and_takes_its_wrappers_away(tmp_p
     trainer_fit(overhead_recipe(TINY, torch.device("cpu")), tiny_data(TINY), torch.device("cpu"), cbs=[timer])
     assert timer.steps == TINY.steps * TINY.epochs
     assert all(len(ns) == timer.steps for ns in timer.events.values())  # one per training step, not per test batch
-    assert all(name not in vars(cb) for cb in timer.learn.cbs for name in BATCH_EVENTS)
+    assert timer.epochs == TINY.epochs and all(len(ns) == TINY.epochs for ns in timer.epoch_methods.values())
+    assert all(name not in vars(cb) for cb in timer.learn.cbs for name in BATCH_EVENTS + EPOCH_EVENTS)
     assert "_call_one" not in vars(timer.learn)
 
 
