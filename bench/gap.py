@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from bench import job as job_module
 from bench import results_file
-from bench.job import Abandoned, Job, job_folder, keep_record, loaded
+from bench.job import Abandoned, Job, cores, job_folder, keep_record, loaded
 from bench.table import Row
 from tricks.errors import ConfigError, DiskFullError, TricksError, one_line
 
