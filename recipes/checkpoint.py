@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from recipes.run_folder import CHECKPOINT, DAMAGED, PREVIOUS, config_hash, refuse_difference
+from recipes.run_folder import CHECKPOINT, DAMAGED, PREVIOUS, config_hash, refuse_difference, with_added_settings
 from tricks.errors import RunFolderError, TrainingError
 from tricks.files import fsync_dir, write_atomic
 FORMAT = "fastai-tricks checkpoint 2"  # 2: the lr schedule's lrs as one float64 tensor
@@ -94,7 +94,10 @@ def check_config(state: dict, config: dict, out: Path) -> None:
     """Refuse a resume whose resolved config differs from the checkpoint's, naming the first difference."""
     if state["config_hash"] == config_hash(config):
         return
-    refuse_difference(json.loads(state["config"]), config, out)
+    saved = json.loads(state["config"])
+    if config_hash(with_added_settings(saved)) == config_hash(config):  # written before a setting it lacks existed
+        return
+    refuse_difference(saved, config, out)
 
 
 # ---- random states ----

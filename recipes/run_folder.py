@@ -298,8 +298,20 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Settings a config gained after runs were written without them, each with the value those runs ran with: a saved
+# config that lacks one is read as holding that value, so a run stopped before the setting existed resumes.
+ADDED_SETTINGS = {"compile_step": False}
+
+
+def with_added_settings(saved: dict) -> dict:
+    """`saved` with each of `ADDED_SETTINGS` it lacks, at the value the code that wrote it ran with."""
+    return {**saved, **{k: v for k, v in ADDED_SETTINGS.items() if k not in saved}}
+
+
 def config_difference(saved: dict, now: dict) -> list[str]:
-    """The keys whose values differ, in the saved config's order (then the new keys)."""
+    """The keys whose values differ, in the saved config's order (then the new keys); a setting of
+    `ADDED_SETTINGS` the saved config lacks counts as its value then."""
+    saved = with_added_settings(saved)
     keys = list(saved) + [k for k in now if k not in saved]
     return [k for k in keys if saved.get(k, "<unset>") != now.get(k, "<unset>")]
 
@@ -331,7 +343,7 @@ def check_folder_config(out: Path, config: dict) -> None:
     checkpoint of its own: the run folder of a plan of several fits), naming the first difference."""
     saved = _resume_config(out)
     now = json.loads(json.dumps(config))  # as config.json holds it (lists, not tuples)
-    if saved != now:
+    if with_added_settings(saved) != now:
         refuse_difference(saved, now, out)
 
 
@@ -339,7 +351,7 @@ def check_finished_recipe(out: Path, recipe: dict) -> None:
     """Refuse `--resume` of a finished run (its config.json) with another recipe or other data: the one-line
     refusal of `refuse_difference` instead of "has finished already". The data are compared as the real
     path of `data` when the run names one (the loaders record the real path they read); the device is not."""
-    saved = _resume_config(out)
+    saved = with_added_settings(_resume_config(out))
     now = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k not in ("data", "device", "dataset")}
     was = {k: saved.get(k, "<unset>") for k in now}
     if recipe.get("data") is not None and saved.get("data") is not None:
