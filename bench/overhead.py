@@ -25,7 +25,8 @@ instrumented trainer fit times every batch event's dispatch and every callback's
 `time.perf_counter_ns` (training batches only): the median call times the calls per step (each figure
 includes its own timing wrapper, a few tenths of a us a call, so the per-event sum is above the added time);
 and each callback's epoch-event methods, in ms per epoch (the costs at the epochs' edges: those of
-before_train and after_train fall in the training pass that the epoch medians time).
+before_train and after_train fall in the training pass that the epoch medians time); and the lr schedule's
+part of an epoch's checkpoint at the end of a 200-epoch run (`lr_checkpoint_ms`).
 Written by hand: no library times a fastai Learner's host work against its own plain-loop equivalent.
 """
 from __future__ import annotations
@@ -47,13 +48,16 @@ from torch import nn
 
 from bench.perf import plain_fit
 from recipes.build import resolve_device
+from recipes.checkpoint import digest
 from recipes.fit import fit_one
 from recipes.parse import parse_recipe
 from recipes.progress import RichProgress
 from recipes.recipe import Recipe
 from recipes.speed import resolve_speed
 from tricks.data import ImageData, Split
+from tricks.schedules import LRSchedule, warmup_cosine
 
+FULL_RUN_STEPS, FULL_RUN_EPOCH_STEPS = 39_000, 195  # a 200-epoch CIFAR-10 run at batch 256 (drop_last)
 GOAL_ADDED_US = 50.0  # issue 18: the trainer adds at most this per step on such a model
 STEP_PERCENTILE = 10  # of the single steps' times: the quiet machine's figure under other jobs' load
 BATCH_EVENTS = ("before_batch", "after_pred", "after_loss", "before_backward", "after_backward", "before_step",
@@ -255,6 +259,24 @@ def epoch_costs(timer: EventTimer) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms_per_epoch"]))
 
 
+def lr_checkpoint_ms(steps: int = FULL_RUN_STEPS, epoch_steps: int = FULL_RUN_EPOCH_STEPS, epochs: int = 7) -> float:
+    """The median milliseconds, over a run's last `epochs` epochs (of `epoch_steps` steps, `steps` in all), of the
+    lr schedule's part of each epoch's checkpoint: `LRSchedule.checkpoint_state`, the sha256 and `torch.save` of it
+    into memory, as `recipes.checkpoint` does them; of a warmup-cosine schedule (its values do not change the cost)."""
+    schedule = LRSchedule(warmup_cosine(peak_lr=0.2, floor_lr=1e-4, warmup_pct=0.05))
+    lrs = [schedule.schedule(i / steps) for i in range(steps)]
+    schedule.lrs = lrs[:steps - epoch_steps * (epochs + 1)]
+    took = []
+    for _ in range(epochs + 1):  # the first is the warm-up: all the lrs so far converted at once
+        schedule.lrs.extend(lrs[len(schedule.lrs):len(schedule.lrs) + epoch_steps])
+        start = time.perf_counter()
+        state = {"callbacks": {"LRSchedule": schedule.checkpoint_state()}}
+        digest(state)
+        torch.save(state, io.BytesIO())
+        took.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(took[1:])
+
+
 def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -> dict[str, Any]:
     """Both sides' microseconds per step, interleaved fits, and the instrumented trainer fit's costs."""
     dev = resolve_device(device)
@@ -299,6 +321,7 @@ def run_overhead(device: str = "auto", sizes: OverheadSizes = FULL, log=print) -
                                                   key=lambda kv: -kv[1])),
         "instrumented_steps": timer.steps,
         "epoch_callbacks": epoch_costs(timer), "instrumented_epochs": timer.epochs,
+        "lr_checkpoint_ms": lr_checkpoint_ms(), "lr_checkpoint_lrs": FULL_RUN_STEPS,
     }
 
 
@@ -326,4 +349,6 @@ def overhead_lines(o: dict[str, Any]) -> list[str]:
     for name, c in o["epoch_callbacks"].items():
         parts = ", ".join(f"{e} {ms:.2f}" for e, ms in c["events"].items())
         lines.append(f"  {name:<20} {c['ms_per_epoch']:7.2f}  ({parts})")
+    lines.append(f"the lr schedule's part of a checkpoint at the end of a 200-epoch run ({o['lr_checkpoint_lrs']:,} "
+                 f"lrs): {o['lr_checkpoint_ms']:.2f} ms an epoch (its state, sha256 and torch.save)")
     return lines

@@ -58,6 +58,9 @@ def test_overhead_prints_both_sides_the_ratio_on_its_own_line_and_every_callback
             "in the training pass):") in out
     assert any(re.fullmatch(rf"  RichProgress +{costs['ms_per_epoch']:.2f}  \(before_train [\d.]+, .*\)", line)
                for line in out)
+    assert o["lr_checkpoint_lrs"] == 39_000 and o["lr_checkpoint_ms"] > 0
+    assert (f"the lr schedule's part of a checkpoint at the end of a 200-epoch run (39,000 lrs): "
+            f"{o['lr_checkpoint_ms']:.2f} ms an epoch (its state, sha256 and torch.save)") in out
     assert out[-1] == f"results: {tmp_path / 'r' / 'overhead.json'}"
 
 
