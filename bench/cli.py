@@ -299,7 +299,7 @@ def cmd_perf_cuda(args: argparse.Namespace, console: Console) -> None:
     perf = run_gpu_perf(data, args.data, device=args.device, only=only, sizes=sizes, until=args.until,
                         log=lambda line: console.print(line, highlight=False, soft_wrap=True))
     results = Path(args.results)
-    perf = write_gpu_perf(perf, results)
+    perf = write_gpu_perf(perf, results, merge=not args.quick)  # toy sizes never become the committed count
     print(markdown(perf))
     if perf.get("concurrency"):
         print(concurrency_verdict(perf["concurrency"]))

@@ -112,15 +112,25 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
     recipe = _recipe(epochs=sizes.epochs, sizes=sizes, device=device)
     dev = torch.device(device)
     plain, trainer, stepped = [], [], []  # stepped: `recipe run` with compile_step=true (recipes.speed)
+    step_error = None  # the compile_step side's failure, when it failed (its fits are then left out)
     for r in range(sizes.repeats):
         for side in (SPEED_SIDES if r % 2 == 0 else SPEED_SIDES[::-1]):
+            if side == "compile_step" and step_error is not None:  # failed once: not tried again
+                continue
             if side == "plain":
                 out = plain_fit(recipe, data, dev)
                 plain.append({"images_per_second": _steady(out["train_seconds"], out["train_images"]),
                               "train_seconds": out["train_seconds"], "eval_seconds": out["eval_seconds"],
                               "test_acc": out["test_acc"]})
             else:
-                out = recipe_fit(recipe if side == "recipe" else recipe.replace(compile_step=True), data)
+                try:
+                    out = recipe_fit(recipe if side == "recipe" else recipe.replace(compile_step=True), data)
+                except Exception as e:  # the compiled step, never run on a GPU before: its failure keeps the rest
+                    if side == "recipe":
+                        raise
+                    step_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                    log(f"speed: repeat {r + 1}, compile_step: failed: {step_error}")
+                    continue
                 records = out["records"]
                 fits = trainer if side == "recipe" else stepped
                 fits.append({"images_per_second": _steady([e["train_seconds"] for e in records],
@@ -130,9 +140,12 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
             last = {"plain": plain, "recipe": trainer, "compile_step": stepped}[side][-1]
             log(f"speed: repeat {r + 1}, {side}: {last['images_per_second']:,.0f} train img/s")
     best_recipe = max(trainer, key=lambda t: t["images_per_second"])
-    best_stepped = max(stepped, key=lambda t: t["images_per_second"])
-    step_ratio = best_stepped["images_per_second"] / best_recipe["images_per_second"]
-    log(f"speed: compile_step on / off: {step_ratio:.3f} ({'faster' if step_ratio > 1 else 'not faster'} on)")
+    best_stepped = max(stepped, key=lambda t: t["images_per_second"]) if stepped else None
+    step_ratio = best_stepped["images_per_second"] / best_recipe["images_per_second"] if stepped else None
+    if step_ratio is None:
+        log(f"speed: compile_step on / off: not measured ({step_error})")
+    else:
+        log(f"speed: compile_step on / off: {step_ratio:.3f} ({'faster' if step_ratio > 1 else 'not faster'} on)")
     best_plain = max(plain, key=lambda t: t["images_per_second"])
     epoch_s = data_images(recipe, data) / best_recipe["images_per_second"]
     eval_s = min(s for p in plain for s in p["eval_seconds"][1:] or p["eval_seconds"])
@@ -143,8 +156,8 @@ def speed(data, sizes: GpuSizes, device: str, log: Callable[[str], None]) -> dic
             "plain_images_per_second": best_plain["images_per_second"],
             "epoch_train_seconds": epoch_s, "eval_seconds": eval_s, "first_epoch_seconds": first,
             "steady_epoch_seconds": steady_epoch, "predicted_200_epoch_seconds": first + 199 * steady_epoch,
-            "compile_step": stepped, "compile_step_images_per_second": best_stepped["images_per_second"],
-            "compile_step_ratio": step_ratio,
+            "compile_step": stepped, "compile_step_ratio": step_ratio, "compile_step_error": step_error,
+            "compile_step_images_per_second": best_stepped["images_per_second"] if stepped else None,
             "setup": f"baseline, batch {recipe.bs}, {sizes.epochs} epochs x {sizes.repeats} per side"}
 
 
@@ -266,7 +279,7 @@ def concurrency(data_arg: tuple[str, str | None], sizes: GpuSizes, device: str, 
     best = max(out.values(), key=lambda v: v["aggregate_images_per_second"])
     return [{"mps": mps, "runs": out, "not_measured": not_measured, "best_processes": best["processes"],
              "best_images_per_second": best["aggregate_images_per_second"], "date": time.strftime("%Y-%m-%d"),
-             "torch": torch.__version__,
+             "torch": torch.__version__, "sizes": asdict(sizes),
              "setup": f"baseline, {sizes.concurrency_epochs} epochs after a barrier, per process"}]
 
 
@@ -325,11 +338,13 @@ def read_measurement(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_gpu_perf(perf: dict[str, Any], results: Path, measured: Path = MEASURED) -> dict[str, Any]:
+def write_gpu_perf(perf: dict[str, Any], results: Path, measured: Path = MEASURED,
+                   merge: bool = True) -> dict[str, Any]:
     """perf-cuda.json and perf-cuda.md in `results`; a concurrency measurement on a GPU is also merged into that
-    GPU's file in `measured` (`concurrency_path`), keeping the other MPS setting measured before. Returns `perf`
-    with the merged settings (what the markdown shows)."""
-    if perf.get("concurrency") and perf["gpu"] is not None:
+    GPU's file in `measured` (`concurrency_path`), keeping the other MPS setting measured before, unless `merge`
+    is False (a `--quick` measurement at toy sizes, which must never become the replay's runs at once). Returns
+    `perf` with the merged settings (what the markdown shows)."""
+    if merge and perf.get("concurrency") and perf["gpu"] is not None:
         path = concurrency_path(perf["gpu"], measured)
         earlier = read_measurement(path) or {}
         settings = merge_concurrency(earlier.get("concurrency", []) if earlier.get("gpu") == perf["gpu"] else [],
@@ -442,7 +457,9 @@ def markdown(perf: dict[str, Any]) -> str:
             f"| plain fast PyTorch loop, same work, train img/s | {s['plain_images_per_second']:,.0f} | - |",
             f"| recipe / plain loop | **{s['ratio']:.3f}** | goal >= {GOAL_RATIO} |",
             f"| `recipe run` with `--compile-step`, train img/s | {s['compile_step_images_per_second']:,.0f} | "
-            f"{s['compile_step_ratio']:.3f}x without (auto turns it on only when > 1) |",
+            f"{s['compile_step_ratio']:.3f}x without (auto turns it on only when > 1) |"
+            if s.get("compile_step_ratio") is not None else
+            f"| `recipe run` with `--compile-step` | failed: {s.get('compile_step_error')} | - |",
             f"| seconds per training epoch (50,000 images) | {s['epoch_train_seconds']:.3f} | goal < 0.42 |",
             f"| seconds to evaluate the test split | {s['eval_seconds']:.3f} | goal < {GOAL_EVAL_SECONDS} |",
             f"| first epoch of the process, compile from nothing included (s) | {cold_first_epoch(s):.1f} | - |",

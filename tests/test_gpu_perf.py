@@ -117,6 +117,39 @@ def test_a_measurement_off_the_gpu_is_not_committed(tmp_path):
     assert concurrency_verdict(perf["concurrency"]) == "concurrency: without MPS only: 2 at once, 150 img/s"
 
 
+def test_a_quick_measurement_on_a_gpu_is_not_committed(tmp_path):
+    perf = measured("NVIDIA H200", setting(False, {1: 900.0, 2: 1_500.0}))  # toy sizes (--quick) on a real GPU
+    assert write_gpu_perf(perf, tmp_path / "out", tmp_path / "committed", merge=False) == perf
+    assert not (tmp_path / "committed").exists() and (tmp_path / "out" / "perf-cuda.json").exists()
+
+
+def test_a_failing_compile_step_side_keeps_the_speed_measurement(tmp_path, monkeypatch):
+    import bench.perf
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("TRICKS_CACHE", str(tmp_path / "cache"))
+    folder = write_toy_folder(tmp_path / "toy", n_train=32, n_test=16)
+    data = load_dataset("folder", str(folder))
+    real, tried = bench.perf.recipe_fit, []
+
+    def recipe_fit(recipe, data):
+        tried.append(recipe.compile_step)
+        if recipe.compile_step:
+            raise RuntimeError("CUDA graph capture\nfailed")
+        return real(recipe, data)
+
+    monkeypatch.setattr(bench.perf, "recipe_fit", recipe_fit)
+    lines = []
+    sizes = GpuSizes(epochs=2, repeats=2, dataset="folder", bs=16)
+    perf = run_gpu_perf(data, str(folder), device="cpu", only=("speed",), sizes=sizes, log=lines.append)
+    s = perf["speed"]
+    assert tried == [None, True, None]  # (None: auto) the failed side is not tried again in the second repeat
+    assert len(s["recipe"]) == len(s["plain"]) == 2 and s["ratio"] > 0 and s["compile_step"] == []
+    assert s["compile_step_ratio"] is None and s["compile_step_error"] == "RuntimeError: CUDA graph capture failed"
+    assert "speed: compile_step on / off: not measured (RuntimeError: CUDA graph capture failed)" in lines
+    assert "| `recipe run` with `--compile-step` | failed: RuntimeError: CUDA graph capture failed | - |" in markdown(perf)
+
+
 def test_replay_takes_its_runs_at_once_from_the_committed_measurement_of_its_gpu():
     files = {"perf-cuda-concurrency-h200.json": measured("NVIDIA H200", setting(False, {1: 4e4, 4: 1e5, 8: 9.5e4}),
                                                          setting(True, {1: 4e4, 8: 1.5e5, 16: 1.4e5})),
