@@ -420,13 +420,24 @@ def gap_runs(records: list[dict], rows: list, budget: str) -> dict[str, list[dic
     if base is None:
         return {v.name: [] for v in VARIANTS}
     checksum = report_data(records, budget)
-    out = {}
+    mine = {}
     for v in VARIANTS:
         row = variant_row(base, v)
-        mine = [r for r in records if r["budget"] == budget and r["row_id"] == row.id
-                and r["recipe"] == row.stored_recipe and r["dataset_checksum"] == checksum]
-        out[v.name] = latest(mine).get(row.id, [])
-    return out
+        mine[v.name] = (row.id, [r for r in records if r["budget"] == budget and r["row_id"] == row.id
+                                 and r["recipe"] == row.stored_recipe and r["dataset_checksum"] == checksum])
+    version = gap_version([recs for _, recs in mine.values()])
+    return {name: latest([r for r in recs if r["code_version"] == version]).get(row_id, [])
+            for name, (row_id, recs) in mine.items()}
+
+
+def gap_version(runs: list[list[dict]]) -> str | None:
+    """The one code version the gap compares its ways at (never the default of one trainer against fp32 runs of
+    another): the newest, by its latest run, that every way has a run of; else the newest of any run."""
+    newest_first = sorted((r for recs in runs for r in recs), key=lambda r: r["finished_at"], reverse=True)
+    for r in newest_first:
+        if all(any(x["code_version"] == r["code_version"] for x in recs) for recs in runs):
+            return r["code_version"]
+    return newest_first[0]["code_version"] if newest_first else None
 
 
 def gap_sentence(runs: dict[str, list[dict]]) -> str:

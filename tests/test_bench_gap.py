@@ -255,6 +255,24 @@ def test_the_gap_table_is_not_measured_yet_with_fewer_than_two_seeds_a_side():
                                                               f"| plain | {WHAT['plain']} | 2 | 99.00 ± 0.00 | - |"]
 
 
+def test_the_gap_compares_its_three_ways_at_one_code_version():
+    rows, _ = table_rows()
+    old = gap_records([88.90, 88.28], [], [])  # the kept runs of an older trainer
+    new = [{**r, "code_version": "0.1.0+newer", "finished_at": "2026-12-07T05:00:00+00:00"}
+           for r in gap_records([90.0, 90.2], [90.1, 90.3], [90.0, 90.4])]
+    lines = gap_lines(gap_markdown(old + new, rows))
+    assert lines[2] == f"| default | {WHAT['default']} | 2 | 90.10 ± 0.14 | default |"  # not 88.59: the old runs
+    # the newer trainer's default runs alone, with no fp32 run of it yet: the older version has no fp32 run either,
+    # so the newest version with any run is shown
+    only_default = [r for r in new if r["row_id"] == "S9.baseline"]
+    assert gap_lines(gap_markdown(old + only_default, rows))[2] == (
+        f"| default | {WHAT['default']} | 2 | 90.10 ± 0.14 | default |")
+    # fp32 runs of the older trainer beside the newer default: the version every way has runs of is compared
+    old_all = gap_records([88.0, 88.2], [90.0, 90.2], [88.1, 88.3])
+    assert gap_lines(gap_markdown(old_all + only_default, rows))[2] == (
+        f"| default | {WHAT['default']} | 2 | 88.10 ± 0.14 | default |")
+
+
 def stamp(minute: int) -> float:
     return datetime(2026, 12, 6, 5, minute, tzinfo=timezone.utc).timestamp()
 
