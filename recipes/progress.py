@@ -66,6 +66,8 @@ class RichProgress(Callback):
                              refresh_per_second=REFRESH_PER_SECOND)
         self.bars.start()
         self.fit_task = self.bars.add_task(self.title, total=self.n_epoch, info="")
+        self.count = None  # this training pass's EpochCount (none when a callback cancelled its before_train)
+        self.epoch_task = None  # this epoch's bar, from its training pass (or its test pass when that was cancelled)
 
     def before_train(self):
         self.epoch_task = self.bars.add_task(f"epoch {self.epoch + 1}/{self.n_epoch}", total=len(self.dl), info="")
@@ -95,13 +97,21 @@ class RichProgress(Callback):
         self.bars.update(self.epoch_task, completed=count.batches, info=info)
 
     def after_train(self):
-        self.bars.update(self.epoch_task, completed=self.count.batches)  # the exact count, whenever it last moved
+        count, self.count = self.count, None
+        if count is not None:  # the exact count, whenever it last moved
+            self.bars.update(self.epoch_task, completed=count.batches)
 
     def before_validate(self):
-        self.bars.update(self.epoch_task, description=f"test {self.epoch + 1}/{self.n_epoch}")
+        description = f"test {self.epoch + 1}/{self.n_epoch}"
+        if self.epoch_task is None:
+            self.epoch_task = self.bars.add_task(description, total=len(self.dl), info="")
+        else:
+            self.bars.update(self.epoch_task, description=description)
 
     def after_epoch(self):
-        self.bars.remove_task(self.epoch_task)
+        if self.epoch_task is not None:
+            self.bars.remove_task(self.epoch_task)
+            self.epoch_task = None
         r = self.stats.records[-1]
         self.bars.update(self.fit_task, advance=1, info=f"test acc {r['test_acc']:.2f}%  "
                          f"train loss {r['train_loss']:.4f}  {self.stats.images_per_second:.0f} img/s")

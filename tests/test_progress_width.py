@@ -89,3 +89,37 @@ def test_the_epoch_bar_moves_as_often_as_rich_redraws_and_ends_each_epoch_on_the
     assert fit_task.completed == 2
     printed = re.findall(r"epoch +(\d+) train_loss", console.file.getvalue())  # between the terminal's codes
     assert printed == ["1", "2"]  # each epoch's line, once
+
+
+def test_a_training_pass_cancelled_before_the_display_saw_it_is_not_an_error():
+    """fastai runs after_train when a callback ahead of the display cancels before_train: the display has no
+    count for that pass and moves nothing, as fastai's own ProgressCallback does."""
+    from fastai.callback.core import Callback, CancelTrainException
+
+    from recipes.progress import RichProgress
+    from recipes.stats import EpochStats
+    from tests.fixtures import learner
+
+    class SkipFirstTraining(Callback):
+        order = RichProgress.order - 1
+
+        def before_train(self):
+            if self.epoch == 0:
+                raise CancelTrainException()
+
+    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
+    stats = EpochStats()
+    progress = RichProgress(console, stats)
+    learn = learner("baseline", cbs=[SkipFirstTraining(), stats, progress], bs=8, epochs=2)
+    seen = []
+
+    class Watch(Callback):
+        order = RichProgress.order + 1
+
+        def after_train(self):
+            seen.append([(t.description, t.completed) for t in progress.bars.tasks if t.id != progress.fit_task])
+
+    learn.add_cb(Watch())
+    learn.fit(2)
+    assert seen == [[], [("epoch 2/2", 16)]]  # no bar for the cancelled pass, then the next epoch's, whole
+    assert re.findall(r"epoch +(\d+) train_loss", console.file.getvalue()) == ["1", "2"]  # both epochs' lines
