@@ -270,7 +270,7 @@ def gap(rows: list[Row], *, budget: str, seeds: int, workers: int | None, result
     (None: none).
     """
     from bench.budgets import BUDGETS
-    from bench.replay import _lock, done_check
+    from bench.replay import _lock, done_check, tally
     from bench.store import Store, code_version
 
     if budget not in BUDGETS:
@@ -295,17 +295,8 @@ def gap(rows: list[Row], *, budget: str, seeds: int, workers: int | None, result
                  + (f", until {until:g} s from now" if until else "")
                  + (", starting runs up to the deadline" if start_late and until else ""))
         gate = Gate(deadline, known_seconds(held_file, budget), start_late)
-        for i, (task, record, error) in enumerate(_outcomes(tasks, workers, gate, counts), 1):
-            name = f"[{i}/{len(tasks)}] {task.job.row.id} seed {task.job.seed}"
-            if error is None:
-                counts["ran"] += 1
-                progress(f"{name}: test_acc {record['test_acc']:.2f} ({record['wall_seconds']:.0f} s)")
-            elif error.startswith("abandoned: "):
-                counts["abandoned"] += 1
-                progress(f"{name}: {error}")
-            else:
-                counts["failed"] += 1
-                progress(f"{name}: failed: {error}")
+        tally(((task.job, record, error) for task, record, error in _outcomes(tasks, workers, gate, counts)),
+              len(tasks), counts, progress)
         if counts["not_started"]:
             progress(f"{counts['not_started']} runs not started: too little time left (--start-late starts them up "
                      "to the deadline; a later call on this results folder resumes them)")

@@ -188,22 +188,28 @@ def replay(rows: list, *, budget: str, seeds: int, workers: int | None, results_
             outcomes = ray_outcomes(jobs, ray_address)
         else:
             outcomes = _outcomes(jobs, workers, deadline, counts, predict=not start_late)
-        for i, (job, record, error) in enumerate(outcomes, 1):
-            name = f"[{i}/{len(jobs)}] {job.row.id} seed {job.seed}"
-            if error is None:
-                counts["ran"] += 1
-                progress(f"{name}: test_acc {record['test_acc']:.2f} ({record['wall_seconds']:.0f} s)")
-            elif error.startswith("abandoned: "):
-                counts["abandoned"] += 1
-                progress(f"{name}: {error}")
-            else:
-                counts["failed"] += 1
-                progress(f"{name}: failed: {error}")
+        tally(outcomes, len(jobs), counts, progress)
         if counts["not_started"]:
             progress(f"{counts['not_started']} runs not started: too little time left before the deadline")
         return counts
     finally:
         lock.close()
+
+
+def tally(outcomes, total: int, counts: dict[str, int], progress: Callable[[str], None]) -> None:
+    """Count each (job, record, error) outcome as it comes in 'ran', 'abandoned' (its error starts 'abandoned: ')
+    or 'failed', and say one line for it: '[i/total] row seed s: ...'."""
+    for i, (job, record, error) in enumerate(outcomes, 1):
+        name = f"[{i}/{total}] {job.row.id} seed {job.seed}"
+        if error is None:
+            counts["ran"] += 1
+            progress(f"{name}: test_acc {record['test_acc']:.2f} ({record['wall_seconds']:.0f} s)")
+        elif error.startswith("abandoned: "):
+            counts["abandoned"] += 1
+            progress(f"{name}: {error}")
+        else:
+            counts["failed"] += 1
+            progress(f"{name}: failed: {error}")
 
 
 def _data_checksum(row, data: str | None, dataset: str) -> str | None:
