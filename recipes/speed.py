@@ -11,7 +11,7 @@ fit's config.json (`recipes.fit.fit_one`) holds the resolved settings:
 | precision    | bf16 autocast (fp32 where bf16 is missing)  | fp32 (autocast is CUDA-only here)     |
 | compile      | on                                          | off (a compile takes minutes on a few cores) |
 | compile_mode | reduce-overhead: inductor + CUDA graphs     | -                                     |
-| compile_step | off (not yet measured faster: --only step)  | off                                   |
+| compile_step | off (not yet measured faster: --only speed) | off                                   |
 | cuDNN        | benchmark: the fastest algorithm per shape  | deterministic (CPU runs repeat to the bit) |
 
 `seed_everything` seeds every generator (fastai's `set_seed`) and sets the cuDNN row: a CUDA run repeats
@@ -40,7 +40,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 # A trick whose training step cannot be captured in a CUDA graph says why at its registration
 # (`register_trick(cudagraph_unsafe=...)`); a run with one compiles without CUDA graphs (one line says so).
 # Every registered trick's random draws happen on the device, inside or outside the model, so none says so today.
-CUDA_COMPILE_STEP = False  # auto: not measured faster yet (`bench perf --device cuda --only step` measures on and off)
+CUDA_COMPILE_STEP = False  # auto: not measured faster yet (`bench perf --device cuda --only speed` measures both)
 # A trick that cannot run with a compiled optimizer step says why at its registration
 # (`register_trick(compile_step_unsafe=...)`); a run with one steps eagerly (one line says so). None says so today.
 
