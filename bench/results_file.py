@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from bench.record import FIELDS, RecordRefused, RunRecord, loads
 from tricks.errors import ConfigError, RunFolderError
@@ -75,18 +76,18 @@ def _append_line(path: Path, line: bytes) -> bool:
     return created
 
 
-def read_checked(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """(the sound records of `path` in file order, one reason per line skipped: 'line N: ...').
-
-    A missing file gives ([], []); blank lines are passed over. A file that cannot be read is a ConfigError.
-    """
+def read_json_lines(path: str | os.PathLike, what: str, take: Callable[[Any], Any]) -> tuple[list, list[str]]:
+    """(`take(entry)` of each sound line of the JSON-lines file `path`, in file order; one reason per line skipped:
+    'line N: ...'), a line skipped when it is not a record's JSON (`bench.record.loads`) or `take` raises
+    RecordRefused. A missing file gives ([], []); blank lines are passed over. A file that cannot be read is a
+    ConfigError naming it as `what` (e.g. 'results file'). Shared by this file and the slice log (`bench.slices`)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return [], []
     except OSError as e:
-        raise ConfigError(f"results file {path} cannot be read ({e.strerror}); give a readable file") from None
+        raise ConfigError(f"{what} {path} cannot be read ({e.strerror}); give a readable file") from None
     lines = data.split(b"\n")
     out, skipped = [], []
     for number, raw in enumerate(lines, 1):
@@ -94,15 +95,30 @@ def read_checked(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
             continue
         cut = " (the last line has no newline: a writer stopped mid-line?)" if number == len(lines) else ""
         try:
-            row = loads(raw)
+            entry = loads(raw)
         except RecordRefused as e:
             skipped.append(f"line {number}: {e}{cut}")
             continue
         try:
-            out.append(RunRecord.from_row(row, FIELDS).to_json())
+            out.append(take(entry))
         except RecordRefused as e:
-            skipped.append(f"line {number}: the record {e}")
+            skipped.append(f"line {number}: {e}")
     return out, skipped
+
+
+def _record(row: Any) -> dict:
+    try:
+        return RunRecord.from_row(row, FIELDS).to_json()
+    except RecordRefused as e:
+        raise RecordRefused(f"the record {e}") from None
+
+
+def read_checked(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """(the sound records of `path` in file order, one reason per line skipped: 'line N: ...').
+
+    A missing file gives ([], []); blank lines are passed over. A file that cannot be read is a ConfigError.
+    """
+    return read_json_lines(path, "results file", _record)
 
 
 def read(path: str | os.PathLike) -> list[dict]:

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.record import RecordRefused, finished, is_number, loads, value_problem
-from bench.results_file import _append_line  # the results file's locked, fsync'd append of one line
+from bench.record import RecordRefused, finished, is_number, value_problem
+from bench.results_file import _append_line, read_json_lines  # the results file's locked append and reader
 from tricks.errors import ConfigError
 from tricks.files import disk_full, fsync_dir, no_space
 
@@ -79,31 +79,17 @@ def append(path: str | os.PathLike, entry: dict) -> None:
         fsync_dir(path.parent)
 
 
+def _slice(entry: Any) -> dict:
+    wrong = problem(entry)
+    if wrong:
+        raise RecordRefused(f"the slice {wrong}")
+    return entry
+
+
 def read_checked(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """(the sound lines of `path` in file order, one reason per line skipped: 'line N: ...'); a missing file gives
     ([], []). A file that cannot be read is a ConfigError."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], []
-    except OSError as e:
-        raise ConfigError(f"slice log {path} cannot be read ({e.strerror}); give a readable file") from None
-    out, skipped = [], []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            entry = loads(raw)
-        except RecordRefused as e:
-            skipped.append(f"line {number}: {e}")
-            continue
-        wrong = problem(entry)
-        if wrong:
-            skipped.append(f"line {number}: the slice {wrong}")
-        else:
-            out.append(entry)
-    return out, skipped
+    return read_json_lines(path, "slice log", _slice)
 
 
 def parse_stage(text: str) -> tuple[str, float, float]:
